@@ -1,0 +1,37 @@
+# Two commands everything rests on: `make setup`, then `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The standard torch + torchvision pair from the registry (a matching pair: a lone CPU torch wheel
+# does not work with the registry's torchvision).
+TORCH_PAIR ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: setup test test-fast lint format bench clean
+
+setup:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet $(TORCH_PAIR)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	# torchattacks pins requests~=2.25.1 in its metadata, which would downgrade requests/idna.
+	$(BIN)/pip install --quiet --no-deps torchattacks==3.5.1
+	$(BIN)/python -c "import rftbench, torch, torchvision, timm, open_clip, torchattacks; print('rftbench', rftbench.__version__, '| torch', torch.__version__)"
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+test-fast:
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint:
+	$(BIN)/ruff check rftbench tests benchmarks
+	$(BIN)/ruff format --check rftbench tests benchmarks
+
+format:
+	$(BIN)/ruff format rftbench tests benchmarks
+	$(BIN)/ruff check --fix rftbench tests benchmarks
+
+bench:
+	$(BIN)/python benchmarks/step_ratio.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,60 @@
+"""The `rftbench` command line: thin Typer commands that parse, delegate and print.
+
+    rftbench schedule sched --eps 4/255 --t1 12 --t2 37 --epochs 50
+"""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from rftbench import __version__
+from rftbench.config import eps_text, parse_eps
+from rftbench.schedules import SCHEDULES, ScheduleSpec
+
+app = typer.Typer(help="Robust fine-tuning of non-robust pretrained models, with ε-scheduling.", no_args_is_help=True)
+console = Console()
+
+
+def fail(message: str) -> None:
+    """One clear line on stderr and a non-zero exit, instead of a traceback."""
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+@app.callback()
+def main() -> None:
+    """rftbench: adversarial fine-tuning runs, metrics and reports."""
+
+
+@app.command()
+def version() -> None:
+    """Print the package version."""
+    console.print(f"rftbench {__version__}")
+
+
+@app.command()
+def schedule(
+    setting: str = typer.Argument(..., help=f"one of: {', '.join(SCHEDULES)}"),
+    eps: str = typer.Option("4/255", help="ε_g, written as k/255"),
+    epochs: int = typer.Option(50, min=1),
+    t1: float | None = typer.Option(None, help="sched: first epoch of the ramp (0-based)"),
+    t2: float | None = typer.Option(None, help="sched/linear: epoch at which ε reaches ε_g"),
+    seed: int = typer.Option(0, help="uniform: the run's seed"),
+) -> None:
+    """Print ε(t) per 0-based epoch for a schedule (auto needs a validation history, so it is not shown)."""
+    try:
+        spec = ScheduleSpec(setting, float(parse_eps(eps)), t1=t1, t2=t2).canonical()
+        spec.validate(epochs)
+    except ValueError as exc:
+        fail(str(exc))
+    if spec.setting == "auto":
+        fail("auto depends on the validation accuracy of a run; it has no fixed ε(t) to print")
+    table = Table(title=f"{spec.setting}: ε_g = {eps_text(eps)}, {epochs} epochs")
+    for column in ("epoch", "α(t)", "ε(t) × 255", "ε(t)"):
+        table.add_column(column, justify="right")
+    for epoch, value in enumerate(spec.values(epochs, seed=seed)):
+        alpha = value / spec.eps if spec.eps else 0.0
+        table.add_row(str(epoch), f"{alpha:.4f}", f"{value * 255:.4f}", f"{value:.6f}")
+    console.print(table)

@@ -1,0 +1,154 @@
+"""One frozen, hashable run config: its canonical JSON is stored in the database and every checkpoint.
+
+    cfg = RunConfig(backbone="SWIN", dataset="Cars", setting="sched", eps="4/255", t1=12, t2=37)
+    cfg.run_id  # sha256 of the canonical JSON, 16 hex digits
+
+Everything that changes a run's result is a field here and is hashed (CONVENTIONS.md, "Identity and
+storage"); paths, device, worker counts and torch.compile live in `RuntimeOptions` and are not hashed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from fractions import Fraction
+
+from rftbench import schedules
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+ATTACK_MODES = ("eval", "train")
+
+
+def parse_eps(value: str | float | int | Fraction) -> Fraction:
+    """Parse a budget written as "4/255", "0.5/255", "0" or a float fraction of the pixel range."""
+    if isinstance(value, Fraction):
+        eps = value
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            if "/" in text:
+                num, den = text.split("/")
+                eps = Fraction(num.strip()) / Fraction(den.strip())
+            else:
+                eps = Fraction(text)
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(f"cannot read budget {value!r}: write it as 'k/255', e.g. '4/255'") from None
+    else:
+        eps = Fraction(str(value))
+    if eps < 0 or eps > 1:
+        raise ValueError(f"budget {value!r} is outside [0, 1]: write it as 'k/255' with 0 <= k <= 255")
+    return eps
+
+
+def eps_text(eps: str | float | Fraction) -> str:
+    """Canonical text form of a budget, as stored and shown: '4/255', '0.25/255', '0/255'."""
+    k = parse_eps(eps) * 255
+    return f"{k.numerator}/255" if k.denominator == 1 else f"{float(k):g}/255"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    backbone: str
+    dataset: str
+    setting: str = "fix"
+    eps: str = "4/255"  # ε_g as text; `eps_value` is the float
+    t1: float | None = None  # sched / linear only (0-based epochs)
+    t2: float | None = None
+    patience: int | None = None  # auto only
+    tolerance: float | None = None  # auto only
+    schedule_granularity: str = "epoch"  # "step": hinge/linear ramp per optimisation step
+    epochs: int = 50
+    batch_size: int = 64
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    warmup_epochs: float = 5.0
+    min_lr: float = 0.0
+    resolution: int = 224
+    train_attack_steps: int = 7
+    eval_attack_steps: int = 10
+    attack_random_start: bool = False
+    attack_mode: str = "eval"  # the model's mode while the training attack runs
+    precision: str = "fp32"
+    seed: int = 0
+    eval_budgets: tuple[str, ...] = ()  # empty: (eps,) for adversarial runs
+    val_adv_samples: int = 500  # per-epoch validation APGD runs on this fixed prefix of the val split
+
+    def __post_init__(self) -> None:
+        spec = schedules.ScheduleSpec(
+            setting=self.setting,
+            eps=float(parse_eps(self.eps)),
+            t1=self.t1,
+            t2=self.t2,
+            patience=self.patience,
+            tolerance=self.tolerance,
+            granularity=self.schedule_granularity,
+        ).canonical()
+        spec.validate(self.epochs)
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
+        set_("eps", eps_text(self.eps))
+        for name in ("setting", "t1", "t2", "patience", "tolerance", "granularity"):
+            set_("schedule_granularity" if name == "granularity" else name, getattr(spec, name))
+        budgets = tuple(eps_text(b) for b in self.eval_budgets) or ((self.eps,) if spec.eps > 0 else ())
+        set_("eval_budgets", tuple(sorted(set(budgets), key=lambda b: parse_eps(b))))
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision {self.precision!r} unknown: choose one of {', '.join(PRECISIONS)}")
+        if self.attack_mode not in ATTACK_MODES:
+            raise ValueError(f"attack_mode {self.attack_mode!r} unknown: choose one of {ATTACK_MODES}")
+        for name in ("epochs", "batch_size", "train_attack_steps", "eval_attack_steps", "resolution"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+
+    @property
+    def eps_value(self) -> float:
+        return float(parse_eps(self.eps))
+
+    @property
+    def schedule(self) -> schedules.ScheduleSpec:
+        return schedules.ScheduleSpec(
+            setting=self.setting,
+            eps=self.eps_value,
+            t1=self.t1,
+            t2=self.t2,
+            patience=self.patience,
+            tolerance=self.tolerance,
+            granularity=self.schedule_granularity,
+        )
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["eval_budgets"] = list(self.eval_budgets)
+        return out
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @property
+    def run_id(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RunConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown run-config keys {unknown}: valid keys are {sorted(known)}")
+        data = dict(data)
+        if "eval_budgets" in data:
+            data["eval_budgets"] = tuple(data["eval_budgets"])
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunConfig:
+        return cls.from_dict(json.loads(text))
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How a run executes, not what it computes: never part of the run id."""
+
+    device: str = "cpu"
+    channels_last: bool = False
+    compile: bool = False
+    num_workers: int = 0

@@ -1,0 +1,98 @@
+"""Decoded-image datasets and the paper's preprocessing.
+
+    images, labels, classes = decode_image_folder("../shared/data/cifar10-jpeg/train", resolution=32)
+    train = ImageTensorDataset(images, labels, train_transform())
+    loader = make_loader(train, batch_size=64, shuffle=True)
+
+Decoding and resizing are the expensive part of an epoch, so images are decoded once into a uint8
+tensor (N×3×H×W at the run's resolution) and augmentation runs on those tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp")
+
+
+def decode_image(path: str | Path, resolution: int) -> Tensor:
+    """One image as uint8 3×R×R: grayscale and palette images become RGB, then a bilinear resize."""
+    with Image.open(path) as img:
+        img = img.convert("RGB")
+        if img.size != (resolution, resolution):
+            img = img.resize((resolution, resolution), Image.BILINEAR)
+        return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).contiguous()
+
+
+def decode_image_folder(
+    root: str | Path, resolution: int, per_class: int | None = None
+) -> tuple[Tensor, Tensor, list[str]]:
+    """Decode an ImageFolder tree (root/<class>/<image>), the first `per_class` files of each class in
+    sorted order. Returns (uint8 images N×3×R×R, int64 labels, class names)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} not found: expected {root}/<class>/<image>.jpg")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        files = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = files[:per_class] if per_class is not None else files
+        paths += files
+        labels += [label] * len(files)
+    if not paths:
+        raise FileNotFoundError(f"no images under {root}: expected {root}/<class>/<image>.jpg")
+    images = torch.stack([decode_image(p, resolution) for p in paths])
+    return images, torch.tensor(labels, dtype=torch.int64), classes
+
+
+def train_transform() -> Callable[[Tensor], Tensor]:
+    """The paper's training augmentation on uint8 tensors; output float in [0, 1]."""
+    return v2.Compose(
+        [
+            v2.RandomHorizontalFlip(),
+            v2.ColorJitter(brightness=0.25, contrast=0.25, saturation=0.25),
+            v2.RandomRotation(2),
+            v2.ToDtype(torch.float32, scale=True),
+        ]
+    )
+
+
+def eval_transform() -> Callable[[Tensor], Tensor]:
+    return v2.ToDtype(torch.float32, scale=True)
+
+
+class ImageTensorDataset(Dataset):
+    def __init__(self, images: Tensor, labels: Tensor, transform: Callable[[Tensor], Tensor]) -> None:
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError("images must be a uint8 tensor N×C×H×W")
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        return self.transform(self.images[index]), self.labels[index]
+
+
+def make_loader(
+    dataset: Dataset, batch_size: int, *, shuffle: bool, num_workers: int = 0, device: str = "cpu"
+) -> DataLoader:
+    """A loader that keeps an accelerator fed (workers, pinned memory off the CPU). Workers are not
+    persistent: the trainer reseeds the global RNG per epoch, and fresh workers draw their seeds from it,
+    so an epoch's shuffle and augmentation are the same whether or not the run was resumed."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        pin_memory=not str(device).startswith("cpu"),
+        drop_last=False,
+    )

@@ -1,0 +1,217 @@
+"""Adversarial fine-tuning of one run: APGD examples at ε(t), all parameters trained, one callback.
+
+    result = train(cfg, model, train_loader, val_loader, test_loader, callback=print, run_dir="runs/x")
+
+After every epoch it reports through `callback(metrics)`, then writes `run_dir/last.pt` atomically. A
+run whose `last.pt` exists continues after its last finished epoch; every epoch reseeds the RNG from
+(seed, epoch), so a resumed run computes what an uninterrupted one would. Imports nothing from the CLI,
+the store or the terminal UI.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rftbench.attacks import apgd
+from rftbench.checkpoint import load_checkpoint, restore_training_state, save_checkpoint, training_state
+from rftbench.config import RunConfig, RuntimeOptions, eps_text, parse_eps
+from rftbench.metrics import eps_grid, robustness_curve
+
+AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def val_adv_budget(config: RunConfig) -> float:
+    """ε_g; for a standard run its smallest evaluation budget, so its curves compare with fix/sched."""
+    if config.eps_value > 0 or not config.eval_budgets:
+        return config.eps_value
+    return float(parse_eps(config.eval_budgets[0]))
+
+
+def train_one_epoch(net, loader, optimizer, scheduler, scaler, eps_at, config, device, amp, fmt) -> dict:
+    net.train()
+    loss_sum, correct, seen, start = (
+        torch.zeros((), device=device),
+        torch.zeros((), device=device),
+        0,
+        time.perf_counter(),
+    )
+    for step, (x, y) in enumerate(loader):
+        x = x.to(device, non_blocking=True).contiguous(memory_format=fmt)
+        y = y.to(device, non_blocking=True)
+        x = apgd(
+            net,
+            x,
+            y,
+            eps_at(step),
+            config.train_attack_steps,
+            random_start=config.attack_random_start,
+            mode=config.attack_mode,
+            autocast_dtype=amp,
+        )
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            logits = net(x).float()
+        loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        loss_sum += loss.detach() * len(y)
+        correct += (logits.detach().argmax(1) == y).sum()
+        seen += len(y)
+    seconds = time.perf_counter() - start  # the .item() below is the epoch's one host sync
+    return {
+        "train_loss": loss_sum.item() / seen,
+        "train_acc": correct.item() / seen,
+        "images_per_second": seen / seconds,
+    }
+
+
+@torch.no_grad()
+def validate(net, loader, eps, steps, adv_samples, device, amp, fmt) -> dict:
+    """Clean loss/accuracy on the whole loader; APGD loss/accuracy at `eps` on its first `adv_samples`."""
+    net.eval()
+    sums, n, n_adv = torch.zeros(4, device=device), 0, 0  # clean loss, clean correct, adv loss, adv correct
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True).contiguous(memory_format=fmt), y.to(device, non_blocking=True)
+        take = min(len(y), adv_samples - n_adv) if eps > 0 else 0
+        inputs = [(0, x)] + (
+            [(2, apgd(net, x[:take], y[:take], eps, steps, returned="misclassified", autocast_dtype=amp))]
+            if take > 0
+            else []
+        )
+        for slot, batch in inputs:
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                logits = net(batch).float()
+            sums[slot] += F.cross_entropy(logits, y[: len(batch)], reduction="sum")
+            sums[slot + 1] += (logits.argmax(1) == y[: len(batch)]).sum()
+        n, n_adv = n + len(y), n_adv + take
+    loss, acc, adv_loss, adv_acc = sums.tolist()
+    adv = {"val_adv_loss": adv_loss / n_adv, "val_adv_acc": adv_acc / n_adv} if n_adv else {}
+    return {"val_loss": loss / n, "val_acc": acc / n, "val_adv_loss": None, "val_adv_acc": None, **adv}
+
+
+def train(
+    config: RunConfig,
+    model: nn.Module,
+    train_loader,
+    val_loader,
+    test_loader,
+    *,
+    callback: Callable[[dict], None] | None = None,
+    run_dir: str | Path | None = None,
+    runtime: RuntimeOptions = RuntimeOptions(),
+) -> dict:
+    """Fine-tune `model` under `config`, then evaluate it on `test_loader`; returns the final evaluation."""
+    device, amp = torch.device(runtime.device), AMP_DTYPES[config.precision]
+    fmt = torch.channels_last if runtime.channels_last else torch.contiguous_format
+    model.to(device=device, memory_format=fmt)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps = len(train_loader)
+    lr_factor = warmup_cosine(
+        round(config.warmup_epochs * steps), config.epochs * steps, config.min_lr / config.lr
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
+    callback = callback or (lambda metrics: None)
+    last = Path(run_dir) / "last.pt" if run_dir is not None else None
+    history: list[dict] = []
+    if last is not None and last.exists():
+        state = load_checkpoint(last)
+        if state["config"] != config.canonical_json():
+            raise ValueError(
+                f"{last} holds run {state['run_id']}, not run {config.run_id}: use another run directory"
+            )
+        restore_training_state(state, model, optimizer, scheduler, scaler)
+        history = state["history"]
+        for metrics in history:  # idempotent upserts: repairs a row the store may have lost
+            callback(metrics)
+    net = torch.compile(model) if runtime.compile else model
+    val_eps = val_adv_budget(config)
+
+    for epoch in range(len(history), config.epochs):
+        torch.manual_seed(epoch_seed(config.seed, epoch))
+        eps_at = functools.partial(
+            config.schedule.epsilon,
+            epoch,
+            config.epochs,
+            steps_per_epoch=steps,
+            seed=config.seed,
+            val_accuracies=[m["val_acc"] for m in history],
+        )
+        lr, start = scheduler.get_last_lr()[0], time.perf_counter()
+        trained = train_one_epoch(
+            net, train_loader, optimizer, scheduler, scaler, eps_at, config, device, amp, fmt
+        )
+        val = validate(
+            net, val_loader, val_eps, config.eval_attack_steps, config.val_adv_samples, device, amp, fmt
+        )
+        metrics = {
+            "epoch": epoch,
+            "eps": eps_at(step=0),
+            "lr": lr,
+            **trained,
+            **val,
+            "val_adv_eps": eps_text(val_eps),
+            "epoch_seconds": time.perf_counter() - start,
+        }
+        history.append(metrics)
+        callback(metrics)  # first the metrics row, then the checkpoint (CONVENTIONS.md write order)
+        if last is not None:
+            save_checkpoint(
+                last,
+                {
+                    "run_id": config.run_id,
+                    "config": config.canonical_json(),
+                    "epoch": epoch,
+                    "history": history,
+                    **training_state(model, optimizer, scheduler, scaler),
+                },
+            )
+
+    grid = sorted({e for b in config.eval_budgets for e in eps_grid(b)})
+    curve = robustness_curve(
+        net, test_loader, grid, config.eval_attack_steps, device=device, autocast_dtype=amp
+    )
+    result = {
+        "run_id": config.run_id,
+        "n": curve.n,
+        "clean": curve.accuracies[0],
+        "budgets": [curve.summary(b) for b in config.eval_budgets],
+        "attacks_run": curve.attacks_run,
+        "attacks_naive": curve.attacks_naive,
+    }
+    if last is not None:  # the final weights, so later evaluations need no retraining
+        save_checkpoint(
+            last.with_name("final.pt"),
+            {
+                "run_id": config.run_id,
+                "config": config.canonical_json(),
+                "model": model.state_dict(),
+                "evaluation": result,
+            },
+        )
+    return result

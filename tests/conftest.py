@@ -1,0 +1,47 @@
+"""Shared fixtures: real offline assets from ../shared (CIFAR-10 JPEGs, the CIFAR-10 ResNet-20)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from rftbench.data import decode_image_folder
+from rftbench.models import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    cifar_resnet20,
+    load_cifar_resnet20_weights,
+    with_normalization,
+)
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+CIFAR = SHARED / "data" / "cifar10-jpeg"
+RESNET20 = SHARED / "weights" / "resnet20-12fca82f.th"
+
+
+def require(path: Path) -> Path:
+    if not path.exists():
+        pytest.fail(f"offline fixture {path} missing: the repository expects ../shared beside it")
+    return path
+
+
+@pytest.fixture(scope="session")
+def cifar_test_500() -> tuple[torch.Tensor, torch.Tensor]:
+    """500 CIFAR-10 test JPEGs (the first 50 per class), as floats in [0, 1]."""
+    images, labels, _ = decode_image_folder(require(CIFAR / "test"), resolution=32, per_class=50)
+    return images.float() / 255, labels
+
+
+@pytest.fixture(scope="session")
+def resnet20() -> torch.nn.Module:
+    """The real pretrained (non-robust) CIFAR-10 ResNet-20, ImageNet normalisation inside, eval mode."""
+    net = cifar_resnet20()
+    load_cifar_resnet20_weights(net, require(RESNET20))
+    return with_normalization(net, IMAGENET_MEAN, IMAGENET_STD).eval()
+
+
+def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return (model(x).argmax(1) == y).float().mean().item()

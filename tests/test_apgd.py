@@ -1,0 +1,147 @@
+"""APGD: structure, invariants, and parity with torchattacks' APGD on a real pretrained model."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+import torchattacks
+from conftest import accuracy
+from torch import nn
+
+from rftbench import apgd, step_size_checkpoints
+
+BUDGETS = (0.25 / 255, 0.5 / 255, 1 / 255)
+
+
+def test_checkpoints_follow_the_paper_fractions():
+    # auto-attack's integer checkpoints for 100 iterations: 22, 22+19, +16, +13, +10, +7, +6, +6.
+    assert step_size_checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+    assert step_size_checkpoints(10) == [3, 5, 6, 7, 8, 9]
+    assert step_size_checkpoints(7) == [2, 3, 4, 5, 6]
+    assert step_size_checkpoints(1) == []
+
+
+def tiny_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 8 * 8, 5)
+    )
+
+
+@pytest.mark.parametrize("returned", ["best_loss", "misclassified"])
+@pytest.mark.parametrize("random_start", [False, True])
+def test_output_stays_in_the_ball_and_the_image_range(returned, random_start):
+    model = tiny_model().eval()
+    x = torch.rand(16, 3, 8, 8)
+    x[:4] = 0.0  # corners of the pixel range: the ball must be clipped to [0, 1]
+    x[4:8] = 1.0
+    y = torch.randint(0, 5, (16,))
+    eps = 8 / 255
+    x_adv = apgd(model, x, y, eps, steps=7, returned=returned, random_start=random_start)
+    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype
+    assert (x_adv - x).abs().max() <= eps + 1e-6
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    assert not torch.equal(x_adv, x), "the attack never moved"
+
+
+def test_the_attack_raises_the_loss_of_every_sample():
+    model = tiny_model().eval()
+    x, y = torch.rand(32, 3, 8, 8), torch.randint(0, 5, (32,))
+    x_adv = apgd(model, x, y, 8 / 255, steps=10)
+    with torch.no_grad():
+        before = nn.functional.cross_entropy(model(x), y, reduction="none")
+        after = nn.functional.cross_entropy(model(x_adv), y, reduction="none")
+    assert (after >= before).all() and (after > before).float().mean() > 0.9
+
+
+def test_parameter_grads_are_untouched():
+    model = tiny_model()
+    params = list(model.parameters())
+    params[0].grad = torch.full_like(params[0], 3.0)  # an accumulated grad must survive as it is
+    apgd(model, torch.rand(4, 3, 8, 8), torch.randint(0, 5, (4,)), 4 / 255, steps=7)
+    assert torch.equal(params[0].grad, torch.full_like(params[0], 3.0))
+    assert all(p.grad is None for p in params[1:])
+
+
+@pytest.mark.parametrize("mode, expected", [("eval", False), ("train", True)])
+def test_attack_mode_is_applied_then_every_module_restored(mode, expected):
+    model = tiny_model().train()
+    model[1].eval()  # a frozen BatchNorm inside a training model: a mixed state to restore exactly
+    seen = []
+    model[1].register_forward_pre_hook(lambda module, args: seen.append(module.training))
+    apgd(model, torch.rand(4, 3, 8, 8), torch.randint(0, 5, (4,)), 4 / 255, steps=3, mode=mode)
+    assert seen and set(seen) == {expected}
+    assert model.training and model[0].training and not model[1].training
+
+
+def test_zero_budget_returns_the_input_without_a_forward_pass():
+    model = tiny_model()
+    calls = []
+    model.register_forward_hook(lambda *args: calls.append(1))
+    x = torch.rand(4, 3, 8, 8)
+    assert apgd(model, x, torch.zeros(4, dtype=torch.long), 0.0, steps=10) is x
+    assert calls == []
+
+
+def test_bf16_autocast_keeps_the_contract():
+    model = tiny_model().eval()
+    x, y = torch.rand(8, 3, 8, 8), torch.randint(0, 5, (8,))
+    x_adv = apgd(model, x, y, 4 / 255, steps=5, autocast_dtype=torch.bfloat16)
+    assert x_adv.dtype == torch.float32
+    assert (x_adv - x).abs().max() <= 4 / 255 + 1e-6
+
+
+# ---- parity with torchattacks on the real ResNet-20 (about 55/30/5% robust at 0.25/0.5/1 /255) ----
+
+
+def robust_accuracy(model, attack, x, y) -> float:
+    """Accuracy under `attack(x, y)`, attacking only the clean-correct samples (the others stay wrong)."""
+    correct = (model(x).argmax(1) == y).detach()
+    return accuracy(model, attack(x[correct], y[correct]), y[correct]) * correct.sum().item() / len(y)
+
+
+@pytest.fixture(scope="module")
+def reference(resnet20, cifar_test_500):
+    x, y = cifar_test_500
+
+    @functools.cache
+    def torchattacks_accuracy(steps: int, eps: float) -> float:
+        attack = torchattacks.APGD(resnet20, norm="Linf", eps=eps, steps=steps, n_restarts=1, seed=0, loss="ce")
+        return robust_accuracy(resnet20, attack, x, y)
+
+    return torchattacks_accuracy
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "steps, eps, random_start",
+    [(steps, eps, False) for steps in (7, 10) for eps in BUDGETS] + [(7, 1 / 255, True), (10, 1 / 255, True)],
+)
+def test_parity_with_torchattacks(resnet20, cifar_test_500, reference, steps, eps, random_start):
+    x, y = cifar_test_500
+    torch.manual_seed(0)
+    ours = robust_accuracy(
+        resnet20,
+        lambda x, y: apgd(resnet20, x, y, eps, steps, returned="misclassified", random_start=random_start),
+        x,
+        y,
+    )
+    theirs = reference(steps, eps)
+    print(f"APGD-{steps} eps={eps * 255:g}/255 random_start={random_start}: ours {ours:.3f} torchattacks {theirs:.3f}")
+    assert ours <= theirs + 0.01
+
+
+@pytest.mark.slow
+def test_the_parity_check_rejects_weaker_attacks(resnet20, cifar_test_500, reference):
+    """The parity bound has teeth: FGSM, and a 7-step PGD whose fixed step cannot cross the ball, fail it."""
+    x, y = cifar_test_500
+    for eps in BUDGETS[1:]:
+        fgsm = robust_accuracy(resnet20, torchattacks.FGSM(resnet20, eps=eps), x, y)
+        pgd = torchattacks.PGD(resnet20, eps=eps, alpha=eps / 10, steps=7, random_start=False)
+        short_pgd = robust_accuracy(resnet20, pgd, x, y)
+        theirs = reference(7, eps)
+        print(f"eps={eps * 255:g}/255: FGSM {fgsm:.3f}, PGD(step eps/10) {short_pgd:.3f}, APGD {theirs:.3f}")
+        assert fgsm > theirs + 0.01
+        assert short_pgd > theirs + 0.01
