@@ -119,7 +119,7 @@ def _apgd(model, x, y, eps, steps, random_start, x_init, returned, momentum, rho
             with autocast:
                 logits = model(z)
             loss = F.cross_entropy(logits.float(), y, reduction="none")
-        grad = torch.autograd.grad(loss.sum(), z)[0].detach() if need_grad else None
+            grad = torch.autograd.grad(loss.sum(), z)[0].detach() if need_grad else None
         return loss.detach(), grad, logits.detach().argmax(1) != y
 
     if x_init is not None:

@@ -1,6 +1,6 @@
 """The `rftbench` command line: thin Typer commands that parse, delegate and print.
 
-    rftbench schedule sched --eps 4/255 --t1 12 --t2 37 --epochs 50
+rftbench schedule sched --eps 4/255 --t1 12 --t2 37 --epochs 50
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ from rftbench import __version__
 from rftbench.config import eps_text, parse_eps
 from rftbench.schedules import SCHEDULES, ScheduleSpec
 
-app = typer.Typer(help="Robust fine-tuning of non-robust pretrained models, with ε-scheduling.", no_args_is_help=True)
+app = typer.Typer(
+    help="Robust fine-tuning of non-robust pretrained models, with ε-scheduling.", no_args_is_help=True
+)
 console = Console()
 
 

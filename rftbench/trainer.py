@@ -52,25 +52,14 @@ def val_adv_budget(config: RunConfig) -> float:
 
 def train_one_epoch(net, loader, optimizer, scheduler, scaler, eps_at, config, device, amp, fmt) -> dict:
     net.train()
-    loss_sum, correct, seen, start = (
-        torch.zeros((), device=device),
-        torch.zeros((), device=device),
-        0,
-        time.perf_counter(),
-    )
+    loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device)
+    seen, start = 0, time.perf_counter()
     for step, (x, y) in enumerate(loader):
         x = x.to(device, non_blocking=True).contiguous(memory_format=fmt)
         y = y.to(device, non_blocking=True)
-        x = apgd(
-            net,
-            x,
-            y,
-            eps_at(step),
-            config.train_attack_steps,
-            random_start=config.attack_random_start,
-            mode=config.attack_mode,
-            autocast_dtype=amp,
-        )
+        eps = eps_at(step=step)
+        x = apgd(net, x, y, eps, config.train_attack_steps, random_start=config.attack_random_start,
+                 mode=config.attack_mode, autocast_dtype=amp)  # fmt: skip
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             logits = net(x).float()
         loss = F.cross_entropy(logits, y)

@@ -108,7 +108,9 @@ def reference(resnet20, cifar_test_500):
 
     @functools.cache
     def torchattacks_accuracy(steps: int, eps: float) -> float:
-        attack = torchattacks.APGD(resnet20, norm="Linf", eps=eps, steps=steps, n_restarts=1, seed=0, loss="ce")
+        attack = torchattacks.APGD(
+            resnet20, norm="Linf", eps=eps, steps=steps, n_restarts=1, seed=0, loss="ce"
+        )
         return robust_accuracy(resnet20, attack, x, y)
 
     return torchattacks_accuracy
@@ -129,7 +131,9 @@ def test_parity_with_torchattacks(resnet20, cifar_test_500, reference, steps, ep
         y,
     )
     theirs = reference(steps, eps)
-    print(f"APGD-{steps} eps={eps * 255:g}/255 random_start={random_start}: ours {ours:.3f} torchattacks {theirs:.3f}")
+    print(
+        f"APGD-{steps} eps={eps * 255:g}/255 start={random_start}: ours {ours:.3f} torchattacks {theirs:.3f}"
+    )
     assert ours <= theirs + 0.01
 
 

@@ -1,0 +1,154 @@
+"""The trainer on real data: a two-epoch run of a tiny timm model on CIFAR-10 JPEGs, determinism, and a
+run killed mid-epoch then resumed, which must equal the uninterrupted run."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import timm
+import torch
+from conftest import CIFAR, require
+
+from rftbench import RunConfig, train
+from rftbench.checkpoint import CheckpointError, load_checkpoint
+from rftbench.data import (
+    ImageTensorDataset,
+    decode_image_folder,
+    eval_transform,
+    make_loader,
+    train_transform,
+)
+from rftbench.models import with_normalization
+
+CONFIG = RunConfig(backbone="test_resnet", dataset="cifar10-jpeg", setting="sched", eps="8/255", t1=0.5, t2=1,
+                   schedule_granularity="step", epochs=2, batch_size=32, lr=1e-3, warmup_epochs=0.5,
+                   resolution=32, train_attack_steps=2, eval_attack_steps=2, val_adv_samples=40)  # fmt: skip
+TIMING_KEYS = ("epoch_seconds", "images_per_second")
+
+
+@pytest.fixture(scope="module")
+def data():
+    train_images, train_labels, _ = decode_image_folder(require(CIFAR / "train"), 32, per_class=16)
+    held_images, held_labels, _ = decode_image_folder(require(CIFAR / "test"), 32, per_class=16)
+    return {
+        "train": ImageTensorDataset(train_images, train_labels, train_transform()),
+        "val": ImageTensorDataset(held_images[0::2], held_labels[0::2], eval_transform()),
+        "test": ImageTensorDataset(held_images[1::2], held_labels[1::2], eval_transform()),
+    }
+
+
+def build_model(config: RunConfig) -> torch.nn.Module:
+    torch.manual_seed(config.seed)
+    return with_normalization(timm.create_model(config.backbone, num_classes=10), (0.5,) * 3, (0.5,) * 3)
+
+
+def run(config, data, run_dir=None, train_loader=None):
+    history = []
+    loaders = {name: make_loader(ds, config.batch_size, shuffle=name == "train") for name, ds in data.items()}
+    model = build_model(config)
+    result = train(config, model, train_loader or loaders["train"], loaders["val"], loaders["test"],
+                   callback=history.append, run_dir=run_dir)  # fmt: skip
+    return history, result, model
+
+
+def without_timings(history):
+    return [{k: v for k, v in m.items() if k not in TIMING_KEYS} for m in history]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data, tmp_path_factory):
+    return run(CONFIG, data, tmp_path_factory.mktemp("uninterrupted"))
+
+
+def test_two_epochs_report_every_metric_through_the_callback(uninterrupted, tmp_path_factory):
+    history, result, _ = uninterrupted
+    assert [m["epoch"] for m in history] == [0, 1]
+    keys = {"epoch", "eps", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_adv_loss"}
+    keys |= {"val_adv_acc", "val_adv_eps", "epoch_seconds", "images_per_second"}
+    assert all(set(m) == keys for m in history)
+    assert history[0]["eps"] == 0.0 and history[1]["eps"] == pytest.approx(8 / 255)  # hinge T1=0.5, T2=1
+    assert history[0]["lr"] < history[1]["lr"]  # warm-up: the epoch's starting learning rate
+    for m in history:
+        assert (
+            0 <= m["train_acc"] <= 1
+            and 0 <= m["val_acc"] <= 1
+            and 0 <= m["val_adv_acc"] <= m["val_acc"] + 0.2
+        )
+        assert math.isfinite(m["train_loss"]) and m["images_per_second"] > 0 and m["val_adv_eps"] == "8/255"
+    assert result["n"] == 80 and result["run_id"] == CONFIG.run_id
+    (budget,) = result["budgets"]
+    assert budget["budget"] == "8/255" and len(budget["accuracies"]) == 9
+    assert budget["clean"] == result["clean"] and budget["adv"] == budget["accuracies"][-1]
+    assert budget["adv"] <= budget["eadv"] <= budget["clean"]
+    assert result["attacks_naive"] == 8 * 80 and result["attacks_run"] <= result["attacks_naive"]
+
+
+def test_checkpoints_load_with_weights_only_and_hold_the_final_weights(uninterrupted, tmp_path_factory):
+    run_dir = tmp_path_factory.getbasetemp() / "uninterrupted0"
+    last, final = load_checkpoint(run_dir / "last.pt"), load_checkpoint(run_dir / "final.pt")
+    assert last["epoch"] == 1 and last["config"] == CONFIG.canonical_json()
+    assert without_timings(last["history"]) == without_timings(uninterrupted[0])
+    assert not any(k.startswith("_orig_mod.") for k in last["model"])
+    model = uninterrupted[2]
+    assert all(torch.equal(final["model"][k], v) for k, v in model.state_dict().items())
+    assert final["evaluation"] == uninterrupted[1]
+    assert not list(run_dir.glob("*.tmp"))
+
+
+def test_same_seed_gives_identical_metrics(uninterrupted, data):
+    history, result, _ = run(CONFIG, data)
+    assert without_timings(history) == without_timings(uninterrupted[0])
+    assert result == uninterrupted[1]
+
+
+class Interrupted(Exception):
+    pass
+
+
+class DiesMidEpoch:
+    """A train loader that kills the run after `after` batches of epoch `epoch` (as a SIGKILL would)."""
+
+    def __init__(self, loader, epoch, after):
+        self.loader, self.epoch, self.after, self.epochs_seen = loader, epoch, after, 0
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        epoch, self.epochs_seen = self.epochs_seen, self.epochs_seen + 1
+        for i, batch in enumerate(self.loader):
+            if epoch == self.epoch and i == self.after:
+                raise Interrupted
+            yield batch
+
+
+def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(uninterrupted, data, tmp_path):
+    loader = make_loader(data["train"], CONFIG.batch_size, shuffle=True)
+    seen = []
+    with pytest.raises(Interrupted):
+        train(CONFIG, build_model(CONFIG), DiesMidEpoch(loader, epoch=1, after=2),
+              make_loader(data["val"], 32, shuffle=False), make_loader(data["test"], 32, shuffle=False),
+              callback=seen.append, run_dir=tmp_path)  # fmt: skip
+    assert [m["epoch"] for m in seen] == [0] and load_checkpoint(tmp_path / "last.pt")["epoch"] == 0
+
+    history, result, model = run(CONFIG, data, tmp_path)  # a fresh process would do exactly this
+    assert [m["epoch"] for m in history] == [0, 1]  # epoch 0 replayed from the checkpoint, epoch 1 re-run
+    assert without_timings(history) == without_timings(uninterrupted[0])
+    assert result == uninterrupted[1]
+    assert all(torch.equal(v, uninterrupted[2].state_dict()[k]) for k, v in model.state_dict().items())
+
+
+def test_resume_refuses_a_checkpoint_of_another_config(uninterrupted, data, tmp_path_factory):
+    run_dir = tmp_path_factory.getbasetemp() / "uninterrupted0"
+    other = RunConfig(**{**CONFIG.to_dict(), "seed": 1, "eval_budgets": CONFIG.eval_budgets})
+    with pytest.raises(ValueError, match="holds run .* not run"):
+        run(other, data, run_dir)
+
+
+def test_a_truncated_checkpoint_gives_one_clear_error(tmp_path):
+    path = tmp_path / "last.pt"
+    torch.save({"epoch": 3, "weights": torch.randn(1000)}, path)
+    path.write_bytes(path.read_bytes()[:500])
+    with pytest.raises(CheckpointError, match="cannot be read .* delete it"):
+        load_checkpoint(path)
