@@ -10,6 +10,7 @@ from rftbench.metrics import (
     RobustnessCurve,
     adaptation_start_epoch,
     eps_grid,
+    evaluate_budgets,
     expected_robustness,
     robustness_curve,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "apgd",
     "eps_grid",
     "eps_text",
+    "evaluate_budgets",
     "expected_robustness",
     "get_schedule",
     "hinge_alpha",

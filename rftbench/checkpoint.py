@@ -63,10 +63,15 @@ def load_checkpoint(path: str | Path) -> dict:
         ) from exc
 
 
-def training_state(model, optimizer, scheduler, scaler) -> dict:
-    """Everything a resumed run needs besides its config and history; `model` must be unwrapped
-    (no `_orig_mod.` prefixes from torch.compile)."""
+def training_state(config, history: list[dict], model, optimizer, scheduler, scaler) -> dict:
+    """A resumable checkpoint after the last epoch of `history`: the run's canonical config JSON, its
+    metrics so far, and every state a resumed run needs. `model` must be the unwrapped module (no
+    `_orig_mod.` prefixes from torch.compile)."""
     return {
+        "run_id": config.run_id,
+        "config": config.canonical_json(),
+        "epoch": history[-1]["epoch"],
+        "history": history,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
@@ -75,9 +80,19 @@ def training_state(model, optimizer, scheduler, scaler) -> dict:
     }
 
 
-def restore_training_state(state: dict, model, optimizer, scheduler, scaler) -> None:
+def resume_training(path: str | Path, config, model, optimizer, scheduler, scaler) -> list[dict]:
+    """Restore every state from the checkpoint at `path` if there is one; returns its metrics history
+    ([] for a fresh run). Refuses a checkpoint written under another config."""
+    if not Path(path).exists():
+        return []
+    state = load_checkpoint(path)
+    if state["config"] != config.canonical_json():
+        raise ValueError(
+            f"{path} holds run {state['run_id']}, not run {config.run_id}: use another run directory"
+        )
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])
+    return state["history"]

@@ -135,3 +135,24 @@ def robustness_curve(
     model.train(was_training)
     accuracies = [c / max(n, 1) for c in correct.tolist()]
     return RobustnessCurve(grid, accuracies, n, attacks_run, n * (len(grid) - 1))
+
+
+def evaluate_budgets(
+    model: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    budgets: Sequence[str | float | Fraction],
+    steps: int = 10,
+    **kwargs,
+) -> dict:
+    """A run's final evaluation: clean accuracy, then for each budget ε_g its APGD accuracy (`adv`), the
+    accuracy at every point of its E.adv grid and E.adv, from one early-exit pass over the union of grids.
+    Keyword arguments go to `robustness_curve`."""
+    grid = sorted({e for budget in budgets for e in eps_grid(budget)})
+    curve = robustness_curve(model, batches, grid, steps, **kwargs)
+    return {
+        "n": curve.n,
+        "clean": curve.accuracies[0],
+        "budgets": [curve.summary(budget) for budget in budgets],
+        "attacks_run": curve.attacks_run,
+        "attacks_naive": curve.attacks_naive,
+    }

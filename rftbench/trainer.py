@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from rftbench.attacks import apgd
-from rftbench.checkpoint import load_checkpoint, restore_training_state, save_checkpoint, training_state
+from rftbench.checkpoint import resume_training, save_checkpoint, training_state
 from rftbench.config import RunConfig, RuntimeOptions, eps_text, parse_eps
-from rftbench.metrics import eps_grid, robustness_curve
+from rftbench.metrics import evaluate_budgets
 
 AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -127,17 +127,9 @@ def train(
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
     callback = callback or (lambda metrics: None)
     last = Path(run_dir) / "last.pt" if run_dir is not None else None
-    history: list[dict] = []
-    if last is not None and last.exists():
-        state = load_checkpoint(last)
-        if state["config"] != config.canonical_json():
-            raise ValueError(
-                f"{last} holds run {state['run_id']}, not run {config.run_id}: use another run directory"
-            )
-        restore_training_state(state, model, optimizer, scheduler, scaler)
-        history = state["history"]
-        for metrics in history:  # idempotent upserts: repairs a row the store may have lost
-            callback(metrics)
+    history = resume_training(last, config, model, optimizer, scheduler, scaler) if last is not None else []
+    for metrics in history:  # idempotent upserts: repairs a row the store may have lost
+        callback(metrics)
     net = torch.compile(model) if runtime.compile else model
     val_eps = val_adv_budget(config)
 
@@ -170,37 +162,12 @@ def train(
         history.append(metrics)
         callback(metrics)  # first the metrics row, then the checkpoint (CONVENTIONS.md write order)
         if last is not None:
-            save_checkpoint(
-                last,
-                {
-                    "run_id": config.run_id,
-                    "config": config.canonical_json(),
-                    "epoch": epoch,
-                    "history": history,
-                    **training_state(model, optimizer, scheduler, scaler),
-                },
-            )
+            save_checkpoint(last, training_state(config, history, model, optimizer, scheduler, scaler))
 
-    grid = sorted({e for b in config.eval_budgets for e in eps_grid(b)})
-    curve = robustness_curve(
-        net, test_loader, grid, config.eval_attack_steps, device=device, autocast_dtype=amp
-    )
-    result = {
-        "run_id": config.run_id,
-        "n": curve.n,
-        "clean": curve.accuracies[0],
-        "budgets": [curve.summary(b) for b in config.eval_budgets],
-        "attacks_run": curve.attacks_run,
-        "attacks_naive": curve.attacks_naive,
-    }
+    result = {"run_id": config.run_id}
+    result |= evaluate_budgets(net, test_loader, config.eval_budgets, config.eval_attack_steps, device=device,
+                               autocast_dtype=amp)  # fmt: skip
     if last is not None:  # the final weights, so later evaluations need no retraining
-        save_checkpoint(
-            last.with_name("final.pt"),
-            {
-                "run_id": config.run_id,
-                "config": config.canonical_json(),
-                "model": model.state_dict(),
-                "evaluation": result,
-            },
-        )
+        final = {"run_id": config.run_id, "config": config.canonical_json(), "evaluation": result}
+        save_checkpoint(last.with_name("final.pt"), final | {"model": model.state_dict()})
     return result

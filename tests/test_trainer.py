@@ -10,7 +10,7 @@ import timm
 import torch
 from conftest import CIFAR, require
 
-from rftbench import RunConfig, train
+from rftbench import RunConfig, RuntimeOptions, train
 from rftbench.checkpoint import CheckpointError, load_checkpoint
 from rftbench.data import (
     ImageTensorDataset,
@@ -152,3 +152,17 @@ def test_a_truncated_checkpoint_gives_one_clear_error(tmp_path):
     path.write_bytes(path.read_bytes()[:500])
     with pytest.raises(CheckpointError, match="cannot be read .* delete it"):
         load_checkpoint(path)
+
+
+def test_gpu_options_run_on_cpu_too(data):
+    """bf16 autocast and channels_last (off by default on CPU) keep the trainer's contract."""
+    config = RunConfig(**{**CONFIG.to_dict(), "precision": "bf16", "epochs": 1, "t1": 0, "t2": 1,
+                          "eval_budgets": ("2/255",)})  # fmt: skip
+    loaders = [make_loader(data[name], 32, shuffle=name == "train") for name in ("train", "val", "test")]
+    history = []
+    result = train(config, build_model(config), *loaders, callback=history.append,
+                   runtime=RuntimeOptions(channels_last=True))  # fmt: skip
+    assert config.setting == "linear" and len(history) == 1 and math.isfinite(history[0]["train_loss"])
+    assert [b["budget"] for b in result["budgets"]] == ["2/255"] and len(
+        result["budgets"][0]["accuracies"]
+    ) == 3
