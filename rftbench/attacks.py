@@ -27,7 +27,7 @@ Where it departs from auto-attack, on purpose:
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -80,27 +80,23 @@ def apgd(
         raise ValueError(f"eps must be non-negative, got {eps}")
     if eps == 0 or steps == 0:
         return x
+    with module_modes(model, None if mode == "keep" else mode == "train"):
+        return _apgd(model, x.detach(), y, eps, steps, random_start, x_init, returned, momentum, rho,
+                     autocast_dtype, generator)  # fmt: skip
+
+
+@contextmanager
+def module_modes(model: nn.Module, training: bool | None):
+    """Put `model` in train (True) or eval (False) mode, or leave it (None); afterwards every module gets
+    back its own mode (a frozen BatchNorm inside a training model stays in eval mode)."""
     modes = [m.training for m in model.modules()]
-    if mode != "keep":
-        model.train(mode == "train")
+    if training is not None:
+        model.train(training)
     try:
-        return _apgd(
-            model,
-            x.detach(),
-            y,
-            eps,
-            steps,
-            random_start,
-            x_init,
-            returned,
-            momentum,
-            rho,
-            autocast_dtype,
-            generator,
-        )
+        yield model
     finally:
-        for module, training in zip(model.modules(), modes):
-            module.training = training
+        for module, was_training in zip(model.modules(), modes):
+            module.training = was_training
 
 
 def _apgd(model, x, y, eps, steps, random_start, x_init, returned, momentum, rho, autocast_dtype, generator):

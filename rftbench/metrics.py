@@ -17,7 +17,7 @@ from fractions import Fraction
 import torch
 from torch import Tensor, nn
 
-from rftbench.attacks import apgd
+from rftbench.attacks import apgd, module_modes
 from rftbench.config import eps_text, parse_eps
 
 
@@ -99,40 +99,32 @@ def robustness_curve(
     deterministic (drawn from (seed, batch index) for the whole batch), so both modes see the same starts.
     """
     grid = sorted({parse_eps(e) for e in eps} | {Fraction(0)})
-    was_training = model.training
-    model.eval()
     correct = torch.zeros(len(grid), dtype=torch.int64)
     n = attacks_run = 0
-    for batch_index, (x, y) in enumerate(batches):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        noise = None
-        if random_start:
-            gen = torch.Generator().manual_seed(seed * 1_000_003 + batch_index)
-            noise = (2 * torch.rand(x.shape, generator=gen) - 1).to(device, x.dtype)
-        with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            robust = model(x).argmax(1) == y
-        correct[0] += robust.sum().cpu()
-        for k, e in enumerate(grid[1:], start=1):
-            idx = robust.nonzero().squeeze(1) if early_exit else torch.arange(len(y), device=x.device)
-            if idx.numel():
-                x_init = None if noise is None else x[idx] + noise[idx] * float(e)
-                x_adv = apgd(
-                    model,
-                    x[idx],
-                    y[idx],
-                    float(e),
-                    steps,
-                    x_init=x_init,
-                    returned="misclassified",
-                    autocast_dtype=autocast_dtype,
-                )
-                with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                    still = model(x_adv).argmax(1) == y[idx]
-                robust = torch.zeros_like(robust).index_copy(0, idx, still) if early_exit else still
-            attacks_run += idx.numel()
-            correct[k] += robust.sum().cpu()
-        n += len(y)
-    model.train(was_training)
+
+    def predict(inputs: Tensor) -> Tensor:
+        with torch.autocast(inputs.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            return model(inputs).argmax(1)
+
+    with module_modes(model, training=False):
+        for batch_index, (x, y) in enumerate(batches):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if random_start:
+                gen = torch.Generator().manual_seed(seed * 1_000_003 + batch_index)
+                noise = (2 * torch.rand(x.shape, generator=gen) - 1).to(x.device, x.dtype)
+            robust = predict(x) == y
+            correct[0] += robust.sum().cpu()
+            for k, e in enumerate(grid[1:], start=1):
+                idx = robust.nonzero().squeeze(1) if early_exit else torch.arange(len(y), device=x.device)
+                if idx.numel():
+                    x_init = x[idx] + noise[idx] * float(e) if random_start else None
+                    x_adv = apgd(model, x[idx], y[idx], float(e), steps, x_init=x_init,
+                                 returned="misclassified", autocast_dtype=autocast_dtype)  # fmt: skip
+                    still = predict(x_adv) == y[idx]
+                    robust = torch.zeros_like(robust).index_copy(0, idx, still) if early_exit else still
+                attacks_run += idx.numel()
+                correct[k] += robust.sum().cpu()
+            n += len(y)
     accuracies = [c / max(n, 1) for c in correct.tolist()]
     return RobustnessCurve(grid, accuracies, n, attacks_run, n * (len(grid) - 1))
 

@@ -109,6 +109,8 @@ class ScheduleSpec:
         elif setting in ("sched", "linear"):
             if t2 is None or (setting == "sched" and t1 is None):
                 raise ValueError(f"schedule {setting!r} needs {'T2' if setting == 'linear' else 'T1 and T2'}")
+            if setting == "linear" and t1 not in (None, 0):
+                raise ValueError(f"linear is the hinge with T1 = 0: for T1 = {t1:g} use sched")
             t1 = 0.0 if setting == "linear" else t1
             if t1 == 0 and t2 == 0:
                 setting = "fix"

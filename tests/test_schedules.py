@@ -72,6 +72,7 @@ def test_canonical_forms_give_one_run_id_per_schedule(given, canonical):
         (dict(setting="sched", t1=12, t2=60), "T2 (60) > epochs (50)"),
         (dict(setting="sched", t1=-1, t2=10), "T1 must be >= 0"),
         (dict(setting="sched", t1=12), "needs T1 and T2"),
+        (dict(setting="linear", t1=5, t2=10), "linear is the hinge with T1 = 0: for T1 = 5 use sched"),
         (dict(setting="fix", eps="-4/255"), "outside [0, 1]"),
         (dict(setting="nope"), "valid ones are standard, fix, sched, linear, uniform, auto"),
         (dict(setting="sched", t1=1, t2=2, schedule_granularity="batch"), "granularity"),
