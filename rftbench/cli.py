@@ -62,16 +62,39 @@ def schedule(
     console.print(table)
 
 
-@app.command()
-def backbones() -> None:
-    """List the backbone registry and whether each backbone's weights are available locally."""
-    from rftbench.backbones import BACKBONES, weights_available
+def parse_weights(items: list[str]) -> dict[str, str]:
+    """--weights NAME=FILE, repeatable."""
+    pairs = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            fail(f"--weights {item!r}: write it as NAME=FILE, e.g. --weights SWIN=swin.safetensors")
+        pairs[name] = path
+    return pairs
 
+
+@app.command()
+def backbones(
+    weights: list[str] = typer.Option(
+        [], "--weights", help="NAME=FILE: check a local weights file (repeatable)"
+    ),
+) -> None:
+    """List the backbone registry and whether each backbone's weights are available locally."""
+    from rftbench.backbones import BACKBONES, WeightsUnavailable, resolve_weights, weights_available
+
+    files = parse_weights(weights)
+    unknown = sorted(set(files) - set(BACKBONES))
+    if unknown:
+        fail(f"--weights for unknown backbone(s) {', '.join(unknown)}: valid ones are {', '.join(BACKBONES)}")
     table = Table(title="backbones")
     for column in ("name", "source", "model", "pretrained tag", "size", "mean / std", "head", "weights here"):
         table.add_column(column, overflow="fold")
     for spec in BACKBONES.values():
-        where = weights_available(spec.name)
+        try:
+            where = str(resolve_weights(spec.name, files[spec.name])) if spec.name in files else ""
+        except (WeightsUnavailable, ValueError) as exc:
+            fail(str(exc))
+        where = where or weights_available(spec.name)
         mean, std = spec.normalization
         table.add_row(
             spec.name, spec.source, spec.model, spec.tag, str(spec.size),

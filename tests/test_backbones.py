@@ -247,3 +247,18 @@ def test_backbones_command_lists_the_registry():
     for name in BACKBONES:
         assert name in result.output
     assert "RFTBENCH_WEIGHTS_SWIN" in result.output
+
+
+def test_backbones_command_checks_local_weight_files(tmp_path):
+    runner = CliRunner()
+    ok = runner.invoke(
+        app, ["backbones", "--weights", f"cifar_resnet20={require(RESNET20)}"], env={"COLUMNS": "300"}
+    )
+    assert ok.exit_code == 0 and "yes" in ok.output and "resnet20-12fca82f.th" in ok.output
+    missing = runner.invoke(app, ["backbones", "--weights", f"SWIN={tmp_path / 'swin.safetensors'}"])
+    assert missing.exit_code == 2 and "swin.safetensors not found" in missing.output
+    assert "Traceback" not in missing.output
+    unknown = runner.invoke(app, ["backbones", "--weights", "swin=x.pt"])
+    assert unknown.exit_code == 2 and "unknown backbone(s) swin: valid ones are ViT, SWIN" in unknown.output
+    malformed = runner.invoke(app, ["backbones", "--weights", "SWIN"])
+    assert malformed.exit_code == 2 and "write it as NAME=FILE" in malformed.output
