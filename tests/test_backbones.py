@@ -261,4 +261,4 @@ def test_backbones_command_checks_local_weight_files(tmp_path):
     unknown = runner.invoke(app, ["backbones", "--weights", "swin=x.pt"])
     assert unknown.exit_code == 2 and "unknown backbone(s) swin: valid ones are ViT, SWIN" in unknown.output
     malformed = runner.invoke(app, ["backbones", "--weights", "SWIN"])
-    assert malformed.exit_code == 2 and "write it as NAME=FILE" in malformed.output
+    assert malformed.exit_code == 2 and "write it as NAME=PATH" in malformed.output
