@@ -62,14 +62,17 @@ def schedule(
     console.print(table)
 
 
-def parse_pairs(flag: str, items: list[str], example: str) -> dict[str, str]:
-    """Repeatable NAME=PATH options (--weights, --root)."""
+def parse_pairs(flag: str, items: list[str], example: str, valid: dict, kind: str) -> dict[str, str]:
+    """Repeatable NAME=PATH options (--weights, --root) whose NAMEs must be keys of the registry `valid`."""
     pairs = {}
     for item in items:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
             fail(f"{flag} {item!r}: write it as NAME=PATH, e.g. {flag} {example}")
         pairs[name] = path
+    unknown = sorted(set(pairs) - set(valid))
+    if unknown:
+        fail(f"{flag} for unknown {kind}(s) {', '.join(unknown)}: valid ones are {', '.join(valid)}")
     return pairs
 
 
@@ -82,10 +85,7 @@ def backbones(
     """List the backbone registry and whether each backbone's weights are available locally."""
     from rftbench.backbones import BACKBONES, WeightsUnavailable, resolve_weights, weights_available
 
-    files = parse_pairs("--weights", weights, "SWIN=swin.safetensors")
-    unknown = sorted(set(files) - set(BACKBONES))
-    if unknown:
-        fail(f"--weights for unknown backbone(s) {', '.join(unknown)}: valid ones are {', '.join(BACKBONES)}")
+    files = parse_pairs("--weights", weights, "SWIN=swin.safetensors", BACKBONES, "backbone")
     table = Table(title="backbones")
     for column in ("name", "source", "model", "pretrained tag", "size", "mean / std", "head", "weights here"):
         table.add_column(column, overflow="fold")
@@ -111,10 +111,7 @@ def datasets(
     """List the dataset registry and whether each dataset's data is found locally."""
     from rftbench.datasets import DATASETS, LAYOUTS, env_var, resolve_root, samples
 
-    roots = parse_pairs("--root", root, "Cub=/data/CUB")
-    unknown = sorted(set(roots) - set(DATASETS))
-    if unknown:
-        fail(f"--root for unknown dataset(s) {', '.join(unknown)}: valid ones are {', '.join(DATASETS)}")
+    roots = parse_pairs("--root", root, "Cub=/data/CUB", DATASETS, "dataset")
     table = Table(title="datasets")
     for column in ("name", "classes", "train / val / test (protocol)", "root", "found", "layout"):
         table.add_column(column, overflow="fold")

@@ -309,3 +309,8 @@ def test_the_decoded_cache_follows_changed_files(tmp_path):
     assert not torch.equal(before.images[0], after.images[0]) and torch.equal(
         before.images[1:], after.images[1:]
     )
+
+
+def test_datasets_command_rejects_unknown_names():
+    result = CliRunner().invoke(app, ["datasets", "--root", "cub=/x"])
+    assert result.exit_code == 2 and "unknown dataset(s) cub: valid ones are Aircraft, Cars" in result.output
