@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rftbench.checkpoint import save_checkpoint
-from rftbench.data import ImageTensorDataset, decode_image, eval_transform
+from rftbench.data import IMAGE_SUFFIXES, ImageTensorDataset, decode_image, eval_transform
 
 SPLIT_SEED = 0  # default seed of every split rule and test subsample (RunConfig.split_seed stores it)
 SPLITS = ("train", "val", "test", "test_full")
@@ -193,7 +193,6 @@ def _dogs(root: Path, split: str, seed: int) -> Samples:
 def _imagefolder(root: Path, split: str, seed: int) -> Samples:
     """root/{train,val,test}/<class>/<image> (without val/: 10% of train per class, seeded), or
     root/<class>/<image> split 80/10/10 per class (seeded)."""
-    from rftbench.data import IMAGE_SUFFIXES
 
     def listing(base: Path, classes: list[str]) -> tuple[list[str], list[int]]:
         paths, labels = [], []
@@ -238,7 +237,7 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
-def fashion_mnist_arrays(root: Path, split: str, seed: int = 0) -> tuple[np.ndarray, list[int]]:
+def fashion_mnist_arrays(root: Path, split: str, seed: int = SPLIT_SEED) -> tuple[np.ndarray, list[int]]:
     """Images (N×28×28 uint8) and labels: the official test set, or the official training set split
     55,000 / 5,000 (stratified, seeded) into train / val."""
     official = "test" if split in ("test", "test_full") else "train"
