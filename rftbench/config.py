@@ -52,6 +52,7 @@ def eps_text(eps: str | float | Fraction) -> str:
 class RunConfig:
     backbone: str
     dataset: str
+    pretrained: bool = True  # False: random init (smoke tests, baselines), no weights needed
     setting: str = "fix"
     eps: str = "4/255"  # ε_g as text; `eps_value` is the float
     t1: float | None = None  # sched / linear only (0-based epochs)
@@ -73,6 +74,7 @@ class RunConfig:
     precision: str = "fp32"
     seed: int = 0
     split_seed: int = 0  # seeds the dataset's split rules and test subsample (rftbench.datasets)
+    train_subset: int = 0  # > 0: a stratified subsample of this many training images (seeded by split_seed)
     eval_budgets: tuple[str, ...] = ()  # empty: (eps,) for adversarial runs
     val_adv_samples: int = 500  # per-epoch validation APGD runs on this fixed prefix of the val split
 
@@ -88,10 +90,13 @@ class RunConfig:
         ).canonical()
         spec.validate(self.epochs)
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
-        set_("eps", eps_text(self.eps))
+        # `standard` at ε_g > 0 is ε = 0 training scored at that budget: one run, one hash
+        budgets = tuple(eps_text(b) for b in self.eval_budgets) or (
+            (eps_text(self.eps),) if parse_eps(self.eps) > 0 else ()
+        )
+        set_("eps", eps_text(spec.eps))
         for name in ("setting", "t1", "t2", "patience", "tolerance", "granularity"):
             set_("schedule_granularity" if name == "granularity" else name, getattr(spec, name))
-        budgets = tuple(eps_text(b) for b in self.eval_budgets) or ((self.eps,) if spec.eps > 0 else ())
         set_("eval_budgets", tuple(sorted(set(budgets), key=lambda b: parse_eps(b))))
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision {self.precision!r} unknown: choose one of {', '.join(PRECISIONS)}")
@@ -100,6 +105,10 @@ class RunConfig:
         for name in ("epochs", "batch_size", "train_attack_steps", "eval_attack_steps", "resolution"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.train_subset < 0:
+            raise ValueError(
+                f"train_subset must be >= 0 (0: the whole training split), got {self.train_subset}"
+            )
 
     @property
     def eps_value(self) -> float:

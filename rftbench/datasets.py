@@ -254,6 +254,24 @@ def fashion_mnist_arrays(root: Path, split: str, seed: int = SPLIT_SEED) -> tupl
     return images[index], [labels[i] for i in index]
 
 
+SYNTHETIC_PER_CLASS = {"train": 40, "val": 10, "test": 10, "test_full": 10}
+
+
+def synthetic_arrays(split: str, resolution: int, seed: int = SPLIT_SEED) -> tuple[Tensor, list[int]]:
+    """A generated 10-class task for smoke tests and pipeline checks (no files, no download): each class is
+    a smooth random colour pattern, each image that pattern shifted, rescaled in brightness and noised.
+    The patterns depend on `seed` alone, the samples on `seed` and the split, so splits never overlap."""
+    patterns = torch.rand(10, 3, 4, 4, generator=torch.Generator().manual_seed(seed)) * 0.6 + 0.2
+    patterns = F.interpolate(patterns, size=resolution, mode="bicubic", align_corners=False)
+    g = torch.Generator().manual_seed(seed * 1000 + 1 + SPLITS.index(split.replace("_full", "")))
+    labels = torch.arange(10).repeat_interleave(SYNTHETIC_PER_CLASS[split])
+    shifts = torch.randint(-resolution // 8, resolution // 8 + 1, (len(labels), 2), generator=g)
+    images = torch.stack([patterns[c].roll(tuple(s.tolist()), dims=(1, 2)) for c, s in zip(labels, shifts)])
+    images = images * (0.7 + 0.6 * torch.rand(len(labels), 1, 1, 1, generator=g))
+    images = images + 0.12 * torch.randn(images.shape, generator=g)
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8), labels.tolist()
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     name: str
@@ -261,6 +279,7 @@ class DatasetSpec:
     sizes: str  # train / val / test as the protocol gives them
     load: Callable[[Path, str, int], Samples] | None  # None: not image files (see build_dataset)
     default_root: str
+    train_images: int | None = None  # for work estimates (`run-grid --dry-run`); None: depends on the data
 
 
 LAYOUTS = {
@@ -272,17 +291,20 @@ LAYOUTS = {
     "Dogs": "ROOT/{Images/<wnid-breed>/*.jpg,train_list.mat,test_list.mat}",
     "imagefolder": "ROOT/{train,val,test}/<class>/<image> or ROOT/<class>/<image>",
     "fashion_mnist": "ROOT/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz (Debian: dataset-fashion-mnist)",
+    "synthetic": "generated in memory from split_seed (no files)",
 }
 
 # One line per dataset (STYLE.md 4).
 DATASETS: dict[str, DatasetSpec] = {s.name: s for s in [
-    DatasetSpec("Aircraft", 100, "3,334 / 3,333 / 1,000 of 3,333", _aircraft, "data/aircraft"),
-    DatasetSpec("Cars", 196, "≈6,922 / 1,222 / 1,000 of 8,041", _cars, "data/cars"),
-    DatasetSpec("Caltech", 257, "14,649 / 771 / 15,187", _caltech256, "data/caltech256"),
-    DatasetSpec("Cub", 200, "5,394 / 600 / 5,794", _cub, "data/cub"),
-    DatasetSpec("Dogs", 120, "10,800 / 1,200 / 8,580", _dogs, "data/dogs"),
+    DatasetSpec("Aircraft", 100, "3,334 / 3,333 / 1,000 of 3,333", _aircraft, "data/aircraft", 3334),
+    DatasetSpec("Cars", 196, "≈6,922 / 1,222 / 1,000 of 8,041", _cars, "data/cars", 6922),
+    DatasetSpec("Caltech", 257, "14,649 / 771 / 15,187", _caltech256, "data/caltech256", 14649),
+    DatasetSpec("Cub", 200, "5,394 / 600 / 5,794", _cub, "data/cub", 5394),
+    DatasetSpec("Dogs", 120, "10,800 / 1,200 / 8,580", _dogs, "data/dogs", 10800),
     DatasetSpec("imagefolder", 0, "folders, or 80 / 10 / 10 per class", _imagefolder, "data/imagefolder"),
-    DatasetSpec("fashion_mnist", 10, "55,000 / 5,000 / 10,000", None, "/usr/share/datasets/fashion-mnist"),
+    DatasetSpec("fashion_mnist", 10, "55,000 / 5,000 / 10,000", None, "/usr/share/datasets/fashion-mnist",
+                55000),
+    DatasetSpec("synthetic", 10, "400 / 100 / 100 generated", None, "", 400),
 ]}  # fmt: skip
 
 
@@ -335,6 +357,20 @@ def samples(
     return spec.load(root, split, seed)
 
 
+def check_data(name: str, root: str | Path | None = None, split_file: str | Path | None = None) -> None:
+    """Preflight before training: raise `DataNotFound` (one line: dataset, path, layout, fix) unless the
+    dataset's files are where its root says. Lists samples without decoding anything."""
+    if name == "synthetic":
+        return
+    if name == "fashion_mnist":
+        fashion_mnist_arrays(resolve_root(name, root), "val")
+        return
+    s = samples(name, root, "val", split_file)
+    missing = next((p for p in s.paths if not (s.root / p).is_file()), None)
+    if missing is not None:
+        raise DataNotFound(f"dataset {name}: image {s.root / missing} is missing; expected {LAYOUTS[name]}")
+
+
 def decoded_cache_path(name: str, split: str, resolution: int, key: str) -> Path:
     from rftbench.backbones import cache_dir
 
@@ -372,6 +408,9 @@ def build_dataset(
     transform = transform or eval_transform()
     if download:
         _download(name, resolve_root(name, root))
+    if name == "synthetic":
+        images, labels = synthetic_arrays(split, resolution, seed)
+        return ImageTensorDataset(images, torch.tensor(labels), transform, [f"pattern{i}" for i in range(10)])
     if name == "fashion_mnist":
         arrays, labels = fashion_mnist_arrays(resolve_root(name, root), split, seed)
         images = torch.from_numpy(arrays.copy()).unsqueeze(1).expand(-1, 3, -1, -1)

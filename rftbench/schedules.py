@@ -99,13 +99,14 @@ class ScheduleSpec:
 
     def canonical(self) -> ScheduleSpec:
         """One schedule, one form (CONVENTIONS.md): ε_g = 0 is `standard`; sched with T1 = T2 = 0 is
-        `fix`; sched with T1 = 0 is `linear`; parameters a setting does not use are cleared."""
+        `fix`; sched with T1 = 0 is `linear`; `standard` has ε_g = 0; parameters a setting does not use
+        are cleared."""
         get_schedule(self.setting)
         if self.granularity not in GRANULARITIES:
             raise ValueError(f"granularity {self.granularity!r} unknown: use one of {GRANULARITIES}")
-        setting, t1, t2 = self.setting, self.t1, self.t2
-        if self.eps == 0:
-            setting = "standard"
+        setting, t1, t2, eps = self.setting, self.t1, self.t2, self.eps
+        if eps == 0 or setting == "standard":
+            setting, eps = "standard", 0.0
         elif setting in ("sched", "linear"):
             if t2 is None or (setting == "sched" and t1 is None):
                 raise ValueError(f"schedule {setting!r} needs {'T2' if setting == 'linear' else 'T1 and T2'}")
@@ -121,6 +122,7 @@ class ScheduleSpec:
         return dataclasses.replace(
             self,
             setting=setting,
+            eps=eps,
             t1=float(t1) if hinge else None,
             t2=float(t2) if hinge else None,
             patience=(AUTO_PATIENCE if self.patience is None else int(self.patience)) if auto else None,
