@@ -5,18 +5,24 @@ rftbench schedule sched --eps 4/255 --t1 12 --t2 37 --epochs 50
 
 from __future__ import annotations
 
+import os
+import signal
+from pathlib import Path
+
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from rftbench import __version__
-from rftbench.config import eps_text, parse_eps
+from rftbench.config import RunConfig, RuntimeOptions, eps_text, parse_eps
 from rftbench.schedules import SCHEDULES, ScheduleSpec
 
 app = typer.Typer(
-    help="Robust fine-tuning of non-robust pretrained models, with ε-scheduling.", no_args_is_help=True
+    help="Robust fine-tuning of non-robust pretrained models, with ε-scheduling.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,  # an unexpected error is a bug report: a plain traceback serves it best
 )
-console = Console()
+console = Console(soft_wrap=True)  # log lines stay whole in files and narrow terminals
 
 
 def fail(message: str) -> None:
@@ -97,10 +103,15 @@ def backbones(
         where = where or weights_available(spec.name)
         mean, std = spec.normalization
         table.add_row(
-            spec.name, spec.source, spec.model, spec.tag, str(spec.size),
-            f"{'/'.join(f'{v:.3g}' for v in mean)} / {'/'.join(f'{v:.3g}' for v in std)}", spec.head,
+            spec.name,
+            spec.source,
+            spec.model,
+            spec.tag,
+            str(spec.size),
+            f"{'/'.join(f'{v:.3g}' for v in mean)} / {'/'.join(f'{v:.3g}' for v in std)}",
+            spec.head,
             f"[green]yes[/] {where}" if where else f"[red]no[/] (set {spec.env_var})",
-        )  # fmt: skip
+        )
     console.print(table)
 
 
@@ -109,7 +120,7 @@ def datasets(
     root: list[str] = typer.Option([], "--root", help="NAME=PATH: a dataset's data root (repeatable)"),
 ) -> None:
     """List the dataset registry and whether each dataset's data is found locally."""
-    from rftbench.datasets import DATASETS, LAYOUTS, env_var, resolve_root, samples
+    from rftbench.datasets import DATASETS, LAYOUTS, check_data, env_var, resolve_root
 
     roots = parse_pairs("--root", root, "Cub=/data/CUB", DATASETS, "dataset")
     table = Table(title="datasets")
@@ -118,12 +129,463 @@ def datasets(
     for spec in DATASETS.values():
         path = resolve_root(spec.name, roots.get(spec.name))
         try:
-            if spec.load is not None:
-                samples(spec.name, path, "val")
-            elif not any(path.glob("*idx3-ubyte*")):
-                raise FileNotFoundError(path)
+            check_data(spec.name, path)
             found = "[green]yes[/]"
         except (OSError, ValueError, RuntimeError):
             found = f"[red]no[/] (set {env_var(spec.name)})"
-        table.add_row(spec.name, str(spec.classes or "any"), spec.sizes, str(path), found, LAYOUTS[spec.name])
+        where = str(path) if spec.default_root else "-"
+        table.add_row(spec.name, str(spec.classes or "any"), spec.sizes, where, found, LAYOUTS[spec.name])
     console.print(table)
+
+
+# -- grids, runs and the results database ---------------------------------------------------------------
+EXPERIMENTS = typer.Option(
+    Path("experiments.toml"), "--experiments", envvar="RFTBENCH_EXPERIMENTS", help="the grids file"
+)
+DB = typer.Option(None, "--db", help="SQLite file or SQLAlchemy URL [env RFTBENCH_DB; default rftbench.db]")
+RUNS_DIR = typer.Option(
+    Path("runs"), "--runs-dir", envvar="RFTBENCH_RUNS", help="checkpoints, one folder per run"
+)
+DEVICE = typer.Option(None, "--device", help="cuda, cuda:1, mps, cpu [default: cuda if available]")
+WORKERS = typer.Option(None, "--workers", min=0, help="data-loader workers [default: 4 on a GPU, 0 on CPU]")
+CHANNELS_LAST = typer.Option(False, "--channels-last", help="channels-last memory format (convnets on GPU)")
+COMPILE = typer.Option(False, "--compile", help="torch.compile the model (never part of a run's id)")
+ROOTS = typer.Option([], "--root", help="NAME=PATH: a dataset's data root (repeatable)")
+WEIGHTS = typer.Option([], "--weights", help="NAME=FILE: a backbone's weights file (repeatable)")
+PRUNE = typer.Option(False, "--prune-checkpoints", help="delete a finished run's last.pt (final.pt stays)")
+LEASE = typer.Option(120.0, "--lease-seconds", min=5, help="a claimed run's lease, renewed by a heartbeat")
+
+
+def open_store(db: str | None, *, create: bool = True):
+    from rftbench.store import Store, StoreError
+
+    try:
+        return Store.open(db, create=create)
+    except StoreError as exc:
+        fail(str(exc))
+
+
+def read_experiments(path: Path):
+    from rftbench.grids import GridError, load_experiments
+
+    try:
+        return load_experiments(path)
+    except GridError as exc:
+        fail(str(exc))
+
+
+def runtime_options(device: str | None, workers: int | None, channels_last: bool, compile_: bool):
+    import torch
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        torch.empty(1, device=device)
+    except (RuntimeError, AssertionError) as exc:
+        fail(
+            f"device {device!r} is not usable here ({str(exc).splitlines()[0][:100]}); pick another --device"
+        )
+    workers = workers if workers is not None else (0 if device == "cpu" else min(4, os.cpu_count() or 1))
+    return RuntimeOptions(device=device, channels_last=channels_last, compile=compile_, num_workers=workers)
+
+
+def make_runner(runs_dir, device, workers, channels_last, compile_, roots, weights, prune, lease):
+    """A runner without its store: flags are checked first, and the database is opened only once the jobs
+    passed their preflight (bad input leaves the database untouched)."""
+    from rftbench.backbones import BACKBONES
+    from rftbench.datasets import DATASETS
+    from rftbench.runner import Runner
+
+    return Runner(
+        store=None,
+        runtime=runtime_options(device, workers, channels_last, compile_),
+        runs_dir=runs_dir,
+        roots=parse_pairs("--root", roots, "Cub=/data/CUB", DATASETS, "dataset"),
+        weights=parse_pairs("--weights", weights, "SWIN=swin.safetensors", BACKBONES, "backbone"),
+        lease_seconds=lease,
+        prune=prune,
+        progress=RichProgress(),
+    )
+
+
+class RichProgress:
+    """The live display: grid progress, the current run, its epoch, ε(t), last validation accuracy, ETA."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self.grid = self.bar.add_task("runs", total=None)
+        self.job = None
+
+    def __enter__(self) -> RichProgress:
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.stop()
+
+    def start_run(self, run, config, index, total) -> None:
+        self.bar.update(self.grid, total=total, completed=index, description=f"runs ({total} to do)")
+        if self.job is not None:
+            self.bar.remove_task(self.job)
+        self.name = f"{run.id[:8]} {config.backbone}/{config.dataset} {config.setting} {config.eps}"
+        self.job = self.bar.add_task(f"{self.name} · building", total=config.epochs)
+
+    def epoch(self, run, config, metrics) -> None:
+        done = metrics["epoch"] + 1
+        text = (
+            f"{self.name} · epoch {metrics['epoch']} · ε(t) {metrics['eps'] * 255:.2f}/255 · "
+            f"val {metrics['val_acc']:.1%}"
+        )
+        if metrics.get("val_adv_acc") is not None:
+            text += f" · adv {metrics['val_adv_acc']:.1%}"
+        self.bar.update(self.job, completed=done, description=text)
+
+    def end_run(self, run, status, detail="") -> None:
+        colour = {"completed": "green", "failed": "red"}.get(status, "yellow")
+        self.bar.console.print(f"[{colour}]{status}[/] {self.name} {detail}", highlight=False)
+        self.bar.advance(self.grid)
+
+
+def preflight(runner, items) -> None:
+    """Data roots and weights of every (config, stored paths) about to run, or one line and exit 2."""
+    from rftbench.backbones import WeightsUnavailable
+    from rftbench.datasets import DataNotFound
+
+    try:
+        runner.preflight(items)
+    except (DataNotFound, WeightsUnavailable, ValueError) as exc:
+        fail(str(exc))
+
+
+def existing_statuses(db: str | None, run_ids: list[str]) -> dict[str, str]:
+    """Run id -> state for the runs already in the database; {} (and no file created) if there is none."""
+    from rftbench.store import database_url
+
+    url = database_url(db)
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        return {}
+    return open_store(db, create=False).status_of(run_ids)
+
+
+def execute(runner, run_ids: list[str] | None) -> None:
+    """Run, then exit 0 (all done), 1 (some failed) or 130 (interrupted)."""
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # a scheduler's SIGTERM stops like Ctrl-C
+    try:
+        with runner.progress:
+            summary = runner.run(run_ids)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    console.print(
+        f"{len(summary.completed)} completed, {len(summary.failed)} failed"
+        + (
+            f", stopped during {summary.interrupted}: `rftbench resume` continues it"
+            if summary.interrupted
+            else ""
+        )
+    )
+    for run_id, line in summary.failed.items():
+        console.print(f"[red]failed[/] {run_id}: {line}", highlight=False)
+    if summary.interrupted:
+        raise typer.Exit(code=130)
+    if summary.failed:
+        raise typer.Exit(code=1)
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def estimate_work(configs) -> tuple[float, int]:
+    """Training forward-backward passes (images × epochs × (attack steps + 1)); runs of unknown size."""
+    from rftbench.datasets import DATASETS
+
+    passes, unknown = 0.0, 0
+    for config in configs:
+        images = DATASETS[config.dataset].train_images
+        if images is None:
+            unknown += 1
+            continue
+        images = min(images, config.train_subset or images)
+        steps = config.train_attack_steps if config.eps_value > 0 else 0
+        passes += images * config.epochs * (steps + 1)
+    return passes, unknown
+
+
+@app.command("run-grid")
+def run_grid(
+    grid: str = typer.Option("paper", "--grid", help="a grid named in the experiments file"),
+    backbone: list[str] = typer.Option([], "--backbone", help="only these backbones (repeatable)"),
+    dataset: list[str] = typer.Option([], "--dataset", help="only these datasets (repeatable)"),
+    setting: list[str] = typer.Option([], "--setting", help="only these settings (repeatable)"),
+    eps: list[str] = typer.Option([], "--eps", help="only these ε_g, as k/255 (repeatable)"),
+    seed: list[int] = typer.Option([], "--seed", help="only these seeds (repeatable)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="list the jobs and the work; run nothing"),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="re-queue this grid's failed runs"),
+    experiments: Path = EXPERIMENTS,
+    db: str | None = DB,
+    runs_dir: Path = RUNS_DIR,
+    device: str | None = DEVICE,
+    workers: int | None = WORKERS,
+    channels_last: bool = CHANNELS_LAST,
+    compile_: bool = COMPILE,
+    root: list[str] = ROOTS,
+    weights: list[str] = WEIGHTS,
+    prune_checkpoints: bool = PRUNE,
+    lease_seconds: float = LEASE,
+) -> None:
+    """Expand a grid into runs, record them, and run every pending or interrupted one in order."""
+    from rftbench.grids import GridError
+
+    spec = read_experiments(experiments)
+    try:
+        budgets = [eps_text(e) for e in eps]
+    except ValueError as exc:
+        fail(f"--eps: {exc}")
+    try:
+        jobs = spec.jobs(
+            grid, backbones=backbone, datasets=dataset, settings=setting, eps=budgets, seeds=seed
+        )
+    except GridError as exc:
+        fail(str(exc))
+    check_filters(backbone, dataset, setting)
+    if not jobs:
+        fail(f"grid {grid!r} has no job matching these filters; drop a filter or check its values")
+    if dry_run:
+        show_jobs(grid, jobs, db)
+        return
+    runner = make_runner(
+        runs_dir, device, workers, channels_last, compile_, root, weights, prune_checkpoints, lease_seconds
+    )
+    ids = [job.run_id for job in jobs]
+    statuses = existing_statuses(db, ids)
+    preflight(runner, [(j.config, j.paths) for j in jobs if statuses.get(j.run_id) != "completed"])
+    runner.store = open_store(db)
+    new, known = runner.store.record_grid(
+        grid,
+        jobs,
+        description=spec.description(grid),
+        adaptation_threshold=spec.threshold(grid),
+        source=str(experiments.resolve()),
+    )
+    if retry_failed:
+        console.print(f"re-queued {runner.store.requeue(ids)} failed run(s)")
+    done = len(runner.store.completed_ids(ids))
+    console.print(f"grid {grid}: {len(jobs)} runs ({new} new), {done} already completed")
+    execute(runner, ids)
+
+
+def check_filters(backbone: list[str], dataset: list[str], setting: list[str]) -> None:
+    """A filter value that names nothing in the registries is a typo: say so instead of matching nothing."""
+    from rftbench.backbones import BACKBONES
+    from rftbench.datasets import DATASETS
+
+    for flag, values, valid in (
+        ("--backbone", backbone, BACKBONES),
+        ("--dataset", dataset, DATASETS),
+        ("--setting", setting, SCHEDULES),
+    ):
+        unknown = [v for v in values if v not in valid]
+        if unknown:
+            fail(f"{flag} {', '.join(unknown)}: unknown; valid ones are {', '.join(valid)}")
+
+
+def show_jobs(grid: str, jobs, db: str | None) -> None:
+    statuses = existing_statuses(db, [j.run_id for j in jobs])
+    table = Table(title=f"grid {grid}: {len(jobs)} jobs")
+    for column in (
+        "#",
+        "run id",
+        "backbone",
+        "dataset",
+        "setting",
+        "ε_g",
+        "T1/T2",
+        "seed",
+        "epochs",
+        "status",
+    ):
+        table.add_column(column)
+    for job in jobs:
+        c = job.config
+        hinge = f"{c.t1:g}/{c.t2:g}" if c.t2 is not None else ""
+        table.add_row(
+            str(job.position),
+            job.run_id,
+            c.backbone,
+            c.dataset,
+            c.setting,
+            c.eps,
+            hinge,
+            str(c.seed),
+            str(c.epochs),
+            statuses.get(job.run_id, "new"),
+        )
+    console.print(table)
+    passes, unknown = estimate_work([j.config for j in jobs])
+    done = sum(s == "completed" for s in statuses.values())
+    console.print(f"{len(jobs)} jobs: {done} completed, {len(jobs) - done} to run")
+    console.print(
+        f"work: {passes:.3g} training forward-backward passes (images × epochs × (attack steps + 1))"
+        + (f", plus {unknown} run(s) on data of unknown size" if unknown else "")
+    )
+
+
+@app.command()
+def run(
+    backbone: str = typer.Option(..., "--backbone"),
+    dataset: str = typer.Option(..., "--dataset"),
+    setting: str = typer.Option("fix", "--setting", help=f"one of: {', '.join(SCHEDULES)}"),
+    eps: str = typer.Option("4/255", "--eps", help="ε_g as k/255"),
+    t1: float | None = typer.Option(None, "--t1", help="sched: first epoch of the ramp"),
+    t2: float | None = typer.Option(None, "--t2", help="sched/linear: epoch at which ε reaches ε_g"),
+    seed: int | None = typer.Option(None, "--seed"),
+    grid: str | None = typer.Option(None, "--grid", help="take this grid's defaults and overrides"),
+    experiments: Path = EXPERIMENTS,
+    db: str | None = DB,
+    runs_dir: Path = RUNS_DIR,
+    device: str | None = DEVICE,
+    workers: int | None = WORKERS,
+    channels_last: bool = CHANNELS_LAST,
+    compile_: bool = COMPILE,
+    root: list[str] = ROOTS,
+    weights: list[str] = WEIGHTS,
+    prune_checkpoints: bool = PRUNE,
+    lease_seconds: float = LEASE,
+) -> None:
+    """Run one job with a grid's defaults (or the file's [defaults]); a finished identical run is reused."""
+    from rftbench.grids import GridError
+
+    spec = read_experiments(experiments)
+    check_filters([backbone], [dataset], [setting])
+    entry = (
+        {"setting": setting} | ({"t1": t1} if t1 is not None else {}) | ({"t2": t2} if t2 is not None else {})
+    )
+    try:
+        job = spec.single(backbone, dataset, entry, eps_text(eps), seed, grid=grid)
+    except (GridError, ValueError) as exc:
+        fail(str(exc))
+    runner = make_runner(
+        runs_dir, device, workers, channels_last, compile_, root, weights, prune_checkpoints, lease_seconds
+    )
+    if existing_statuses(db, [job.run_id]).get(job.run_id) != "completed":
+        preflight(runner, [(job.config, job.paths)])
+    runner.store = open_store(db)
+    if grid is not None and job.run_id in {j.run_id for j in spec.jobs(grid)}:
+        runner.store.record_grid(
+            grid,
+            [job],
+            description=spec.description(grid),
+            adaptation_threshold=spec.threshold(grid),
+            source=str(experiments.resolve()),
+        )
+    else:
+        runner.store.record_run(job.config, job.paths)
+    status = runner.store.run(job.run_id).status
+    console.print(f"run {job.run_id}: {backbone}/{dataset} {job.config.setting} {job.config.eps} ({status})")
+    execute(runner, [job.run_id])
+
+
+@app.command()
+def resume(
+    db: str | None = DB,
+    runs_dir: Path = RUNS_DIR,
+    device: str | None = DEVICE,
+    workers: int | None = WORKERS,
+    channels_last: bool = CHANNELS_LAST,
+    compile_: bool = COMPILE,
+    root: list[str] = ROOTS,
+    weights: list[str] = WEIGHTS,
+    prune_checkpoints: bool = PRUNE,
+    lease_seconds: float = LEASE,
+) -> None:
+    """Continue every pending or interrupted run from its last epoch checkpoint; completed runs are kept."""
+    runner = make_runner(
+        runs_dir, device, workers, channels_last, compile_, root, weights, prune_checkpoints, lease_seconds
+    )
+    runner.store = open_store(db, create=False)
+    reaped = runner.store.reap()
+    todo = [runner.store.run(run_id) for run_id in runner.store.claimable()]
+    console.print(f"{len(todo)} run(s) to continue ({reaped} found interrupted now)")
+    preflight(runner, [(RunConfig.from_json(r.config), r.paths) for r in todo])
+    if todo:
+        execute(runner, None)
+
+
+@app.command()
+def evaluate(
+    run_id: str = typer.Argument(..., help="a run id or a unique prefix of one"),
+    eps: list[str] = typer.Option([], "--eps", help="budgets as k/255 (repeatable) [default: the run's]"),
+    steps: int | None = typer.Option(None, "--steps", min=1, help="APGD steps [default: the run's]"),
+    random_start: bool = typer.Option(False, "--random-start", help="start APGD from a random point"),
+    db: str | None = DB,
+    runs_dir: Path = RUNS_DIR,
+    device: str | None = DEVICE,
+    workers: int | None = WORKERS,
+    root: list[str] = ROOTS,
+) -> None:
+    """Re-evaluate a finished run's final weights at other budgets or step counts (stored; no training)."""
+    from rftbench.checkpoint import CheckpointError
+    from rftbench.datasets import DataNotFound
+    from rftbench.store import StoreError
+
+    runner = make_runner(runs_dir, device, workers, False, False, root, [], False, 120.0)
+    runner.store = open_store(db, create=False)
+    try:
+        run_ = runner.store.find_run(run_id)
+        config = RunConfig.from_json(run_.config)
+        budgets = [eps_text(e) for e in eps] or list(config.eval_budgets) or [config.eps]
+        result = runner.evaluate(run_.id, budgets, steps or config.eval_attack_steps, random_start)
+    except (StoreError, CheckpointError, DataNotFound, ValueError) as exc:
+        fail(str(exc))
+    table = Table(title=f"run {run_.id}: APGD-{steps or config.eval_attack_steps}, {result['n']} test images")
+    for column in ("ε_g", "clean", "adv", "E.adv"):
+        table.add_column(column, justify="right")
+    for row in result["budgets"]:
+        table.add_row(row["budget"], *(f"{100 * row[k]:.2f}" for k in ("clean", "adv", "eadv")))
+    console.print(table)
+
+
+@app.command()
+def status(
+    db: str | None = DB,
+    grid: str | None = typer.Option(None, "--grid", help="only this grid"),
+) -> None:
+    """Runs by state, per-grid progress, and each failed run's error line."""
+    from rftbench.store import STATES
+
+    store = open_store(db, create=False)
+    store.reap()
+    table = Table(title="grids")
+    for column in ("grid", "runs", *STATES, "description"):
+        table.add_column(column)
+    for g in store.grids():
+        if grid is None or g.name == grid:
+            counts = store.counts(g.name)
+            table.add_row(g.name, str(sum(counts.values())), *(str(counts[s]) for s in STATES), g.description)
+    console.print(table)
+    counts = store.counts()
+    console.print("all runs: " + ", ".join(f"{counts[s]} {s}" for s in STATES))
+    for run_ in store.runs(grid=grid, states=("running",)):
+        console.print(
+            f"[yellow]running[/] {run_.id} {run_.backbone}/{run_.dataset} {run_.setting} {run_.eps} "
+            f"on {run_.host} (pid {run_.pid}), {len(store.epochs(run_.id))}/{run_.epochs} epochs"
+        )
+    for run_ in store.runs(grid=grid, states=("failed",)):
+        console.print(
+            f"[red]failed[/] {run_.id} {run_.backbone}/{run_.dataset} {run_.setting} {run_.eps}: "
+            f"{run_.error}",
+            highlight=False,
+        )
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,304 @@
+"""Runs stored jobs one after another: claim, build, train, record. `run-grid`, `run` and `resume` all
+come here (STYLE.md 6: a thin CLI over a swappable runner; the runner never knows who called it).
+
+    runner = Runner(store, RuntimeOptions(device="cuda"), runs_dir="runs")
+    summary = runner.run(run_ids)   # None: every pending or interrupted run in the database
+
+Each run holds a lease in the store, renewed by a heartbeat thread, so several runners can share one
+database. Per epoch the trainer's callback upserts the metrics row, then the trainer writes the
+checkpoint (CONVENTIONS.md write order); a crash marks the run failed with one line and the next run
+starts; Ctrl-C (or SIGTERM) marks it interrupted, to be continued by `rftbench resume`.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import threading
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from rftbench import __version__
+from rftbench.backbones import build_backbone, check_weights, get_backbone_spec
+from rftbench.checkpoint import CheckpointError, load_checkpoint
+from rftbench.config import RunConfig, RuntimeOptions
+from rftbench.data import ImageTensorDataset, eval_transform, make_loader, train_transform
+from rftbench.datasets import build_dataset, check_data, env_var, stratified_subsample
+from rftbench.metrics import evaluate_budgets
+from rftbench.store import Run, Store, this_process
+from rftbench.trainer import AMP_DTYPES, train
+
+LEASE_SECONDS = 120.0
+
+
+class LeaseLost(RuntimeError):
+    """Another runner took this run over (its lease had expired): stop without touching its state."""
+
+
+def resolve_paths(config: RunConfig, stored: dict, roots: dict, weights: dict) -> dict:
+    """Where this run's data and weights are: a flag, else the environment variable, else the
+    experiments file's path stored with the run, else (None) the registry's default."""
+    weights_env = get_backbone_spec(config.backbone).env_var
+    return {
+        "data_root": roots.get(config.dataset)
+        or (None if os.environ.get(env_var(config.dataset)) else stored.get("data_root")),
+        "split_file": stored.get("split_file"),
+        "weights": weights.get(config.backbone)
+        or (None if os.environ.get(weights_env) else stored.get("weights")),
+    }
+
+
+def preflight(jobs: list[tuple[RunConfig, dict]]) -> None:
+    """Before any training: every dataset root readable and every pretrained backbone's weights local (or
+    fetched now). Raises DataNotFound / WeightsUnavailable with one line naming the fix."""
+    for dataset, root, split_file in dict.fromkeys(
+        (c.dataset, p["data_root"], p["split_file"]) for c, p in jobs
+    ):
+        check_data(dataset, root, split_file)
+    for backbone, file in dict.fromkeys((c.backbone, p["weights"]) for c, p in jobs if c.pretrained):
+        check_weights([backbone], {backbone: file} if file else None)
+
+
+def build_data(config: RunConfig, paths: dict, split: str, transform) -> ImageTensorDataset:
+    data = build_dataset(
+        config.dataset,
+        paths["data_root"],
+        split,
+        transform=transform,
+        resolution=config.resolution,
+        split_file=paths["split_file"],
+        seed=config.split_seed,
+    )
+    if split == "train" and config.train_subset:
+        index = torch.tensor(
+            stratified_subsample(data.labels.tolist(), config.train_subset, config.split_seed)
+        )
+        data = ImageTensorDataset(data.images[index], data.labels[index], transform, data.classes)
+    return data
+
+
+def build_model(config: RunConfig, paths: dict, num_classes: int) -> torch.nn.Module:
+    torch.manual_seed(config.seed)  # the new head's init is part of the run
+    return build_backbone(
+        config.backbone,
+        num_classes,
+        weights=paths["weights"],
+        pretrained=config.pretrained,
+        size=config.resolution,
+    )
+
+
+def provenance(runtime: RuntimeOptions) -> dict:
+    """What produced a run's numbers, stored with it: versions, commit, device."""
+    import open_clip
+    import timm
+
+    device = torch.device(runtime.device)
+    return {
+        "rftbench": __version__,
+        "git": git_sha(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "open_clip": open_clip.__version__,
+        "python": platform.python_version(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
+        "host": platform.node(),
+    }
+
+
+def git_sha() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+class Heartbeat(threading.Thread):
+    """Renews a run's lease every quarter lease; `lost` turns True if the store says we no longer hold it."""
+
+    def __init__(self, store: Store, run_id: str, owner: str, lease_seconds: float) -> None:
+        super().__init__(daemon=True)
+        self.store, self.run_id, self.owner, self.lease_seconds = store, run_id, owner, lease_seconds
+        self.stop, self.lost = threading.Event(), False
+
+    def run(self) -> None:
+        while not self.stop.wait(self.lease_seconds / 4):
+            try:
+                self.lost = not self.store.heartbeat(self.run_id, self.owner, self.lease_seconds)
+            except Exception:  # a busy database: the next beat retries; the lease has slack for it
+                continue
+
+
+class Progress:
+    """What a runner reports; the CLI's rich display implements it, tests may record it."""
+
+    def start_run(self, run: Run, config: RunConfig, index: int, total: int) -> None: ...
+    def epoch(self, run: Run, config: RunConfig, metrics: dict) -> None: ...
+    def end_run(self, run: Run, status: str, detail: str = "") -> None: ...
+
+
+@dataclass
+class Summary:
+    completed: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # run id -> its error line
+    interrupted: str | None = None  # the run Ctrl-C stopped
+    lost: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Runner:
+    store: Store | None  # set before `run`; None while flags and preflight are checked
+    runtime: RuntimeOptions = RuntimeOptions()
+    runs_dir: Path = Path("runs")
+    roots: dict = field(default_factory=dict)  # dataset -> root, from flags
+    weights: dict = field(default_factory=dict)  # backbone -> file, from flags
+    lease_seconds: float = LEASE_SECONDS
+    prune: bool = False  # delete a finished run's last.pt (final.pt, the final weights, stays)
+    progress: Progress = field(default_factory=Progress)
+
+    def loader(self, data, config: RunConfig, shuffle: bool):
+        return make_loader(
+            data,
+            config.batch_size,
+            shuffle=shuffle,
+            num_workers=self.runtime.num_workers,
+            device=self.runtime.device,
+        )
+
+    def paths(self, run: Run) -> dict:
+        return resolve_paths(RunConfig.from_json(run.config), run.paths or {}, self.roots, self.weights)
+
+    def preflight(self, items: list[tuple[RunConfig, dict]]) -> None:
+        """`preflight` for (config, stored paths) pairs, with this runner's flags applied."""
+        preflight(
+            [(config, resolve_paths(config, stored, self.roots, self.weights)) for config, stored in items]
+        )
+
+    def run(self, run_ids: list[str] | None = None) -> Summary:
+        """Claim and execute runs (of `run_ids`, in order; None: all) until none is left to claim."""
+        host, pid = this_process()
+        owner = f"{host}:{pid}:{uuid.uuid4().hex[:8]}"
+        summary, done = Summary(), 0
+        while True:
+            self.store.reap()
+            candidates = self.store.claimable(run_ids)
+            if not candidates:
+                return summary
+            run = self.store.claim(owner, candidates, self.lease_seconds)
+            if run is None:  # another runner took them first; look again
+                continue
+            total = len(candidates) + done
+            status = self.execute(run, owner, done, total, summary)
+            done += status != "lost"
+            if summary.interrupted:
+                return summary
+
+    def execute(self, run: Run, owner: str, index: int, total: int, summary: Summary) -> str:
+        config = RunConfig.from_json(run.config)
+        self.progress.start_run(run, config, index, total)
+        heartbeat = Heartbeat(self.store, run.id, owner, self.lease_seconds)
+        heartbeat.start()
+        run_dir = self.runs_dir / run.id
+
+        def record(metrics: dict) -> None:
+            if heartbeat.lost:
+                raise LeaseLost(f"run {run.id} was taken over by another runner")
+            self.store.upsert_epoch(run.id, metrics)
+            self.progress.epoch(run, config, metrics)
+
+        try:
+            info = provenance(self.runtime)
+            self.store.set_provenance(run.id, info)
+            paths = self.paths(run)
+            train_set = build_data(config, paths, "train", train_transform())
+            val_set, test_set = (build_data(config, paths, s, eval_transform()) for s in ("val", "test"))
+            model = build_model(config, paths, len(train_set.classes))
+            train_loader, val_loader, test_loader = (
+                self.loader(data, config, shuffle=data is train_set)
+                for data in (train_set, val_set, test_set)
+            )
+            result = train(
+                config,
+                model,
+                train_loader,
+                val_loader,
+                test_loader,
+                callback=record,
+                run_dir=run_dir,
+                runtime=self.runtime,
+            )
+            self.store.complete(
+                run.id, owner, result, steps=config.eval_attack_steps, random_start=False, provenance=info
+            )
+            if self.prune:
+                (run_dir / "last.pt").unlink(missing_ok=True)
+            summary.completed.append(run.id)
+            self.progress.end_run(run, "completed", f"clean {result['clean']:.2%}")
+            return "completed"
+        except KeyboardInterrupt:
+            self.store.release(run.id, owner, "interrupted", error="stopped by the user (Ctrl-C / SIGTERM)")
+            summary.interrupted = run.id
+            self.progress.end_run(run, "interrupted")
+            return "interrupted"
+        except LeaseLost as exc:
+            summary.lost.append(run.id)
+            self.progress.end_run(run, "lost", str(exc))
+            return "lost"
+        except Exception as exc:  # one job's crash must not stop the grid
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "error.log").write_text(traceback.format_exc())
+            line = one_line(exc)
+            self.store.release(run.id, owner, "failed", error=line)
+            summary.failed[run.id] = line
+            self.progress.end_run(run, "failed", line)
+            return "failed"
+        finally:
+            heartbeat.stop.set()
+
+    def evaluate(self, run_id: str, budgets: list[str], steps: int, random_start: bool = False) -> dict:
+        """Re-evaluate a completed run's final weights (`runs/<id>/final.pt`) at `budgets` with `steps`
+        APGD steps; stored as extra evaluation rows. No retraining."""
+        run = self.store.find_run(run_id)
+        final = self.runs_dir / run.id / "final.pt"
+        if run.status != "completed" or not final.exists():
+            raise CheckpointError(
+                f"run {run.id} has no final weights at {final} (status {run.status}); "
+                f"finish it with `rftbench resume` or pass its --runs-dir"
+            )
+        state = load_checkpoint(final)
+        if state["config"] != run.config:
+            raise CheckpointError(
+                f"{final} holds another run's weights ({state['run_id']}); it is not {run.id}"
+            )
+        config, paths = RunConfig.from_json(run.config), self.paths(run)
+        test_set = build_data(config, paths, "test", eval_transform())
+        model = build_backbone(
+            config.backbone, len(test_set.classes), pretrained=False, size=config.resolution
+        )
+        model.load_state_dict(state["model"])
+        device = torch.device(self.runtime.device)
+        loader = self.loader(test_set, config, shuffle=False)
+        result = evaluate_budgets(
+            model.to(device).eval(),
+            loader,
+            budgets,
+            steps,
+            device=device,
+            random_start=random_start,
+            autocast_dtype=AMP_DTYPES[config.precision],
+        )
+        self.store.add_evaluation(run.id, result, steps=steps, kind="extra", random_start=random_start)
+        return result

@@ -1,0 +1,540 @@
+"""The results database (SQLModel): runs, per-epoch metrics, evaluations, adaptation starts, grid links.
+
+    store = Store.open("rftbench.db")              # or any SQLAlchemy URL: postgresql://host/db
+    store.record_grid("smoke", jobs, adaptation_threshold=0.2)
+    run = store.claim(owner, run_ids)              # atomic: two processes never get the same run
+
+The only module that speaks SQL (STYLE.md 7). Accuracies are fractions in [0, 1], epochs 0-based
+(CONVENTIONS.md). A claimed run holds a lease that its worker renews (`heartbeat`); a run whose lease
+expired, or whose process on this host is gone, is `interrupted` and can be claimed again. SQLite runs in
+WAL mode with a busy timeout, so several processes can share one file.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import JSON, Column, UniqueConstraint, event, func, update
+from sqlalchemy.engine import Engine
+from sqlmodel import Field, Session, SQLModel, create_engine, delete, select
+
+from rftbench.config import parse_eps
+from rftbench.metrics import adaptation_start_epoch
+
+SCHEMA_VERSION = 1
+STATES = ("pending", "running", "interrupted", "completed", "failed")
+DEFAULT_DB = "rftbench.db"
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class SchemaVersion(SQLModel, table=True):
+    __tablename__ = "schema_version"
+    version: int = Field(primary_key=True)
+
+
+class Run(SQLModel, table=True):
+    id: str = Field(primary_key=True)  # RunConfig.run_id
+    config: str  # the canonical JSON the id hashes, as in every checkpoint
+    backbone: str = Field(index=True)
+    dataset: str = Field(index=True)
+    setting: str
+    eps: str  # "4/255"
+    eps_value: float
+    t1: float | None = None
+    t2: float | None = None
+    seed: int = 0
+    epochs: int
+    status: str = Field(default="pending", index=True)
+    paths: dict = Field(default_factory=dict, sa_column=Column(JSON))  # data root, split file, weights
+    created_at: datetime = Field(default_factory=now)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    heartbeat_at: datetime | None = None
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
+    host: str | None = None
+    pid: int | None = None
+    attempts: int = 0
+    error: str | None = None
+    provenance: dict = Field(default_factory=dict, sa_column=Column(JSON))
+
+
+class EpochMetric(SQLModel, table=True):
+    __tablename__ = "epoch_metric"
+    __table_args__ = (UniqueConstraint("run_id", "epoch"),)
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(foreign_key="run.id", index=True)
+    epoch: int
+    eps: float  # ε(t) of this epoch
+    lr: float
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    val_adv_loss: float | None = None
+    val_adv_acc: float | None = None
+    val_adv_eps: str | None = None
+    epoch_seconds: float
+    images_per_second: float
+    recorded_at: datetime = Field(default_factory=now)
+
+
+class Evaluation(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("run_id", "budget", "steps", "attack", "random_start"),)
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(foreign_key="run.id", index=True)
+    kind: str = "final"  # "final": at the end of training; "extra": `rftbench evaluate`
+    budget: str  # ε_g of this row, "8/255"
+    budget_value: float
+    clean: float
+    adv: float
+    eadv: float
+    eps_grid: list = Field(default_factory=list, sa_column=Column(JSON))  # ["0/255", ..., budget]
+    accuracies: list = Field(default_factory=list, sa_column=Column(JSON))  # one per eps_grid point
+    n: int
+    attack: str = "apgd-ce"
+    steps: int
+    random_start: bool = False
+    attacks_run: int = 0
+    created_at: datetime = Field(default_factory=now)
+
+
+class Adaptation(SQLModel, table=True):
+    run_id: str = Field(foreign_key="run.id", primary_key=True)
+    threshold: float = Field(primary_key=True)
+    start_epoch: int  # first epoch with val_acc > threshold; `epochs` if none
+    epochs: int
+
+
+class Grid(SQLModel, table=True):
+    name: str = Field(primary_key=True)
+    description: str = ""
+    adaptation_threshold: float = 0.05
+    source: str = ""  # the experiments file it was read from
+    recorded_at: datetime = Field(default_factory=now)
+
+
+class GridRun(SQLModel, table=True):
+    __tablename__ = "grid_run"
+    grid: str = Field(foreign_key="grid.name", primary_key=True)
+    run_id: str = Field(foreign_key="run.id", primary_key=True)
+    position: int
+
+
+class StoreError(RuntimeError):
+    pass
+
+
+def database_url(db: str | None) -> str:
+    """A path (or nothing: $RFTBENCH_DB, else rftbench.db here) becomes a SQLite URL; URLs pass through."""
+    db = db or os.environ.get("RFTBENCH_DB") or DEFAULT_DB
+    return db if "://" in db else f"sqlite:///{db}"
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+    cursor.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes in WAL mode
+    cursor.execute("PRAGMA busy_timeout=60000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def this_process() -> tuple[str, int]:
+    return socket.gethostname(), os.getpid()
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+class Store:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def open(cls, db: str | None = None, *, create: bool = True) -> Store:
+        """Connect, create the schema if the database is new (`create`), and refuse another version."""
+        url = database_url(db)
+        sqlite = url.startswith("sqlite")
+        if sqlite and not create:
+            path = url.removeprefix("sqlite:///")
+            if not os.path.exists(path):
+                raise StoreError(f"database {path} not found; run `rftbench run-grid` first or pass --db")
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 60} if sqlite else {}
+        )
+        if sqlite:
+            event.listen(engine, "connect", _sqlite_pragmas)
+        store = cls(engine)
+        try:
+            SQLModel.metadata.create_all(engine)
+            with Session(engine) as session:
+                versions = session.exec(select(SchemaVersion.version)).all()
+                if not versions:
+                    session.add(SchemaVersion(version=SCHEMA_VERSION))
+                    session.commit()
+                elif versions != [SCHEMA_VERSION]:
+                    raise StoreError(
+                        f"database {url} has schema version {versions}, this rftbench writes "
+                        f"{SCHEMA_VERSION}: use a new --db or the rftbench that created it"
+                    )
+        except StoreError:
+            raise
+        except Exception as exc:  # not a database, locked beyond the timeout, unreachable server
+            raise StoreError(f"cannot open database {url}: {str(exc).splitlines()[0][:160]}") from exc
+        return store
+
+    def session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    # -- jobs and grids ---------------------------------------------------------------------------
+    def record_grid(
+        self,
+        name: str,
+        jobs: Sequence,
+        *,
+        description: str = "",
+        adaptation_threshold: float,
+        source: str = "",
+    ) -> tuple[int, int]:
+        """Insert the jobs' runs that are new (pending) and link every job to grid `name`; a run already
+        stored under any grid is linked, not duplicated. Returns (new runs, runs already stored)."""
+        new = 0
+        with self.session() as session:
+            grid = session.get(Grid, name) or Grid(name=name)
+            grid.description, grid.adaptation_threshold, grid.source = (
+                description,
+                adaptation_threshold,
+                source,
+            )
+            session.add(grid)
+            existing = set(session.exec(select(Run.id).where(Run.id.in_([j.run_id for j in jobs]))).all())
+            for job in jobs:
+                if job.run_id not in existing:
+                    session.add(run_row(job.config, job.paths))
+                    new += 1
+                elif job.paths:  # a path given now wins over one stored at an earlier expansion
+                    run = session.get(Run, job.run_id)
+                    if run.status != "completed" and run.paths != job.paths:
+                        run.paths = job.paths
+                session.merge(GridRun(grid=name, run_id=job.run_id, position=job.position))
+            session.commit()
+        self.update_adaptation([j.run_id for j in jobs])
+        return new, len(jobs) - new
+
+    def record_run(self, config, paths: dict | None = None) -> bool:
+        """A single run outside any grid (`rftbench run` with no grid); True if it was new."""
+        with self.session() as session:
+            if session.get(Run, config.run_id) is not None:
+                return False
+            session.add(run_row(config, paths or {}))
+            session.commit()
+            return True
+
+    def reap(self) -> int:
+        """Mark `interrupted` every running run whose lease expired, or whose process on this host is
+        gone; returns how many. Runs on other hosts are judged by their lease alone."""
+        host, _ = this_process()
+        with self.session() as session:
+            running = session.exec(select(Run).where(Run.status == "running")).all()
+            expired = [r for r in running if r.lease_expires_at is not None and r.lease_expires_at < now()]
+            gone = [r for r in running if r.host == host and r.pid is not None and not pid_alive(r.pid)]
+            stale = {r.id: r for r in expired + gone}.values()
+            count = 0
+            for run in stale:  # conditional on the same owner: never steal a lease renewed meanwhile
+                result = session.exec(
+                    update(Run)
+                    .where(Run.id == run.id, Run.status == "running", Run.lease_owner == run.lease_owner)
+                    .values(status="interrupted", lease_owner=None, lease_expires_at=None)
+                )
+                count += result.rowcount
+            session.commit()
+        return count
+
+    def claim(self, owner: str, run_ids: Sequence[str], lease_seconds: float) -> Run | None:
+        """Atomically take the first of `run_ids` that is pending or interrupted: one UPDATE … WHERE per
+        candidate, so of two processes racing for a run exactly one sees its row change."""
+        host, pid = this_process()
+        for run_id in run_ids:
+            with self.session() as session:
+                t = now()
+                result = session.exec(
+                    update(Run)
+                    .where(Run.id == run_id, Run.status.in_(("pending", "interrupted")))
+                    .values(
+                        status="running",
+                        lease_owner=owner,
+                        lease_expires_at=t + timedelta(seconds=lease_seconds),
+                        heartbeat_at=t,
+                        started_at=func.coalesce(Run.started_at, t),
+                        host=host,
+                        pid=pid,
+                        attempts=Run.attempts + 1,
+                        error=None,
+                    )
+                )
+                session.commit()
+                if result.rowcount == 1:
+                    return session.get(Run, run_id)
+        return None
+
+    def heartbeat(self, run_id: str, owner: str, lease_seconds: float) -> bool:
+        """Renew the lease; False if this owner no longer holds the run (it was reaped or re-claimed)."""
+        with self.session() as session:
+            t = now()
+            result = session.exec(
+                update(Run)
+                .where(Run.id == run_id, Run.lease_owner == owner, Run.status == "running")
+                .values(heartbeat_at=t, lease_expires_at=t + timedelta(seconds=lease_seconds))
+            )
+            session.commit()
+            return result.rowcount == 1
+
+    def release(
+        self,
+        run_id: str,
+        owner: str,
+        status: str,
+        *,
+        error: str | None = None,
+        provenance: dict | None = None,
+    ) -> None:
+        """End this owner's hold on a run: completed, failed (with its one-line error) or interrupted."""
+        values = {"status": status, "lease_owner": None, "lease_expires_at": None, "error": error}
+        if status in ("completed", "failed"):
+            values["finished_at"] = now()
+        if provenance is not None:
+            values["provenance"] = provenance
+        with self.session() as session:
+            session.exec(update(Run).where(Run.id == run_id, Run.lease_owner == owner).values(**values))
+            session.commit()
+
+    def set_provenance(self, run_id: str, provenance: dict) -> None:
+        with self.session() as session:
+            session.exec(update(Run).where(Run.id == run_id).values(provenance=provenance))
+            session.commit()
+
+    def requeue(self, run_ids: Iterable[str], states: Sequence[str] = ("failed",)) -> int:
+        """Put runs in `states` back to pending (`--retry-failed`); returns how many."""
+        with self.session() as session:
+            result = session.exec(
+                update(Run)
+                .where(Run.id.in_(list(run_ids)), Run.status.in_(states))
+                .values(status="pending", error=None)
+            )
+            session.commit()
+            return result.rowcount
+
+    # -- results ----------------------------------------------------------------------------------
+    def upsert_epoch(self, run_id: str, metrics: dict) -> None:
+        """One row per (run, epoch): a re-run epoch replaces its row (CONVENTIONS.md write order)."""
+        values = {k: metrics[k] for k in EpochMetric.model_fields if k in metrics} | {
+            "run_id": run_id,
+            "recorded_at": now(),
+        }
+        with self.session() as session:
+            dialect = self.engine.dialect.name
+            if dialect in ("sqlite", "postgresql"):
+                insert = __import__(f"sqlalchemy.dialects.{dialect}", fromlist=["insert"]).insert
+                stmt = insert(EpochMetric).values(**values)
+                update_cols = {k: stmt.excluded[k] for k in values if k not in ("run_id", "epoch")}
+                session.exec(stmt.on_conflict_do_update(index_elements=["run_id", "epoch"], set_=update_cols))
+            else:  # portable fallback
+                session.exec(
+                    delete(EpochMetric).where(
+                        EpochMetric.run_id == run_id, EpochMetric.epoch == values["epoch"]
+                    )
+                )
+                session.add(EpochMetric(**values))
+            session.commit()
+
+    def add_evaluation(
+        self,
+        run_id: str,
+        evaluation: dict,
+        *,
+        steps: int,
+        kind: str = "final",
+        random_start: bool = False,
+        attack: str = "apgd-ce",
+    ) -> None:
+        """Store `evaluate_budgets`' result: one row per budget (an ε_g = 0 run with no budget: one row at
+        0/255). The same (budget, steps, attack, start) evaluated again replaces its row."""
+        rows = evaluation["budgets"] or [
+            {
+                "budget": "0/255",
+                "clean": evaluation["clean"],
+                "adv": evaluation["clean"],
+                "eadv": evaluation["clean"],
+                "eps": ["0/255"],
+                "accuracies": [evaluation["clean"]],
+            }
+        ]
+        with self.session() as session:
+            for row in rows:
+                session.exec(
+                    delete(Evaluation).where(
+                        Evaluation.run_id == run_id,
+                        Evaluation.budget == row["budget"],
+                        Evaluation.steps == steps,
+                        Evaluation.attack == attack,
+                        Evaluation.random_start == random_start,
+                    )
+                )
+                session.add(
+                    Evaluation(
+                        run_id=run_id,
+                        kind=kind,
+                        budget=row["budget"],
+                        budget_value=float(parse_eps(row["budget"])),
+                        clean=row["clean"],
+                        adv=row["adv"],
+                        eadv=row["eadv"],
+                        eps_grid=row["eps"],
+                        accuracies=row["accuracies"],
+                        n=evaluation["n"],
+                        attack=attack,
+                        steps=steps,
+                        random_start=random_start,
+                        attacks_run=evaluation.get("attacks_run", 0),
+                    )
+                )
+            session.commit()
+
+    def update_adaptation(self, run_ids: Iterable[str] | None = None) -> None:
+        """(Re)compute the task-adaptation start of completed runs at the threshold of every grid they
+        belong to (CONVENTIONS.md: the first epoch with val_acc > threshold, `epochs` if none)."""
+        with self.session() as session:
+            query = select(Run, Grid.adaptation_threshold).join(GridRun, GridRun.run_id == Run.id)
+            query = query.join(Grid, Grid.name == GridRun.grid).where(Run.status == "completed")
+            if run_ids is not None:
+                query = query.where(Run.id.in_(list(run_ids)))
+            pairs = {(run.id, threshold): run.epochs for run, threshold in session.exec(query).all()}
+            for (run_id, threshold), epochs in pairs.items():
+                accs = session.exec(
+                    select(EpochMetric.val_acc)
+                    .where(EpochMetric.run_id == run_id)
+                    .order_by(EpochMetric.epoch)
+                ).all()
+                start = adaptation_start_epoch(accs, threshold, epochs)
+                session.merge(
+                    Adaptation(run_id=run_id, threshold=threshold, start_epoch=start, epochs=epochs)
+                )
+            session.commit()
+
+    def complete(
+        self,
+        run_id: str,
+        owner: str,
+        evaluation: dict,
+        *,
+        steps: int,
+        random_start: bool,
+        provenance: dict | None = None,
+    ) -> None:
+        self.add_evaluation(run_id, evaluation, steps=steps, random_start=random_start)
+        self.release(run_id, owner, "completed", provenance=provenance)
+        self.update_adaptation([run_id])
+
+    # -- queries ----------------------------------------------------------------------------------
+    def run(self, run_id: str) -> Run | None:
+        with self.session() as session:
+            return session.get(Run, run_id)
+
+    def find_run(self, prefix: str) -> Run:
+        """A run by id or unique id prefix, or StoreError naming the problem."""
+        with self.session() as session:
+            matches = session.exec(select(Run).where(Run.id.startswith(prefix))).all()
+        if len(matches) != 1:
+            problem = "no run" if not matches else f"{len(matches)} runs"
+            raise StoreError(f"{problem} with id {prefix!r} in this database; `rftbench status` lists them")
+        return matches[0]
+
+    def runs(self, *, grid: str | None = None, states: Sequence[str] | None = None) -> list[Run]:
+        """Runs in order: a grid's by position, else by creation."""
+        with self.session() as session:
+            if grid is not None:
+                query = select(Run).join(GridRun, GridRun.run_id == Run.id).where(GridRun.grid == grid)
+                query = query.order_by(GridRun.position)
+            else:
+                query = select(Run).order_by(Run.created_at, Run.id)
+            if states is not None:
+                query = query.where(Run.status.in_(states))
+            return list(session.exec(query).all())
+
+    def epochs(self, run_id: str) -> list[EpochMetric]:
+        with self.session() as session:
+            query = select(EpochMetric).where(EpochMetric.run_id == run_id).order_by(EpochMetric.epoch)
+            return list(session.exec(query).all())
+
+    def evaluations(self, run_id: str) -> list[Evaluation]:
+        with self.session() as session:
+            query = select(Evaluation).where(Evaluation.run_id == run_id)
+            return list(session.exec(query.order_by(Evaluation.budget_value, Evaluation.steps)).all())
+
+    def adaptation(self, run_id: str) -> list[Adaptation]:
+        with self.session() as session:
+            return list(session.exec(select(Adaptation).where(Adaptation.run_id == run_id)).all())
+
+    def grids(self) -> list[Grid]:
+        with self.session() as session:
+            return list(session.exec(select(Grid).order_by(Grid.name)).all())
+
+    def counts(self, grid: str | None = None) -> dict[str, int]:
+        """Runs per state (all states present, zeros included), for the whole database or one grid."""
+        with self.session() as session:
+            query = select(Run.status, func.count()).group_by(Run.status)
+            if grid is not None:
+                query = query.join(GridRun, GridRun.run_id == Run.id).where(GridRun.grid == grid)
+            found = dict(session.exec(query).all())
+        return {state: found.get(state, 0) for state in STATES}
+
+    def completed_ids(self, run_ids: Iterable[str]) -> set[str]:
+        with self.session() as session:
+            query = select(Run.id).where(Run.id.in_(list(run_ids)), Run.status == "completed")
+            return set(session.exec(query).all())
+
+    def claimable(self, run_ids: Sequence[str] | None = None) -> list[str]:
+        """Ids of pending or interrupted runs, in the order given (else creation order)."""
+        states = ("pending", "interrupted")
+        if run_ids is None:
+            return [r.id for r in self.runs(states=states)]
+        with self.session() as session:
+            found = set(
+                session.exec(select(Run.id).where(Run.id.in_(list(run_ids)), Run.status.in_(states))).all()
+            )
+        return [r for r in run_ids if r in found]
+
+    def status_of(self, run_ids: Iterable[str]) -> dict[str, str]:
+        with self.session() as session:
+            return dict(session.exec(select(Run.id, Run.status).where(Run.id.in_(list(run_ids)))).all())
+
+
+def run_row(config, paths: dict) -> Run:
+    return Run(
+        id=config.run_id,
+        config=config.canonical_json(),
+        backbone=config.backbone,
+        dataset=config.dataset,
+        setting=config.setting,
+        eps=config.eps,
+        eps_value=config.eps_value,
+        t1=config.t1,
+        t2=config.t2,
+        seed=config.seed,
+        epochs=config.epochs,
+        paths=dict(paths),
+    )
