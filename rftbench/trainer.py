@@ -71,10 +71,11 @@ def train_one_epoch(net, loader, optimizer, scheduler, scaler, eps_at, config, d
         loss_sum += loss.detach() * len(y)
         correct += (logits.detach().argmax(1) == y).sum()
         seen += len(y)
-    seconds = time.perf_counter() - start  # the .item() below is the epoch's one host sync
+    loss_total, correct_total = torch.stack([loss_sum, correct.float()]).tolist()  # the epoch's one host sync
+    seconds = time.perf_counter() - start
     return {
-        "train_loss": loss_sum.item() / seen,
-        "train_acc": correct.item() / seen,
+        "train_loss": loss_total / seen,
+        "train_acc": correct_total / seen,
         "images_per_second": seen / seconds,
     }
 
