@@ -10,6 +10,7 @@ import signal
 from pathlib import Path
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -380,6 +381,12 @@ def run_grid(
         console.print(f"re-queued {runner.store.requeue(ids)} failed run(s)")
     done = len(runner.store.completed_ids(ids))
     console.print(f"grid {grid}: {len(jobs)} runs ({new} new), {done} already completed")
+    if not runner.store.claimable(ids) and not runner.store.reap():
+        failed = len(runner.store.runs(grid=grid, states=("failed",)))
+        console.print(
+            "nothing to run" + (f": {failed} failed run(s) wait for --retry-failed" if failed else "")
+        )
+        return
     execute(runner, ids)
 
 
@@ -400,35 +407,14 @@ def check_filters(backbone: list[str], dataset: list[str], setting: list[str]) -
 
 def show_jobs(grid: str, jobs, db: str | None) -> None:
     statuses = existing_statuses(db, [j.run_id for j in jobs])
-    table = Table(title=f"grid {grid}: {len(jobs)} jobs")
-    for column in (
-        "#",
-        "run id",
-        "backbone",
-        "dataset",
-        "setting",
-        "ε_g",
-        "T1/T2",
-        "seed",
-        "epochs",
-        "status",
-    ):
-        table.add_column(column)
+    table = Table(title=f"grid {grid}: {len(jobs)} jobs", box=box.SIMPLE_HEAD)
+    for column in ("#", "run id", "backbone", "dataset", "setting", "ε_g", "T1/T2", "seed", "status"):
+        table.add_column(column, no_wrap=True)
     for job in jobs:
         c = job.config
         hinge = f"{c.t1:g}/{c.t2:g}" if c.t2 is not None else ""
-        table.add_row(
-            str(job.position),
-            job.run_id,
-            c.backbone,
-            c.dataset,
-            c.setting,
-            c.eps,
-            hinge,
-            str(c.seed),
-            str(c.epochs),
-            statuses.get(job.run_id, "new"),
-        )
+        table.add_row(str(job.position), job.run_id[:8], c.backbone, c.dataset, c.setting, c.eps, hinge,
+                      str(c.seed), statuses.get(job.run_id, "new"))  # fmt: skip
     console.print(table)
     passes, unknown = estimate_work([j.config for j in jobs])
     done = sum(s == "completed" for s in statuses.values())
@@ -564,13 +550,13 @@ def status(
 
     store = open_store(db, create=False)
     store.reap()
-    table = Table(title="grids")
-    for column in ("grid", "runs", *STATES, "description"):
-        table.add_column(column)
+    table = Table(title="grids", box=box.SIMPLE_HEAD)
+    for column in ("grid", "runs", *STATES):
+        table.add_column(column, no_wrap=True)
     for g in store.grids():
         if grid is None or g.name == grid:
             counts = store.counts(g.name)
-            table.add_row(g.name, str(sum(counts.values())), *(str(counts[s]) for s in STATES), g.description)
+            table.add_row(g.name, str(sum(counts.values())), *(str(counts[s]) for s in STATES))
     console.print(table)
     counts = store.counts()
     console.print("all runs: " + ", ".join(f"{counts[s]} {s}" for s in STATES))
