@@ -477,6 +477,11 @@ def run(
         runner.store.record_run(job.config, job.paths)
     status = runner.store.run(job.run_id).status
     console.print(f"run {job.run_id}: {backbone}/{dataset} {job.config.setting} {job.config.eps} ({status})")
+    if status in ("completed", "failed"):
+        console.print(
+            "nothing to run" + (": rerun it with run-grid --retry-failed" if status == "failed" else "")
+        )
+        return
     execute(runner, [job.run_id])
 
 

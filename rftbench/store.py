@@ -137,13 +137,21 @@ def database_url(db: str | None) -> str:
     return db if "://" in db else f"sqlite:///{db}"
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:
+def _sqlite_connect(dbapi_connection, _record) -> None:
+    dbapi_connection.isolation_level = None  # the driver's implicit BEGIN is replaced by `_sqlite_begin`
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
     cursor.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes in WAL mode
     cursor.execute("PRAGMA busy_timeout=60000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def _sqlite_begin(connection) -> None:
+    """Every transaction takes the write lock when it starts: a read-then-write transaction (record a grid,
+    reap, create the schema) can otherwise fail at once with "database is locked" when another process
+    wrote in between, since SQLite's busy timeout does not cover a lock upgrade."""
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def this_process() -> tuple[str, int]:
@@ -177,7 +185,8 @@ class Store:
             url, connect_args={"check_same_thread": False, "timeout": 60} if sqlite else {}
         )
         if sqlite:
-            event.listen(engine, "connect", _sqlite_pragmas)
+            event.listen(engine, "connect", _sqlite_connect)
+            event.listen(engine, "begin", _sqlite_begin)
         store = cls(engine)
         try:
             SQLModel.metadata.create_all(engine)

@@ -208,7 +208,7 @@ def test_sigterm_stops_cleanly_and_resume_finishes(reference, tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_share_one_database_and_run_each_job_once(reference, tmp_path):
-    args = ["run-grid", "--grid", "smoke", *grid_args(tmp_path)]
+    args = ["run-grid", "--grid", "smoke", "--prune-checkpoints", *grid_args(tmp_path)]
     procs = [subprocess.Popen([sys.executable, "-m", "rftbench.cli", *args], stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for _ in range(2)]  # fmt: skip
     outputs = [p.communicate(timeout=300)[0] for p in procs]
@@ -216,7 +216,37 @@ def test_two_processes_share_one_database_and_run_each_job_once(reference, tmp_p
     store = Store.open(str(tmp_path / "r.db"), create=False)
     assert all(r.status == "completed" and r.attempts == 1 for r in store.runs())  # each run claimed once
     assert {r.pid for r in store.runs()} <= {p.pid for p in procs}
+    for run in store.runs():  # pruned: the resumable checkpoint is gone, the final weights stay
+        assert sorted(p.name for p in (tmp_path / "runs" / run.id).iterdir()) == ["final.pt"]
     assert snapshot(tmp_path / "r.db") == snapshot(reference)
+
+
+def test_run_one_job_with_a_grids_values(reference, tmp_path):
+    db = copy_db(reference, tmp_path / "r.db")
+    fix = next(r for r in Store.open(str(db)).runs() if r.setting == "fix")
+    same = [
+        "run",
+        "--backbone",
+        "cifar_resnet20",
+        "--dataset",
+        "synthetic",
+        "--eps",
+        "8/255",
+        "--grid",
+        "smoke",
+    ]
+    result = CliRunner().invoke(app, [*same, "--setting", "fix", *grid_args(tmp_path, db)])
+    assert result.exit_code == 0 and f"run {fix.id}" in result.output and "nothing to run" in result.output
+    assert Store.open(str(db)).run(fix.id).attempts == 1
+    linear = CliRunner().invoke(
+        app, [*same, "--setting", "sched", "--t1", "0", "--t2", "2", *grid_args(tmp_path, db)]
+    )
+    assert linear.exit_code == 0, linear.output
+    store = Store.open(str(db))
+    (run,) = [r for r in store.runs() if r.setting == "linear"]
+    assert (run.status, run.t1, run.t2, run.epochs) == ("completed", 0, 2, 3)  # the smoke grid's values
+    assert [round(e.eps * 255, 6) for e in store.epochs(run.id)] == [0, 4, 8]
+    assert run.id not in {r.id for r in store.runs(grid="smoke")}  # not one of the grid's jobs: not linked
 
 
 def test_evaluate_adds_rows_without_retraining(reference, tmp_path):

@@ -67,24 +67,34 @@ def test_epoch_rows_are_upserted(store):
     assert [(e.epoch, e.val_acc) for e in store.epochs(c.run_id)] == [(0, 0.1), (1, 0.3)]
 
 
-def test_claims_are_atomic_across_threads(tmp_path):
+def test_concurrent_workers_create_record_and_claim_each_run_once(tmp_path):
+    """Six workers start together on a new database file, as six `run-grid` processes would: each creates
+    the schema, records the grid and claims runs. Without transactions that take SQLite's write lock up
+    front, the check-then-insert of the schema or the grid fails in some worker."""
     path = str(tmp_path / "s.db")
-    configs = [config(seed=s) for s in range(12)]
-    Store.open(path).record_grid("g", jobs(*configs), adaptation_threshold=0.05)
+    configs = [config(seed=s) for s in range(24)]
     ids = [c.run_id for c in configs]
     claimed: dict[str, list[str]] = {}
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(6)
 
     def worker(name: str) -> None:
-        store = Store.open(path)  # each worker its own engine, as separate processes would
-        mine = claimed.setdefault(name, [])
-        while (run := store.claim(name, store.claimable(ids), 60)) is not None:
-            mine.append(run.id)
+        try:
+            barrier.wait()
+            store = Store.open(path)  # each worker its own engine, as separate processes would
+            store.record_grid("g", jobs(*configs), adaptation_threshold=0.05)
+            mine = claimed.setdefault(name, [])
+            while (run := store.claim(name, store.claimable(ids), 60)) is not None:
+                mine.append(run.id)
+        except BaseException as exc:
+            errors.append(exc)
 
-    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(4)]
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(6)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    assert not errors, errors[0]
     everything = [run_id for runs in claimed.values() for run_id in runs]
     assert sorted(everything) == sorted(ids)  # each run claimed exactly once
     assert all(r.attempts == 1 and r.status == "running" for r in Store.open(path).runs())
