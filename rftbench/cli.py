@@ -413,8 +413,17 @@ def show_jobs(grid: str, jobs, db: str | None) -> None:
     for job in jobs:
         c = job.config
         hinge = f"{c.t1:g}/{c.t2:g}" if c.t2 is not None else ""
-        table.add_row(str(job.position), job.run_id[:8], c.backbone, c.dataset, c.setting, c.eps, hinge,
-                      str(c.seed), statuses.get(job.run_id, "new"))  # fmt: skip
+        table.add_row(
+            str(job.position),
+            job.run_id[:8],
+            c.backbone,
+            c.dataset,
+            c.setting,
+            c.eps,
+            hinge,
+            str(c.seed),
+            statuses.get(job.run_id, "new"),
+        )
     console.print(table)
     passes, unknown = estimate_work([j.config for j in jobs])
     done = sum(s == "completed" for s in statuses.values())
@@ -576,6 +585,114 @@ def status(
             f"{run_.error}",
             highlight=False,
         )
+
+
+# -- reports and plots ------------------------------------------------------------------------------------
+def load_results(db: str | None, grid: str | None, threshold: float | None):
+    from rftbench.report import Results
+
+    return Results.from_store(open_store(db, create=False), grid=grid, threshold=threshold)
+
+
+@app.command()
+def report(
+    table: str = typer.Option(
+        "main", "--table", help="main, averages, ttest, delay, ablation, baselines, evaluations"
+    ),
+    eps: list[str] = typer.Option([], "--eps", help="only these ε_g (repeatable) [default: all present]"),
+    format_: str = typer.Option(
+        "md", "--format", help="md (terminal + Markdown), csv (long format) or latex"
+    ),
+    out: Path | None = typer.Option(None, "--out", help="write the table to this file too"),
+    results: str = typer.Option(
+        "ours", "--results", help="ours (the database) or paper (its published numbers)"
+    ),
+    compare: str | None = typer.Option(None, "--compare", help="paper: put the paper's value beside ours"),
+    grid: str | None = typer.Option(None, "--grid", help="only this grid's runs"),
+    run_id: str | None = typer.Option(None, "--run", help="evaluations: only this run (id prefix)"),
+    threshold: float | None = typer.Option(None, "--threshold", help="delay: adaptation threshold [grid's]"),
+    include_standard: bool = typer.Option(
+        False, "--include-standard", help="delay: correlate ε = 0 runs too"
+    ),
+    db: str | None = DB,
+) -> None:
+    """The paper's tables from the database (or from the paper's numbers), in %, two decimals."""
+    from rftbench.report import ReportError, Results, build, render
+
+    if results not in ("ours", "paper") or compare not in (None, "paper"):
+        fail("--results takes ours or paper; --compare takes paper")
+    if format_ not in ("md", "csv", "latex"):
+        fail(f"--format {format_!r}: choose md, csv or latex")
+    try:
+        budgets = [eps_text(e) for e in eps]
+        data = Results.paper(table) if results == "paper" else load_results(db, grid, threshold)
+        sections = build(
+            table,
+            data,
+            eps=budgets or None,
+            compare=Results.paper(table) if compare else None,
+            include_standard=include_standard,
+            run_id=run_id,
+        )
+    except (ReportError, ValueError) as exc:
+        fail(str(exc))
+    text = render(sections, format_)
+    if format_ == "md":
+        for section in sections:
+            rich_table = Table(title=section.title, box=box.SIMPLE_HEAD, caption=section.note or None)
+            for column in section.table.columns:
+                rich_table.add_column(
+                    str(column),
+                    justify="left" if column in ("Backbone", "Setting", "Dataset", "Run") else "right",
+                )
+            for row in section.table.itertuples(index=False):
+                rich_table.add_row(*(str(v) for v in row))
+            console.print(rich_table)
+    else:
+        console.out(text, highlight=False)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        console.print(f"wrote {out}")
+
+
+@app.command()
+def plot(
+    kind: str = typer.Argument(..., help="curves, robustness, sweep or schedule"),
+    out: Path = typer.Option(..., "--out", help="the PNG to write"),
+    backbone: str | None = typer.Option(None, "--backbone"),
+    dataset: str | None = typer.Option(None, "--dataset"),
+    eps: str | None = typer.Option(None, "--eps", help="ε_g as k/255"),
+    grid: str | None = typer.Option(None, "--grid", help="only this grid's runs"),
+    epochs: int = typer.Option(50, "--epochs", help="schedule: number of epochs"),
+    t1: float = typer.Option(12, "--t1", help="schedule: sched's T1"),
+    t2: float = typer.Option(37, "--t2", help="schedule: sched's and linear's T2"),
+    db: str | None = DB,
+) -> None:
+    """Figures: validation curves with ε(t) and adaptation starts, robustness curves, ε sweep, schedules."""
+    from rftbench import plots
+    from rftbench.report import ReportError
+
+    if kind not in plots.KINDS:
+        fail(f"unknown plot {kind!r}: choose one of {', '.join(plots.KINDS)}")
+    try:
+        budget = eps_text(eps) if eps else None
+        if kind == "schedule":
+            written = plots.plot_schedules(epochs, budget or "4/255", out, t1=t1, t2=t2)
+        else:
+            results = load_results(db, grid, None)
+            if kind == "curves":
+                runs = results.runs
+                backbone = backbone or (runs.backbone.iloc[0] if len(runs) else "")
+                dataset = dataset or (runs.dataset.iloc[0] if len(runs) else "")
+                written = plots.plot_curves(results, backbone, dataset, budget, out)
+            elif kind == "robustness":
+                written = plots.plot_robustness(results, out, backbone, dataset, budget)
+            else:
+                written = plots.plot_sweep(results, out, backbone)
+    except (ReportError, ValueError) as exc:
+        fail(str(exc))
+    console.print(f"wrote {written}")
 
 
 if __name__ == "__main__":

@@ -498,6 +498,19 @@ class Store:
         with self.session() as session:
             return list(session.exec(select(Adaptation).where(Adaptation.run_id == run_id)).all())
 
+    def everything(self, grid: str | None = None) -> dict[str, list]:
+        """Runs (of one grid, or all) with all their epochs, evaluations and adaptation rows, in four
+        queries: what reports read."""
+        runs = self.runs(grid=grid)
+        ids = [r.id for r in runs]
+        with self.session() as session:
+            return {
+                "runs": runs,
+                "epochs": list(session.exec(select(EpochMetric).where(EpochMetric.run_id.in_(ids))).all()),
+                "evaluations": list(session.exec(select(Evaluation).where(Evaluation.run_id.in_(ids))).all()),
+                "adaptation": list(session.exec(select(Adaptation).where(Adaptation.run_id.in_(ids))).all()),
+            }
+
     def grids(self) -> list[Grid]:
         with self.session() as session:
             return list(session.exec(select(Grid).order_by(Grid.name)).all())

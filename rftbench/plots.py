@@ -1,0 +1,188 @@
+"""Figures from the results database (matplotlib, written as PNG; readable without the paper's text).
+
+    plot_curves(results, "SWIN", "Cars", "4/255", "curves.png")     # Figs 3 and 6
+    plot_robustness(results, "robustness.png")                      # Fig. 4
+    plot_sweep(results, "sweep.png")                                # Fig. 1
+    plot_schedules(50, "4/255", "schedule.png", t1=12, t2=37)       # ε(t) of the named schedules
+
+Reads `rftbench.report.Results` and never trains. Accuracies are drawn in percent, epochs 0-based.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure  # the object API: no pyplot state, no display backend
+from matplotlib.ticker import MaxNLocator
+
+from rftbench.config import parse_eps
+from rftbench.metrics import adaptation_start_epoch
+from rftbench.report import ReportError, Results, eps_order, setting_labels
+from rftbench.schedules import ScheduleSpec
+
+COLOURS = {
+    "standard": "tab:green",
+    "fix": "tab:red",
+    "sched": "tab:blue",
+    "linear": "tab:purple",
+    "uniform": "tab:orange",
+    "auto": "tab:brown",
+}
+KINDS = ("curves", "robustness", "sweep", "schedule")
+
+
+def _save(fig, out: str | Path) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
+    return out
+
+
+def _subplots(rows: int = 1, cols: int = 1, **kwargs):
+    fig = Figure(figsize=kwargs.pop("figsize", None))
+    return fig, fig.subplots(rows, cols, **kwargs)
+
+
+def _colour(label: str) -> str:
+    return COLOURS.get(label.split()[0], "tab:gray")
+
+
+def plot_curves(results: Results, backbone: str, dataset: str, eps: str | None, out: str | Path) -> Path:
+    """Validation clean (solid) and adversarial (dashed) accuracy per epoch for each setting of one backbone
+    × dataset (ε_g = `eps`, plus standard fine-tuning), ε(t) on the right axis, adaptation starts marked."""
+    runs = results.runs
+    runs = runs[(runs.backbone == backbone) & (runs.dataset == dataset)]
+    if eps is not None:
+        runs = runs[(runs.eps == eps) | (runs.setting == "standard")]
+    runs = runs[runs.run_id.isin(results.epochs.run_id)]
+    if runs.empty:
+        raise ReportError(
+            f"no run of {backbone}/{dataset}{f' at {eps}' if eps else ''} has per-epoch metrics"
+        )
+    runs = runs.assign(label=setting_labels(runs))
+    fig, ax = _subplots(figsize=(8, 4.5))
+    eps_ax = ax.twinx()
+    for run in runs.itertuples():
+        history = results.epochs[results.epochs.run_id == run.run_id].sort_values("epoch")
+        label = run.label if run.setting == "standard" else f"{run.label} {run.eps}"
+        colour = _colour(run.label)
+        ax.plot(history.epoch, 100 * history.val_acc, color=colour, lw=2, label=f"{label}: clean")
+        if history.val_adv_acc.notna().any():
+            adv_eps = history.val_adv_eps.dropna().iloc[0] if history.val_adv_eps.notna().any() else ""
+            ax.plot(
+                history.epoch,
+                100 * history.val_adv_acc,
+                color=colour,
+                lw=1.5,
+                ls="--",
+                label=f"{label}: APGD at {adv_eps}",
+            )
+        eps_ax.plot(history.epoch, history.eps * 255, color=colour, lw=1, ls=":", alpha=0.8)
+        start = adaptation_start_epoch(list(history.val_acc), run.threshold, run.epochs)
+        if start < run.epochs:
+            ax.axvline(start, color=colour, lw=1, alpha=0.5)
+            ax.annotate(f"start {start}", (start, 2), color=colour, fontsize=8, rotation=90, va="bottom")
+    ax.set_xlabel("epoch (0-based)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("validation accuracy (%)")
+    eps_ax.set_ylabel("ε(t) × 255 (dotted)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"{backbone} on {dataset}: task adaptation under fixed vs scheduled ε")
+    ax.legend(fontsize=8, loc="center right")
+    ax.grid(alpha=0.3)
+    return _save(fig, out)
+
+
+def plot_robustness(
+    results: Results,
+    out: str | Path,
+    backbone: str | None = None,
+    dataset: str | None = None,
+    eps: str | None = None,
+) -> Path:
+    """Test accuracy against ε over each run's E.adv grid; the shaded area under a curve is E.adv × ε_g."""
+    ev = results.evaluations
+    if ev.empty:
+        raise ReportError("no evaluations in this database")
+    ev = ev[ev.kind == "final"].merge(results.runs, on="run_id", suffixes=("", "_run"))
+    for column, value in (("backbone", backbone), ("dataset", dataset), ("budget", eps)):
+        if value is not None:
+            ev = ev[ev[column] == value]
+    ev = ev[ev.budget_value > 0]
+    if ev.empty:
+        raise ReportError("no final evaluation matches these filters")
+    ev = ev.assign(label=setting_labels(ev))
+    budgets = eps_order(ev.budget)
+    fig, axes = _subplots(1, len(budgets), figsize=(6 * len(budgets), 4.5), squeeze=False)
+    for ax, budget in zip(axes[0], budgets):
+        for row in ev[ev.budget == budget].itertuples():
+            x = [float(parse_eps(e)) * 255 for e in row.eps_grid]
+            y = [100 * a for a in row.accuracies]
+            name = f"{row.backbone}/{row.dataset} {row.label}"
+            ax.plot(
+                x, y, marker="o", ms=3, color=_colour(row.label), label=f"{name}: E.adv {100 * row.eadv:.1f}%"
+            )
+            ax.fill_between(x, y, alpha=0.12, color=_colour(row.label))
+        ax.set_xlabel("ε × 255")
+        ax.set_ylabel("test accuracy under APGD (%)")
+        ax.set_title(f"Robustness curves up to ε_g = {budget}")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _save(fig, out)
+
+
+def plot_sweep(results: Results, out: str | Path, backbone: str | None = None) -> Path:
+    """Clean test accuracy against ε_g for fix runs (ε_g = 0 is standard fine-tuning), one line per dataset,
+    one panel per backbone."""
+    values = results.values[
+        (results.values.metric == "clean") & results.values.setting.isin(["fix", "standard"])
+    ]
+    if backbone is not None:
+        values = values[values.backbone == backbone]
+    if values.empty:
+        raise ReportError("no fix or standard runs with final evaluations")
+    values = values.assign(
+        x=[0.0 if s == "standard" else float(parse_eps(e)) * 255 for s, e in zip(values.setting, values.eps)]
+    )
+    # a standard run is stored once per scoring budget; its clean accuracy is the same at every one
+    values = values.drop_duplicates(["run_id", "x"])
+    backbones = list(dict.fromkeys(values.backbone))
+    fig, axes = _subplots(1, len(backbones), figsize=(6 * len(backbones), 4.5), squeeze=False)
+    for ax, name in zip(axes[0], backbones):
+        sub = values[values.backbone == name]
+        for dataset, group in sub.groupby("dataset"):
+            curve = group.groupby("x").value.mean().sort_index()
+            ax.plot(curve.index, curve.values, marker="o", label=dataset)
+        ax.set_xlabel("ε_g × 255 (0: standard fine-tuning)")
+        ax.set_ylabel("clean test accuracy (%)")
+        ax.set_title(f"{name}: fixed-ε adversarial fine-tuning")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, out)
+
+
+def plot_schedules(
+    epochs: int, eps: str, out: str | Path, t1: float = 12, t2: float = 37, seed: int = 0
+) -> Path:
+    """ε(t) per 0-based epoch of standard, fix, sched (T1, T2), linear (T2) and uniform (one seed)."""
+    eps_value = float(parse_eps(eps))
+    fig, ax = _subplots(figsize=(8, 4))
+    specs = {
+        "standard": ScheduleSpec("standard", 0.0),
+        "fix": ScheduleSpec("fix", eps_value),
+        f"sched {t1:g}/{t2:g}": ScheduleSpec("sched", eps_value, t1=t1, t2=t2),
+        f"linear 0/{t2:g}": ScheduleSpec("linear", eps_value, t2=t2),
+        f"uniform (seed {seed})": ScheduleSpec("uniform", eps_value),
+    }
+    for label, spec in specs.items():
+        values = np.array(spec.canonical().values(epochs, seed=seed)) * 255
+        ax.step(range(epochs), values, where="post", color=_colour(label), label=label, lw=2, alpha=0.85)
+    ax.set_xlabel("epoch (0-based)")
+    ax.set_ylabel("ε(t) × 255")
+    ax.set_title(f"ε schedules, ε_g = {eps}, {epochs} epochs (auto depends on validation accuracy)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, out)

@@ -1,0 +1,648 @@
+"""The paper's tables, statistics and delay correlations, from the results database or the paper's numbers.
+
+    results = Results.from_store(Store.open("rftbench.db"))    # or Results.paper("main")
+    sections = build("main", results, eps=["4/255"])
+    print(render(sections, "md"))
+
+Reads the store and never trains (STYLE.md 7). Accuracies are stored as fractions and reported in percent
+with two decimals (CONVENTIONS.md). `Results.paper(table)` reads the paper's published numbers shipped
+with the package (`paper_results.csv`); CONVENTIONS.md says which paper table feeds which report.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass, field
+from importlib.resources import files
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from rftbench.backbones import BACKBONES
+from rftbench.config import RunConfig, parse_eps
+from rftbench.datasets import DATASETS
+from rftbench.metrics import adaptation_start_epoch
+from rftbench.schedules import SCHEDULES
+
+METRICS = {"clean": "Clean", "adv": "Adv.", "eadv": "E. adv."}
+TABLES = ("main", "averages", "ttest", "delay", "ablation", "baselines", "evaluations")
+PAPER_TABLES = {
+    "main": ("1", "2"),
+    "averages": ("1", "2"),
+    "ttest": ("1", "2"),
+    "ablation": ("7",),
+    "baselines": ("4", "8"),
+}
+BASELINE_SETTINGS = ("fix", "uniform", "auto", "sched")
+DATASET_ORDER = list(
+    dict.fromkeys(["Aircraft", "Caltech", "Cars", "Cub", "Dogs", *DATASETS])
+)  # the paper's order
+KEYS = ["backbone", "dataset", "setting", "eps", "t1", "t2"]
+
+
+class ReportError(ValueError):
+    """One line: what the report cannot show and why."""
+
+
+@dataclass
+class Section:
+    title: str
+    table: pd.DataFrame  # what is shown: strings, already formatted
+    long: pd.DataFrame  # the machine-readable rows behind it (values in percent)
+    note: str = ""
+
+
+@dataclass
+class Results:
+    """Final test metrics in long format (one value per row, percent) plus what reports need besides."""
+
+    values: pd.DataFrame  # KEYS + seed, metric, value, run_id
+    pending: pd.DataFrame = field(default_factory=pd.DataFrame)  # KEYS + status, done, epochs
+    epochs: pd.DataFrame = field(default_factory=pd.DataFrame)  # run_id, epoch, eps, val_acc, val_adv_acc
+    runs: pd.DataFrame = field(default_factory=pd.DataFrame)  # run_id + KEYS + seed, epochs, threshold
+    evaluations: pd.DataFrame = field(default_factory=pd.DataFrame)
+    source: str = "database"
+
+    @classmethod
+    def from_store(cls, store, grid: str | None = None, threshold: float | None = None) -> Results:
+        data = store.everything(grid)
+        thresholds = {}
+        for row in data["adaptation"]:
+            thresholds.setdefault(row.run_id, row.threshold)
+        runs, values, pending = [], [], []
+        for run in data["runs"]:
+            config = RunConfig.from_json(run.config)
+            keys = {
+                "backbone": run.backbone,
+                "dataset": run.dataset,
+                "setting": run.setting,
+                "eps": run.eps,
+                "t1": run.t1,
+                "t2": run.t2,
+            }
+            runs.append(
+                {
+                    "run_id": run.id,
+                    **keys,
+                    "seed": run.seed,
+                    "epochs": run.epochs,
+                    "status": run.status,
+                    "threshold": threshold or thresholds.get(run.id, 0.05),
+                }
+            )
+            if run.status != "completed":
+                budgets = config.eval_budgets if config.eps_value == 0 else (config.eps,)
+                pending += [{**keys, "eps": b, "status": run.status, "run_id": run.id} for b in budgets]
+                continue
+            for ev in data["evaluations"]:
+                if ev.run_id != run.id or ev.kind != "final":
+                    continue
+                if config.eps_value > 0 and ev.budget != config.eps:
+                    continue  # a fix/sched run is reported at its own ε_g
+                for metric in METRICS:
+                    values.append(
+                        {
+                            **keys,
+                            "eps": ev.budget,
+                            "seed": run.seed,
+                            "metric": metric,
+                            "value": 100 * getattr(ev, metric),
+                            "run_id": run.id,
+                        }
+                    )
+        epochs = pd.DataFrame(
+            [
+                {
+                    "run_id": e.run_id,
+                    "epoch": e.epoch,
+                    "eps": e.eps,
+                    "val_acc": e.val_acc,
+                    "val_adv_acc": e.val_adv_acc,
+                    "val_adv_eps": e.val_adv_eps,
+                }
+                for e in data["epochs"]
+            ],
+            columns=["run_id", "epoch", "eps", "val_acc", "val_adv_acc", "val_adv_eps"],
+        )
+        evaluations = pd.DataFrame([e.model_dump() for e in data["evaluations"]])
+        done = epochs.groupby("run_id").size().to_dict() if len(epochs) else {}
+        pending = pd.DataFrame(pending, columns=[*KEYS, "status", "run_id"])
+        pending["done"] = pending["run_id"].map(done).fillna(0).astype(int)
+        frame = pd.DataFrame(values, columns=[*KEYS, "seed", "metric", "value", "run_id"])
+        return cls(frame, pending, epochs, pd.DataFrame(runs), evaluations, source="database")
+
+    @classmethod
+    def paper(cls, table: str) -> Results:
+        """The paper's published numbers for report `table` (CONVENTIONS.md, "Paper numbers")."""
+        if table not in PAPER_TABLES:
+            raise ReportError(f"the paper publishes no numbers for the {table!r} report; it needs a database")
+        frame = paper_frame()
+        frame = frame[frame["table"].isin(PAPER_TABLES[table])].drop(columns="table")
+        frame = frame.drop_duplicates([*KEYS, "metric"])  # Tables 4 and 8 repeat fix and sched
+        return cls(frame.assign(seed=0, run_id=""), source="paper")
+
+
+def paper_frame() -> pd.DataFrame:
+    """`paper_results.csv`: table, backbone, dataset, setting, eps, t1, t2, metric, value (percent).
+    Hinge settings are put in the engine's canonical form (0/0 is fix, 0/T2 is linear)."""
+    text = files("rftbench").joinpath("paper_results.csv").read_text()
+    frame = pd.read_csv(io.StringIO(text), dtype={"table": str, "eps": str})
+    hinge = frame["setting"] == "sched"
+    frame.loc[hinge & (frame.t1 == 0) & (frame.t2 == 0), "setting"] = "fix"
+    frame.loc[hinge & (frame.t1 == 0) & (frame.t2 > 0), "setting"] = "linear"
+    frame.loc[frame.setting == "fix", ["t1", "t2"]] = np.nan
+    frame.loc[(frame.setting == "sched") & frame.t1.isna(), ["t1", "t2"]] = [12.0, 37.0]  # Tables 1-6, 8
+    return frame
+
+
+# ---- labels and ordering ----------------------------------------------------------------------------
+
+
+def setting_labels(frame: pd.DataFrame) -> pd.Series:
+    """`sched` when a hinge setting appears with one T1/T2 only; `sched 12/37` when several are present."""
+    hinge = frame.setting.isin(["sched", "linear"])
+    pairs = frame[hinge].groupby("setting")[["t1", "t2"]].apply(lambda g: len(g.drop_duplicates()))
+    label = frame.setting.copy()
+    several = hinge & frame.setting.map(pairs).fillna(0).gt(1)
+    label[several] = (
+        frame.setting[several]
+        + " "
+        + frame.t1[several].map("{:g}".format)
+        + "/"
+        + frame.t2[several].map("{:g}".format)
+    )
+    return label
+
+
+def order(values, registry) -> list:
+    present = list(dict.fromkeys(values))
+    known = [v for v in registry if v in present]
+    return known + sorted(v for v in present if v not in registry)
+
+
+def setting_order(labels) -> list:
+    return sorted(dict.fromkeys(labels), key=lambda s: (list(SCHEDULES).index(s.split()[0]), s))
+
+
+def eps_order(values) -> list[str]:
+    return sorted(dict.fromkeys(values), key=parse_eps)
+
+
+def fmt(value: float) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}"
+
+
+# ---- the tables -----------------------------------------------------------------------------------
+
+
+def main_table(results: Results, eps: list[str], compare: Results | None = None) -> list[Section]:
+    """Tables 1 and 2: rows backbone × setting, columns dataset × {Clean, Adv., E. adv.}, one per ε_g."""
+    frame = results.values.assign(label=setting_labels(results.values))
+    sections = []
+    for budget in eps:
+        sub = frame[frame.eps == budget]
+        pending = results.pending[results.pending.eps == budget] if len(results.pending) else results.pending
+        if sub.empty and pending.empty:
+            continue
+        means = sub.groupby(["backbone", "label", "dataset", "metric"]).value.mean()
+        paper = _paper_means(compare, budget) if compare is not None else None
+        backbones = order(list(sub.backbone) + list(pending.get("backbone", [])), BACKBONES)
+        datasets = order(list(sub.dataset) + list(pending.get("dataset", [])), DATASET_ORDER)
+        labels = setting_order(list(sub.label) + list(pending.get("setting", [])))
+        rows, long = [], []
+        for backbone in backbones:
+            for label in labels:
+                row = {"Backbone": backbone, "Setting": label}
+                present = False
+                for dataset in datasets:
+                    status = _status(pending, backbone, label, dataset)
+                    for metric, name in METRICS.items():
+                        value = means.get((backbone, label, dataset, metric), np.nan)
+                        present |= not math.isnan(value) or bool(status)
+                        cell = fmt(value) or (status if metric == "clean" else "")
+                        if paper is not None:
+                            ref = paper.get((backbone, label, dataset, metric), np.nan)
+                            cell = _compare_cell(value, ref) or cell
+                            long.append(_long(backbone, dataset, label, budget, metric, value, ref))
+                        elif not math.isnan(value):
+                            long.append(_long(backbone, dataset, label, budget, metric, value))
+                        row[f"{dataset} {name}"] = cell
+                if present:
+                    rows.append(row)
+        title = f"Main results at ε_g = {budget} (test accuracy, %)" + (
+            " [paper]" if results.source == "paper" else ""
+        )
+        note = "ours (paper, ours - paper)" if compare is not None else ""
+        sections.append(Section(title, pd.DataFrame(rows), pd.DataFrame(long), note))
+    if not sections:
+        raise ReportError(f"no results at ε_g = {', '.join(eps)} in the {results.source}")
+    return sections
+
+
+def _status(pending: pd.DataFrame, backbone: str, label: str, dataset: str) -> str:
+    if pending.empty:
+        return ""
+    hit = pending[
+        (pending.backbone == backbone) & (pending.setting == label.split()[0]) & (pending.dataset == dataset)
+    ]
+    if hit.empty:
+        return ""
+    row = hit.iloc[0]
+    return f"({row.status}{f' {row.done} ep.' if row.done else ''})"
+
+
+def _paper_means(compare: Results, budget: str) -> pd.Series:
+    frame = compare.values.assign(label=setting_labels(compare.values))
+    return frame[frame.eps == budget].groupby(["backbone", "label", "dataset", "metric"]).value.mean()
+
+
+def _compare_cell(value: float, ref: float) -> str:
+    if math.isnan(value) or math.isnan(ref):
+        return fmt(value) if not math.isnan(value) else (f"(paper {ref:.2f})" if not math.isnan(ref) else "")
+    return f"{value:.2f} ({ref:.2f}, {_diff(value, ref):+.2f})"
+
+
+def _diff(value: float, ref: float) -> float:
+    """ours - paper on the two-decimal values shown (+ 0.0 turns -0.0 into 0.0)."""
+    return round(round(value, 2) - round(ref, 2), 2) + 0.0
+
+
+def _long(backbone, dataset, setting, eps, metric, value, paper=None, t1=None, t2=None) -> dict:
+    row = {
+        "backbone": backbone,
+        "dataset": dataset,
+        "setting": setting,
+        "eps": eps,
+        "metric": metric,
+        "value": round(value, 2) if not math.isnan(value) else None,
+    }
+    if t1 is not None or t2 is not None:
+        row |= {"t1": t1, "t2": t2}
+    if paper is not None:
+        row |= {
+            "paper": round(paper, 2) if not math.isnan(paper) else None,
+            "diff": _diff(value, paper) if not (math.isnan(value) or math.isnan(paper)) else None,
+        }
+    return row
+
+
+def averages_table(results: Results, eps: list[str]) -> list[Section]:
+    """Tables 10 and 11: per-backbone means over datasets and per-dataset means over backbones."""
+    frame = results.values.assign(label=setting_labels(results.values))
+    sections = []
+    for group, over, title in (
+        ("backbone", "dataset", "Per-backbone means over datasets"),
+        ("dataset", "backbone", "Per-dataset means over backbones"),
+    ):
+        for budget in eps:
+            sub = frame[frame.eps == budget]
+            if sub.empty:
+                continue
+            per_cell = sub.groupby([group, over, "label", "metric"]).value.mean().reset_index()
+            agg = per_cell.groupby([group, "label", "metric"]).value.agg(["mean", "count"]).reset_index()
+            names = order(agg[group], BACKBONES if group == "backbone" else DATASET_ORDER)
+            rows, long = [], []
+            for name in names:
+                for label in setting_order(agg.label):
+                    hit = agg[(agg[group] == name) & (agg.label == label)]
+                    if hit.empty:
+                        continue
+                    row = {group.capitalize(): name, "Setting": label, f"n {over}s": int(hit["count"].max())}
+                    for metric, metric_name in METRICS.items():
+                        value = hit[hit.metric == metric]["mean"]
+                        row[metric_name] = fmt(value.iloc[0]) if len(value) else ""
+                        if len(value):
+                            long.append(
+                                {
+                                    "group": group,
+                                    "name": name,
+                                    "setting": label,
+                                    "eps": budget,
+                                    "metric": metric,
+                                    "value": round(value.iloc[0], 2),
+                                }
+                            )
+                    rows.append(row)
+            sections.append(Section(f"{title} at ε_g = {budget} (%)", pd.DataFrame(rows), pd.DataFrame(long)))
+    if not sections:
+        raise ReportError(f"no results at ε_g = {', '.join(eps)} in the {results.source}")
+    return sections
+
+
+def ttest_table(results: Results, eps: list[str], a: str = "sched", b: str = "fix") -> list[Section]:
+    """Paired t-tests `a` vs `b` over the (backbone, dataset, seed) triples present in both."""
+    frame = results.values.assign(label=setting_labels(results.values))
+    labels = set(frame.label)
+    if a not in labels:  # several hinge pairs present: compare the paper's
+        a = next((label for label in sorted(labels) if label.startswith(a)), a)
+    rows, long = [], []
+    for budget in eps:
+        for metric, name in METRICS.items():
+            sub = frame[(frame.eps == budget) & (frame.metric == metric)]
+            pivot = sub.pivot_table(index=["backbone", "dataset", "seed"], columns="label", values="value")
+            if a not in pivot or b not in pivot:
+                continue
+            pairs = pivot[[a, b]].dropna()
+            diff = pairs[a] - pairs[b]
+            t, p = stats.ttest_rel(pairs[a], pairs[b]) if len(pairs) > 1 else (np.nan, np.nan)
+            row = {
+                "ε_g": budget,
+                "Metric": name,
+                "n pairs": len(pairs),
+                "mean diff (pp)": fmt(diff.mean()),
+                "t": f"{t:.3f}" if not math.isnan(t) else "",
+                "p": f"{p:.2e}" if not math.isnan(p) else "",
+                "wins": int((diff > 0).sum()),
+                "losses": int((diff < 0).sum()),
+            }
+            rows.append(row)
+            for stat, value in (
+                ("n", len(pairs)),
+                ("mean_diff", diff.mean()),
+                ("t", t),
+                ("p", p),
+                ("wins", row["wins"]),
+                ("losses", row["losses"]),
+            ):
+                long.append({"eps": budget, "metric": metric, "statistic": stat, "value": value})
+    if not rows:
+        raise ReportError(f"no (backbone, dataset) pair has both {a} and {b} results in the {results.source}")
+    title = f"Paired t-tests, {a} vs {b} (percentage points)"
+    return [Section(title, pd.DataFrame(rows), pd.DataFrame(long), "t and p from scipy.stats.ttest_rel")]
+
+
+def delay_table(results: Results, include_standard: bool = False) -> list[Section]:
+    """Per run: the task-adaptation start epoch and the final validation accuracy; per (backbone, dataset)
+    over the fix sweep: their Pearson and Spearman correlations; each fix run's clean drop from ε = 0."""
+    if results.source == "paper":
+        raise ReportError("the paper publishes no per-run delay numbers: `delay` needs a database")
+    if results.runs.empty or results.epochs.empty:
+        raise ReportError("no run has per-epoch metrics in this database yet")
+    epochs = results.epochs.sort_values(["run_id", "epoch"])
+    curves = epochs.groupby("run_id").val_acc.apply(list)
+    runs = results.runs[results.runs.run_id.isin(curves.index)].copy()
+    runs["start"] = [
+        adaptation_start_epoch(curves[r.run_id], r.threshold, r.epochs) for r in runs.itertuples()
+    ]
+    runs["final_val"] = [100 * curves[r][-1] for r in runs.run_id]
+    runs["complete"] = [len(curves[r.run_id]) == r.epochs for r in runs.itertuples()]
+    clean = results.values[results.values.metric == "clean"].groupby("run_id").value.first()
+    runs["clean"] = runs.run_id.map(clean)
+    per_run = pd.DataFrame(
+        {
+            "Run": runs.run_id.str[:8],
+            "Backbone": runs.backbone,
+            "Dataset": runs.dataset,
+            "Setting": runs.setting,
+            "ε_g": runs.eps,
+            "threshold": runs.threshold.map("{:g}".format),
+            "start epoch": runs.start,
+            "final val acc": runs.final_val.map(fmt),
+            "test clean": runs.clean.map(fmt),
+            "epochs": [f"{len(curves[r])}/{n}" for r, n in zip(runs.run_id, runs.epochs)],
+        }
+    )
+    per_run_long = runs.melt(
+        id_vars=["backbone", "dataset", "setting", "eps", "run_id"],
+        value_vars=["start", "final_val"],
+        var_name="metric",
+    )
+    sweep = runs[(runs.setting.isin(["fix", "standard"])) & runs.complete]
+    if not include_standard:
+        sweep = sweep[sweep.eps.map(parse_eps) > 0]
+    rows, long = [], []
+    for (backbone, dataset), group in sweep.groupby(["backbone", "dataset"], sort=False):
+        n = len(group)
+        varied = n > 2 and group.start.nunique() > 1 and group.final_val.nunique() > 1
+        pearson = stats.pearsonr(group.start, group.final_val) if varied else None
+        spearman = stats.spearmanr(group.start, group.final_val) if varied else None
+        row = {
+            "Backbone": backbone,
+            "Dataset": dataset,
+            "n runs": n,
+            "Pearson r": f"{pearson.statistic:.3f}" if pearson else "",
+            "p (Pearson)": f"{pearson.pvalue:.2e}" if pearson else "",
+            "Spearman ρ": f"{spearman.statistic:.3f}" if spearman else "",
+            "p (Spearman)": f"{spearman.pvalue:.2e}" if spearman else "",
+        }
+        rows.append(row)
+        for stat, value in (
+            ("n", n),
+            ("pearson_r", pearson.statistic if pearson else None),
+            ("spearman_rho", spearman.statistic if spearman else None),
+        ):
+            long.append({"backbone": backbone, "dataset": dataset, "statistic": stat, "value": value})
+    drops = []
+    base = runs[(runs.setting == "standard")].groupby(["backbone", "dataset"]).clean.first()
+    for r in runs[(runs.setting == "fix")].itertuples():
+        ref = base.get((r.backbone, r.dataset), np.nan)
+        if not math.isnan(ref) and not math.isnan(r.clean):
+            drops.append(
+                {
+                    "Backbone": r.backbone,
+                    "Dataset": r.dataset,
+                    "ε_g": r.eps,
+                    "clean": fmt(r.clean),
+                    "ε = 0 clean": fmt(ref),
+                    "drop (pp)": fmt(ref - r.clean),
+                }
+            )
+    sections = [
+        Section(
+            "Task-adaptation start and final validation accuracy per run",
+            per_run,
+            per_run_long,
+            "start epoch: first 0-based epoch with validation accuracy above the threshold",
+        )
+    ]
+    scope = "ε_g ≥ 0" if include_standard else "ε_g > 0"
+    note = "" if rows else "needs 3 or more finished fix runs per pair, with varying start epochs"
+    sections.append(
+        Section(
+            f"Delay correlations over the fix sweep ({scope}): start epoch vs final val acc",
+            pd.DataFrame(rows),
+            pd.DataFrame(long),
+            note,
+        )
+    )
+    if drops:
+        sections.append(
+            Section(
+                "Clean-accuracy drop of fix runs from standard fine-tuning (ε = 0)",
+                pd.DataFrame(drops),
+                pd.DataFrame(drops),
+            )
+        )
+    return sections
+
+
+def ablation_table(results: Results, eps: list[str]) -> list[Section]:
+    """Table 7: T1/T2 pairs (fix is 0/0, linear 0/T2) of every backbone × dataset with hinge runs."""
+    frame = results.values[results.values.setting.isin(["fix", "linear", "sched"])].copy()
+    frame["t1"], frame["t2"] = frame.t1.fillna(0.0), frame.t2.fillna(0.0)
+    pairs = frame[frame.setting != "fix"][["backbone", "dataset"]].drop_duplicates()
+    sections = []
+    for backbone, dataset in pairs.itertuples(index=False):
+        sub = frame[(frame.backbone == backbone) & (frame.dataset == dataset) & frame.eps.isin(eps)]
+        means = sub.groupby(["t1", "t2", "eps", "metric"]).value.mean()
+        rows, long = [], []
+        for t1, t2 in sorted(set(zip(sub.t1, sub.t2))):
+            row = {"T1": f"{t1:g}", "T2": f"{t2:g}"}
+            for budget in eps_order(sub.eps):
+                for metric, name in METRICS.items():
+                    value = means.get((t1, t2, budget, metric), np.nan)
+                    row[f"{budget} {name}"] = fmt(value)
+                    if not math.isnan(value):
+                        long.append(_long(backbone, dataset, "sched", budget, metric, value, t1=t1, t2=t2))
+            rows.append(row)
+        sections.append(
+            Section(f"T1/T2 ablation, {backbone}-{dataset} (%)", pd.DataFrame(rows), pd.DataFrame(long))
+        )
+    if not sections:
+        raise ReportError(f"no sched/linear runs in the {results.source}")
+    return sections
+
+
+def baselines_table(results: Results, eps: list[str]) -> list[Section]:
+    """Tables 4 and 8: fix, uniform, auto and sched side by side on the pairs with a uniform or auto run."""
+    frame = results.values[results.values.setting.isin(BASELINE_SETTINGS)]
+    sched = frame[frame.setting == "sched"]
+    if len(sched):  # beside an ablation: one sched, the paper's 12/37 if present, else the most common T1/T2
+        counts = sched.groupby(["t1", "t2"]).size()
+        t1, t2 = (12.0, 37.0) if (12.0, 37.0) in counts.index else counts.idxmax()
+        frame = frame[(frame.setting != "sched") | ((frame.t1 == t1) & (frame.t2 == t2))]
+    pairs = frame[frame.setting.isin(["uniform", "auto"])][["backbone", "dataset"]].drop_duplicates()
+    if pairs.empty:
+        raise ReportError(f"no uniform or auto runs in the {results.source}")
+    sections = []
+    for budget in eps:
+        sub = frame[frame.eps == budget]
+        means = sub.groupby(["backbone", "dataset", "setting", "metric"]).value.mean()
+        settings = [s for s in BASELINE_SETTINGS if s in set(sub.setting)]
+        rows, long = [], []
+        for backbone, dataset in pairs.itertuples(index=False):
+            row = {"Backbone": backbone, "Dataset": dataset}
+            for setting in settings:
+                for metric, name in METRICS.items():
+                    value = means.get((backbone, dataset, setting, metric), np.nan)
+                    row[f"{setting} {name}"] = fmt(value)
+                    if not math.isnan(value):
+                        long.append(_long(backbone, dataset, setting, budget, metric, value))
+            rows.append(row)
+        if settings:
+            sections.append(
+                Section(f"Baselines at ε_g = {budget} (%)", pd.DataFrame(rows), pd.DataFrame(long))
+            )
+    return sections
+
+
+def evaluations_table(results: Results, run_id: str | None = None) -> list[Section]:
+    """Every evaluation row: final ones from training, extra ones from `rftbench evaluate`."""
+    if results.source == "paper" or results.evaluations.empty:
+        raise ReportError("no evaluations to show: `evaluations` lists a database's evaluation rows")
+    ev = results.evaluations.merge(results.runs, on="run_id", suffixes=("", "_run"))
+    if run_id:
+        ev = ev[ev.run_id.str.startswith(run_id)]
+    ev = ev.sort_values(["run_id", "budget_value", "steps"])
+    table = pd.DataFrame(
+        {
+            "Run": ev.run_id.str[:8],
+            "Backbone": ev.backbone,
+            "Dataset": ev.dataset,
+            "Setting": ev.setting,
+            "ε_g": ev.eps,
+            "kind": ev.kind,
+            "budget": ev.budget,
+            "attack": ev.attack,
+            "steps": ev.steps,
+            "random start": ev.random_start,
+            "n": ev.n,
+            "Clean": (100 * ev.clean).map(fmt),
+            "Adv.": (100 * ev.adv).map(fmt),
+            "E. adv.": (100 * ev.eadv).map(fmt),
+        }
+    )
+    long = ev[["run_id", "backbone", "dataset", "setting", "eps", "kind", "budget", "attack", "steps"]].copy()
+    long = pd.concat([long.assign(metric=m, value=(100 * ev[m]).round(2)) for m in METRICS])
+    return [Section("Evaluations", table.reset_index(drop=True), long)]
+
+
+def build(
+    name: str,
+    results: Results,
+    *,
+    eps: list[str] | None = None,
+    compare: Results | None = None,
+    include_standard: bool = False,
+    run_id: str | None = None,
+) -> list[Section]:
+    """The sections of report `name` (one of TABLES)."""
+    if name not in TABLES:
+        raise ReportError(f"unknown table {name!r}: choose one of {', '.join(TABLES)}")
+    budgets = eps or eps_order(v for v in results.values.eps if parse_eps(v) > 0)
+    if compare is not None and name != "main":
+        raise ReportError("--compare paper is available for the main table")
+    if name == "main":
+        return main_table(results, budgets, compare)
+    if name == "averages":
+        return averages_table(results, budgets)
+    if name == "ttest":
+        return ttest_table(results, budgets)
+    if name == "delay":
+        return delay_table(results, include_standard)
+    if name == "ablation":
+        return ablation_table(results, budgets)
+    if name == "baselines":
+        return baselines_table(results, budgets)
+    return evaluations_table(results, run_id)
+
+
+# ---- output ---------------------------------------------------------------------------------------
+
+
+def to_markdown(sections: list[Section]) -> str:
+    out = []
+    for section in sections:
+        out.append(f"### {section.title}\n")
+        table = section.table
+        if table.empty:
+            out.append("(no rows)\n")
+        else:
+            cells = [[str(c) for c in table.columns]] + [
+                [str(v) for v in row] for row in table.itertuples(index=False)
+            ]
+            out.append("| " + " | ".join(cells[0]) + " |")
+            out.append("|" + "|".join("---" for _ in cells[0]) + "|")
+            out += ["| " + " | ".join(row) + " |" for row in cells[1:]]
+            out.append("")
+        if section.note:
+            out.append(f"_{section.note}_\n")
+    return "\n".join(out)
+
+
+def to_csv(sections: list[Section]) -> str:
+    frames = [s.long.assign(table=s.title) for s in sections if not s.long.empty]
+    return pd.concat(frames, ignore_index=True).to_csv(index=False) if frames else ""
+
+
+def to_latex(sections: list[Section]) -> str:
+    out = []
+    for section in sections:
+        if section.table.empty:
+            continue
+        styler = section.table.style.hide(axis="index").format(escape="latex")
+        caption = section.title.replace("%", r"\%").replace("_", r"\_")
+        out.append(styler.to_latex(hrules=True, caption=caption, position_float="centering"))
+    return "\n".join(out)
+
+
+def render(sections: list[Section], fmt_: str) -> str:
+    if fmt_ == "md":
+        return to_markdown(sections)
+    if fmt_ == "csv":
+        return to_csv(sections)
+    if fmt_ == "latex":
+        return to_latex(sections)
+    raise ReportError(f"unknown format {fmt_!r}: choose md, csv or latex")

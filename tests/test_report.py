@@ -1,0 +1,298 @@
+"""Reports and plots on a database filled with known numbers through the store API, checked against hand
+computations (means, scipy's paired t-test and correlations on the same arrays), and the paper's Table 1
+reproduced from the shipped CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import stats
+from typer.testing import CliRunner
+
+from rftbench.cli import app
+from rftbench.config import RunConfig
+from rftbench.grids import Job
+from rftbench.report import Results, build, render
+from rftbench.store import Store
+
+PAPER_CSV = Path(__file__).resolve().parents[1].parent / "shared" / "paper" / "results.csv"
+BACKBONES, DATASETS = ["ViT", "SWIN"], ["Aircraft", "Cars", "Cub"]
+# (clean, adv, eadv) in % for fix and sched at 4/255, per (backbone, dataset)
+FIX = {
+    ("ViT", "Aircraft"): (6.4, 2.8, 4.48),
+    ("ViT", "Cars"): (12.7, 4.9, 8.2),
+    ("ViT", "Cub"): (42.82, 15.12, 27.79),
+    ("SWIN", "Aircraft"): (7.7, 4.8, 6.11),
+    ("SWIN", "Cars"): (60.2, 29.7, 44.74),
+    ("SWIN", "Cub"): (72.25, 41.87, 57.55),
+}
+SCHED = {
+    ("ViT", "Aircraft"): (58.6, 13.2, 34.95),
+    ("ViT", "Cars"): (73.4, 19.1, 46.71),
+    ("ViT", "Cub"): (73.4, 23.63, 48.09),
+    ("SWIN", "Aircraft"): (73.8, 32.0, 53.75),
+    ("SWIN", "Cars"): (84.7, 43.2, 66.41),
+    ("SWIN", "Cub"): (40.0, 50.0, 45.0),
+}
+# the ε sweep of SWIN-Cars: fix at k/255 with its validation curve (6 epochs, threshold 0.05)
+SWEEP = {
+    1: [0.3, 0.5, 0.6, 0.7, 0.75, 0.8],
+    2: [0.02, 0.2, 0.4, 0.5, 0.6, 0.7],
+    3: [0.01, 0.04, 0.1, 0.3, 0.4, 0.5],
+    5: [0.01, 0.02, 0.03, 0.04, 0.2, 0.3],
+}
+STANDARD_CLEAN = 88.1
+
+
+def add_run(store: Store, grid: str, config: RunConfig, accs: list[float], evaluation: dict | None) -> None:
+    store.record_grid(grid, [Job(config, grid, 0, {})], adaptation_threshold=0.05)
+    store.claim("test", [config.run_id], 60)
+    for epoch, acc in enumerate(accs):
+        store.upsert_epoch(
+            config.run_id,
+            {
+                "epoch": epoch,
+                "eps": config.eps_value,
+                "lr": 1e-4,
+                "train_loss": 1.0,
+                "train_acc": acc,
+                "val_loss": 1.0,
+                "val_acc": acc,
+                "val_adv_loss": 2.0,
+                "val_adv_acc": acc / 2,
+                "val_adv_eps": "4/255",
+                "epoch_seconds": 1.0,
+                "images_per_second": 1.0,
+            },
+        )
+    if evaluation is not None:
+        store.complete(config.run_id, "test", evaluation, steps=10, random_start=False)
+
+
+def evaluation(budget: str, clean: float, adv: float, eadv: float) -> dict:
+    return {
+        "n": 1000,
+        "clean": clean / 100,
+        "attacks_run": 0,
+        "budgets": [
+            {
+                "budget": budget,
+                "clean": clean / 100,
+                "adv": adv / 100,
+                "eadv": eadv / 100,
+                "eps": ["0/255", budget],
+                "accuracies": [clean / 100, adv / 100],
+            }
+        ],
+    }
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory) -> str:
+    path = str(tmp_path_factory.mktemp("report") / "r.db")
+    store = Store.open(path)
+    for (backbone, dataset), numbers in FIX.items():
+        add_run(
+            store,
+            "g",
+            RunConfig(backbone=backbone, dataset=dataset, setting="fix", eps="4/255", epochs=6),
+            [0.5] * 6,
+            evaluation("4/255", *numbers),
+        )
+    for (backbone, dataset), numbers in SCHED.items():
+        config = RunConfig(
+            backbone=backbone, dataset=dataset, setting="sched", t1=2, t2=4, eps="4/255", epochs=6
+        )
+        add_run(store, "g", config, [0.5] * 6, evaluation("4/255", *numbers))
+    for k, accs in SWEEP.items():
+        config = RunConfig(backbone="SWIN", dataset="Cars", setting="fix", eps=f"{k}/255", epochs=6, seed=1)
+        add_run(store, "sweep", config, accs, evaluation(f"{k}/255", 100 * accs[-1] - 3, 10.0, 20.0))
+    standard = RunConfig(
+        backbone="SWIN", dataset="Cars", eps="0/255", eval_budgets=["4/255"], epochs=6, seed=1
+    )
+    add_run(store, "sweep", standard, [0.6] * 6, evaluation("4/255", STANDARD_CLEAN, 1.0, 30.0))
+    for t1, t2 in ((0, 3), (3, 3)):
+        config = RunConfig(
+            backbone="SWIN", dataset="Cars", setting="sched", t1=t1, t2=t2, eps="4/255", epochs=6
+        )
+        add_run(store, "ablation", config, [0.5] * 6, evaluation("4/255", 50.0 + t2, 20.0 + t1, 35.0))
+    uniform = RunConfig(backbone="SWIN", dataset="Cars", setting="uniform", eps="4/255", epochs=6)
+    add_run(store, "baselines", uniform, [0.5] * 6, evaluation("4/255", 70.0, 30.0, 50.0))
+    running = RunConfig(backbone="ViT", dataset="Cars", setting="uniform", eps="4/255", epochs=6)
+    add_run(store, "baselines", running, [0.5, 0.5], None)  # in progress: 2 of 6 epochs
+    return path
+
+
+def results(db: str, grid: str | None = None) -> Results:
+    return Results.from_store(Store.open(db, create=False), grid=grid)
+
+
+def test_main_table_cells_and_in_progress_marks(db):
+    (section,) = build("main", results(db, "g"), eps=["4/255"])
+    table = section.table.set_index(["Backbone", "Setting"])
+    assert list(table.columns[:3]) == ["Aircraft Clean", "Aircraft Adv.", "Aircraft E. adv."]
+    assert table.loc[("SWIN", "fix"), "Cars Clean"] == "60.20"
+    assert table.loc[("ViT", "sched"), "Cub E. adv."] == "48.09"
+    assert table.loc[("SWIN", "sched"), "Cub Adv."] == "50.00"
+    every = build("main", results(db), eps=["4/255"])[0].table.set_index(["Backbone", "Setting"])
+    assert every.loc[("ViT", "uniform"), "Cars Clean"] == "(running 2 ep.)"  # marked, not blank
+    assert every.loc[("SWIN", "sched 2/4"), "Cars Clean"] == "84.70"  # several T1/T2: labelled
+    assert every.loc[("SWIN", "standard"), "Cars Clean"] == "88.10"
+    long = section.long
+    assert set(long.columns) >= {"backbone", "dataset", "setting", "eps", "metric", "value"}
+    assert len(long) == 2 * 3 * 2 * 3 and set(long.eps) == {"4/255"}
+
+
+def test_averages_equal_hand_means(db):
+    sections = build("averages", results(db, "g"), eps=["4/255"])
+    per_backbone = sections[0].table.set_index(["Backbone", "Setting"])
+    swin_fix_clean = np.mean([FIX["SWIN", d][0] for d in DATASETS])
+    assert per_backbone.loc[("SWIN", "fix"), "Clean"] == f"{swin_fix_clean:.2f}"
+    assert per_backbone.loc[("SWIN", "fix"), "n datasets"] == 3
+    per_dataset = sections[1].table.set_index(["Dataset", "Setting"])
+    cub_sched_eadv = np.mean([SCHED[b, "Cub"][2] for b in BACKBONES])
+    assert per_dataset.loc[("Cub", "sched"), "E. adv."] == f"{cub_sched_eadv:.2f}"
+
+
+def test_ttest_equals_scipy_on_the_same_arrays(db):
+    (section,) = build("ttest", results(db, "g"), eps=["4/255"])
+    table = section.table.set_index("Metric")
+    for i, name in enumerate(["Clean", "Adv.", "E. adv."]):
+        sched = np.array([SCHED[k][i] for k in FIX])
+        fix = np.array([FIX[k][i] for k in FIX])
+        t, p = stats.ttest_rel(sched, fix)
+        row = table.loc[name]
+        assert (row["n pairs"], row["t"], row["p"]) == (6, f"{t:.3f}", f"{p:.2e}")
+        assert row["mean diff (pp)"] == f"{np.mean(sched - fix):.2f}"
+        assert (row["wins"], row["losses"]) == ((sched > fix).sum(), (sched < fix).sum())
+    assert table.loc["Adv.", "losses"] == 0 and table.loc["Clean", "losses"] == 1  # SWIN-Cub, planted
+
+
+def test_delay_start_epochs_correlations_and_drops(db):
+    per_run, correlations, drops = build("delay", results(db, "sweep"))
+    starts = {row["ε_g"]: row["start epoch"] for _, row in per_run.table.iterrows()}
+    assert starts == {"1/255": 0, "2/255": 1, "3/255": 2, "5/255": 4, "0/255": 0}  # first acc > 0.05
+    start = np.array([0, 1, 2, 4])
+    final = np.array([100 * SWEEP[k][-1] for k in (1, 2, 3, 5)])
+    row = correlations.table.iloc[0]
+    assert (row["Backbone"], row["Dataset"], row["n runs"]) == ("SWIN", "Cars", 4)  # ε = 0 excluded
+    assert row["Pearson r"] == f"{np.corrcoef(start, final)[0, 1]:.3f}"
+    assert row["Spearman ρ"] == f"{stats.spearmanr(start, final).statistic:.3f}" == "-1.000"
+    drop = drops.table.set_index("ε_g").loc["5/255"]
+    assert drop["drop (pp)"] == f"{STANDARD_CLEAN - (100 * 0.3 - 3):.2f}"
+    with_standard = build("delay", results(db, "sweep"), include_standard=True)[1].table.iloc[0]
+    assert with_standard["n runs"] == 5
+
+
+def test_ablation_baselines_and_evaluations(db):
+    (ablation,) = build("ablation", results(db, "ablation"), eps=["4/255"])
+    rows = ablation.table.set_index(["T1", "T2"])
+    assert rows.loc[("0", "3"), "4/255 Clean"] == "53.00" and rows.loc[("3", "3"), "4/255 Adv."] == "23.00"
+    (baselines,) = build("baselines", results(db), eps=["4/255"])
+    row = baselines.table.set_index(["Backbone", "Dataset"]).loc[("SWIN", "Cars")]
+    assert (row["fix Clean"], row["uniform Clean"], row["sched Clean"]) == ("60.20", "70.00", "84.70")
+    (evaluations,) = build("evaluations", results(db, "baselines"))
+    assert list(evaluations.table["Clean"]) == ["70.00"]
+
+
+def test_formats(db):
+    sections = build("main", results(db, "g"), eps=["4/255"])
+    rows = list(csv.DictReader(io.StringIO(render(sections, "csv"))))
+    assert {"backbone", "dataset", "setting", "eps", "metric", "value"} <= set(rows[0])
+    assert any(
+        r["backbone"] == "SWIN"
+        and r["dataset"] == "Cars"
+        and r["setting"] == "fix"
+        and r["metric"] == "clean"
+        and float(r["value"]) == 60.2
+        for r in rows
+    )
+    latex = render(sections, "latex")
+    assert "\\toprule" in latex and "\\midrule" in latex and "\\bottomrule" in latex and "60.20" in latex
+    markdown = render(sections, "md")
+    assert "| SWIN | fix | 7.70 | 4.80 | 6.11 | 60.20 |" in markdown
+
+
+def test_paper_table_1_is_reproduced_exactly(tmp_path):
+    out = tmp_path / "t1.csv"
+    result = CliRunner().invoke(
+        app,
+        [
+            "report",
+            "--results",
+            "paper",
+            "--table",
+            "main",
+            "--eps",
+            "4/255",
+            "--format",
+            "csv",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    ours = {
+        (r["backbone"], r["dataset"], r["setting"], r["metric"]): r["value"]
+        for r in csv.DictReader(out.open())
+    }
+    with PAPER_CSV.open() as f:
+        paper = {
+            (r["backbone"], r["dataset"], r["setting"], r["metric"]): r["value"]
+            for r in csv.DictReader(f)
+            if r["table"] == "1"
+        }
+    assert len(paper) == 6 * 5 * 2 * 3
+    assert {k: f"{float(v):.2f}" for k, v in ours.items()} == paper
+
+
+def test_paper_tables_and_compare(db, tmp_path):
+    runner = CliRunner()
+    ttest = runner.invoke(app, ["report", "--results", "paper", "--table", "ttest"])
+    assert ttest.exit_code == 0 and "30" in ttest.output, ttest.output
+    ablation = runner.invoke(app, ["report", "--results", "paper", "--table", "ablation", "--format", "csv"])
+    rows = list(csv.DictReader(io.StringIO(ablation.output)))
+    assert len(rows) == 90 and {r["t1"] for r in rows} >= {"0.0", "5.0", "12.0", "25.0"}
+    delay = runner.invoke(app, ["report", "--results", "paper", "--table", "delay"])
+    assert delay.exit_code == 2 and "publishes no" in delay.output
+    (section,) = build("main", results(db, "g"), eps=["4/255"], compare=Results.paper("main"))
+    table = section.table.set_index(["Backbone", "Setting"])
+    assert table.loc[("SWIN", "fix"), "Cars Clean"] == "60.20 (60.20, +0.00)"
+    assert table.loc[("SWIN", "sched"), "Cub Clean"] == "40.00 (82.29, -42.29)"
+
+
+PLOTS = [
+    ("curves", ["--backbone", "SWIN", "--dataset", "Cars", "--eps", "4/255"]),
+    ("robustness", ["--dataset", "Cars"]),
+    ("sweep", []),
+    ("schedule", []),
+]
+
+
+@pytest.mark.parametrize("kind, extra", PLOTS)
+def test_plots_write_pngs(db, tmp_path, kind, extra):
+    out = tmp_path / f"{kind}.png"
+    result = CliRunner().invoke(app, ["plot", kind, "--out", str(out), "--db", db, *extra])
+    assert result.exit_code == 0, result.output
+    with Image.open(out) as image:
+        assert image.format == "PNG" and image.size[0] > 400 and image.size[1] > 250
+    assert out.stat().st_size > 10_000
+
+
+def test_report_errors_are_one_line(db, tmp_path):
+    for args, message in [
+        (["--table", "nope"], "unknown table 'nope'"),
+        (["--table", "main", "--eps", "6/255"], "no results at ε_g = 6/255"),
+        (["--format", "xml"], "--format 'xml'"),
+    ]:
+        result = CliRunner().invoke(app, ["report", "--db", db, *args])
+        assert result.exit_code == 2 and message in result.output and result.output.count("\n") == 1, (
+            result.output
+        )
+    missing = CliRunner().invoke(app, ["report", "--db", str(tmp_path / "none.db")])
+    assert missing.exit_code == 2 and "not found" in missing.output
