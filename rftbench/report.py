@@ -458,7 +458,12 @@ def delay_table(results: Results, include_standard: bool = False) -> list[Sectio
         )
     ]
     scope = "ε_g ≥ 0" if include_standard else "ε_g > 0"
-    note = "" if rows else "needs 3 or more finished fix runs per pair, with varying start epochs"
+    complete = rows and all(row["Pearson r"] for row in rows)
+    note = (
+        ""
+        if complete
+        else "a correlation needs 3 or more finished fix runs of a pair, with varying start epochs"
+    )
     sections.append(
         Section(
             f"Delay correlations over the fix sweep ({scope}): start epoch vs final val acc",
