@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # does not work with the registry's torchvision).
 TORCH_PAIR ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup test test-fast lint format bench clean
+.PHONY: setup test test-fast lint format bench demo clean
 
 setup:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,19 @@ format:
 
 bench:
 	$(BIN)/python benchmarks/step_ratio.py
+
+# The demo: run-grid + report + plot on the demo grid (offline; finished runs are reused).
+DEMO_DIR ?= demo
+DEMO_EXPERIMENTS ?= experiments.toml
+DEMO_FLAGS = --db $(DEMO_DIR)/demo.db --grid demo
+demo:
+	@mkdir -p $(DEMO_DIR)
+	$(BIN)/rftbench run-grid $(DEMO_FLAGS) --experiments $(DEMO_EXPERIMENTS) --runs-dir $(DEMO_DIR)/runs --prune-checkpoints
+	$(BIN)/rftbench report --table main $(DEMO_FLAGS) --out $(DEMO_DIR)/main.md
+	$(BIN)/rftbench report --table delay $(DEMO_FLAGS) --out $(DEMO_DIR)/delay.md
+	$(BIN)/rftbench plot curves $(DEMO_FLAGS) --out $(DEMO_DIR)/curves.png
+	$(BIN)/rftbench plot robustness $(DEMO_FLAGS) --out $(DEMO_DIR)/robustness.png
+	@echo "demo: tables in $(DEMO_DIR)/main.md and $(DEMO_DIR)/delay.md, plots in $(DEMO_DIR)/curves.png and $(DEMO_DIR)/robustness.png"
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

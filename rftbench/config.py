@@ -75,6 +75,8 @@ class RunConfig:
     seed: int = 0
     split_seed: int = 0  # seeds the dataset's split rules and test subsample (rftbench.datasets)
     train_subset: int = 0  # > 0: a stratified subsample of this many training images (seeded by split_seed)
+    val_subset: int = 0  # > 0: the same for the validation split
+    test_subset: int = 0  # > 0: the same for the scored test split
     eval_budgets: tuple[str, ...] = ()  # empty: (eps,) for adversarial runs
     val_adv_samples: int = 500  # per-epoch validation APGD runs on this fixed prefix of the val split
 
@@ -105,10 +107,9 @@ class RunConfig:
         for name in ("epochs", "batch_size", "train_attack_steps", "eval_attack_steps", "resolution"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        if self.train_subset < 0:
-            raise ValueError(
-                f"train_subset must be >= 0 (0: the whole training split), got {self.train_subset}"
-            )
+        for name in ("train_subset", "val_subset", "test_subset"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0: the whole split), got {getattr(self, name)}")
 
     @property
     def eps_value(self) -> float:

@@ -89,7 +89,7 @@ def plot_curves(results: Results, backbone: str, dataset: str, eps: str | None, 
     eps_ax.set_ylabel("ε(t) × 255 (dotted)")
     ax.set_ylim(0, 100)
     ax.set_title(f"{backbone} on {dataset}: task adaptation under fixed vs scheduled ε")
-    ax.legend(fontsize=8, loc="center right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.1, 1.0))  # outside: curves stay visible
     ax.grid(alpha=0.3)
     return _save(fig, out)
 

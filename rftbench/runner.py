@@ -74,10 +74,11 @@ def build_data(config: RunConfig, paths: dict, split: str, transform) -> ImageTe
         split_file=paths["split_file"],
         seed=config.split_seed,
     )
-    if split == "train" and config.train_subset:
-        index = torch.tensor(
-            stratified_subsample(data.labels.tolist(), config.train_subset, config.split_seed)
-        )
+    subset = {"train": config.train_subset, "val": config.val_subset, "test": config.test_subset}.get(
+        split, 0
+    )
+    if subset:
+        index = torch.tensor(stratified_subsample(data.labels.tolist(), subset, config.split_seed))
         data = ImageTensorDataset(data.images[index], data.labels[index], transform, data.classes)
     return data
 
