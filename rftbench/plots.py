@@ -44,6 +44,16 @@ def _subplots(rows: int = 1, cols: int = 1, **kwargs):
     return fig, fig.subplots(rows, cols, **kwargs)
 
 
+def _decorate(ax, xlabel: str, ylabel: str, title: str, percent: bool = True) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if percent:
+        ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
 def _colour(label: str) -> str:
     return COLOURS.get(label.split()[0], "tab:gray")
 
@@ -124,12 +134,7 @@ def plot_robustness(
                 x, y, marker="o", ms=3, color=_colour(row.label), label=f"{name}: E.adv {100 * row.eadv:.1f}%"
             )
             ax.fill_between(x, y, alpha=0.12, color=_colour(row.label))
-        ax.set_xlabel("ε × 255")
-        ax.set_ylabel("test accuracy under APGD (%)")
-        ax.set_title(f"Robustness curves up to ε_g = {budget}")
-        ax.set_ylim(0, 100)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _decorate(ax, "ε × 255", "test accuracy under APGD (%)", f"Robustness curves up to ε_g = {budget}")
     return _save(fig, out)
 
 
@@ -155,12 +160,12 @@ def plot_sweep(results: Results, out: str | Path, backbone: str | None = None) -
         for dataset, group in sub.groupby("dataset"):
             curve = group.groupby("x").value.mean().sort_index()
             ax.plot(curve.index, curve.values, marker="o", label=dataset)
-        ax.set_xlabel("ε_g × 255 (0: standard fine-tuning)")
-        ax.set_ylabel("clean test accuracy (%)")
-        ax.set_title(f"{name}: fixed-ε adversarial fine-tuning")
-        ax.set_ylim(0, 100)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _decorate(
+            ax,
+            "ε_g × 255 (0: standard fine-tuning)",
+            "clean test accuracy (%)",
+            f"{name}: fixed-ε adversarial fine-tuning",
+        )
     return _save(fig, out)
 
 
@@ -180,9 +185,6 @@ def plot_schedules(
     for label, spec in specs.items():
         values = np.array(spec.canonical().values(epochs, seed=seed)) * 255
         ax.step(range(epochs), values, where="post", color=_colour(label), label=label, lw=2, alpha=0.85)
-    ax.set_xlabel("epoch (0-based)")
-    ax.set_ylabel("ε(t) × 255")
-    ax.set_title(f"ε schedules, ε_g = {eps}, {epochs} epochs (auto depends on validation accuracy)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    title = f"ε schedules, ε_g = {eps}, {epochs} epochs (auto depends on validation accuracy)"
+    _decorate(ax, "epoch (0-based)", "ε(t) × 255", title, percent=False)
     return _save(fig, out)
