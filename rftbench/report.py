@@ -72,6 +72,10 @@ class Results:
         for row in data["adaptation"]:
             thresholds.setdefault(row.run_id, row.threshold)
         runs, values, pending = [], [], []
+        finals: dict[str, list] = {}  # run id -> its final evaluation rows
+        for ev in data["evaluations"]:
+            if ev.kind == "final":
+                finals.setdefault(ev.run_id, []).append(ev)
         for run in data["runs"]:
             config = RunConfig.from_json(run.config)
             keys = {
@@ -96,9 +100,7 @@ class Results:
                 budgets = config.eval_budgets if config.eps_value == 0 else (config.eps,)
                 pending += [{**keys, "eps": b, "status": run.status, "run_id": run.id} for b in budgets]
                 continue
-            for ev in data["evaluations"]:
-                if ev.run_id != run.id or ev.kind != "final":
-                    continue
+            for ev in finals.get(run.id, []):
                 if config.eps_value > 0 and ev.budget != config.eps:
                     continue  # a fix/sched run is reported at its own ε_g
                 for metric in METRICS:
