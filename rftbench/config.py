@@ -1,10 +1,19 @@
 """One frozen, hashable run config: its canonical JSON is stored in the database and every checkpoint.
 
     cfg = RunConfig(backbone="SWIN", dataset="Cars", setting="sched", eps="4/255", t1=12, t2=37)
-    cfg.run_id  # sha256 of the canonical JSON, 16 hex digits
+    cfg.run_id  # sha256 of its identity (see below), 16 hex digits
 
 Everything that changes a run's result is a field here and is hashed (CONVENTIONS.md, "Identity and
 storage"); paths, device, worker counts and torch.compile live in `RuntimeOptions` and are not hashed.
+
+The id must survive the next release, because databases and checkpoints outlive the code that wrote them:
+- the fields of `IDENTITY_V1` (every field of release 0.1) are hashed always, at any value, under those
+  names, exactly as that release hashed them;
+- a field added later is hashed only when it differs from its default, so adding one keeps every stored
+  id (its default must compute what earlier releases computed);
+- removing or renaming a field is an explicit migration: `RETIRED` pins a removed field to the value every
+  stored config had, `RENAMED` maps an old key to its new field. A stored config with a key neither knows is
+  refused with one line instead of being read under another meaning.
 """
 
 from __future__ import annotations
@@ -12,12 +21,23 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 
 from rftbench import schedules
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+# Every field of release 0.1 (database schema v1), hashed always and in this form: stored ids depend on it.
+IDENTITY_V1 = (
+    "backbone", "dataset", "pretrained", "setting", "eps", "t1", "t2", "patience", "tolerance",
+    "schedule_granularity", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "min_lr",
+    "resolution", "train_attack_steps", "eval_attack_steps", "attack_random_start", "attack_mode",
+    "precision", "seed", "split_seed", "train_subset", "val_subset", "test_subset", "eval_budgets",
+    "val_adv_samples",
+)  # fmt: skip
+RENAMED: dict[str, str] = {}  # stored key -> the field that replaced it (same meaning, new name)
+RETIRED: dict[str, object] = {}  # removed field -> the only value a stored config may hold for it
 ATTACK_MODES = ("eval", "train")
 
 
@@ -110,6 +130,16 @@ class RunConfig:
         for name in ("train_subset", "val_subset", "test_subset"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0: the whole split), got {getattr(self, name)}")
+        if self.val_adv_samples < 0:
+            raise ValueError(
+                f"val_adv_samples must be >= 0 (0: no adversarial validation), got {self.val_adv_samples}"
+            )
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        for name in ("weight_decay", "warmup_epochs", "min_lr"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a number >= 0, got {value}")
 
     @property
     def eps_value(self) -> float:
@@ -133,19 +163,41 @@ class RunConfig:
         return out
 
     def canonical_json(self) -> str:
+        """Every field, as stored in the database and checkpoints (the full record, not the identity)."""
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    def identity(self) -> dict:
+        """What the run id hashes (module docstring): release 0.1's fields always, later ones off default."""
+        values = self.to_dict()
+        field_of = {old: new for old, new in RENAMED.items()}
+        out = {key: RETIRED[key] if key in RETIRED else values[field_of.get(key, key)] for key in IDENTITY_V1}
+        for f in dataclasses.fields(self):
+            if f.name not in IDENTITY_V1 and f.name not in RENAMED.values() and values[f.name] != f.default:
+                out[f.name] = values[f.name]
+        return out
 
     @property
     def run_id(self) -> str:
-        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
+        identity = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(identity.encode()).hexdigest()[:16]
 
     @classmethod
     def from_dict(cls, data: dict) -> RunConfig:
+        """A config as stored by this or an earlier release, through the RENAMED / RETIRED migrations."""
+        data = {RENAMED.get(key, key): value for key, value in data.items()}
+        for key, value in RETIRED.items():
+            if key in data and data.pop(key) != value:
+                raise ValueError(
+                    f"run config sets {key}={value!r}, which this rftbench no longer supports; "
+                    f"use the release that wrote it"
+                )
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown run-config keys {unknown}: valid keys are {sorted(known)}")
-        data = dict(data)
+            raise ValueError(
+                f"run config has unknown keys {', '.join(unknown)}: a newer rftbench wrote it, or a field "
+                f"was removed without a migration (rftbench.config.RETIRED); upgrade rftbench"
+            )
         if "eval_budgets" in data:
             data["eval_budgets"] = tuple(data["eval_budgets"])
         return cls(**data)

@@ -1,0 +1,89 @@
+"""A run's id survives releases: the ids release 0.1 gave every grid of experiments.toml, a field added with a
+default, and a field renamed or removed through an explicit migration (rftbench.config)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from rftbench import config as config_module
+from rftbench.config import IDENTITY_V1, RunConfig
+from rftbench.grids import load_experiments
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments.toml"
+V1_DB = Path(__file__).parent / "fixtures" / "v1_smoke" / "v1.db"
+# sha256 of each grid's sorted run ids, as release 0.1 (commit dc22d17) computed them from this file's grids
+RELEASE_0_1 = {
+    "paper": (120, "fa38670ee5cf8775"),
+    "sweep": (100, "3496c5d1c1ae9ac5"),
+    "ablation": (30, "6a1097e9e89ba272"),
+    "baselines": (78, "cf42af26ffda1540"),
+    "smoke": (3, "df0c4047211fb4e5"),
+    "demo": (3, "9f78bef47c284a82"),
+}
+
+
+def test_every_grid_keeps_the_ids_release_0_1_gave_it():
+    experiments = load_experiments(EXPERIMENTS)
+    for grid, (count, digest) in RELEASE_0_1.items():
+        ids = sorted(job.run_id for job in experiments.jobs(grid))
+        assert (len(ids), hashlib.sha256(" ".join(ids).encode()).hexdigest()[:16]) == (count, digest), grid
+    paper_sched = RunConfig(backbone="SWIN", dataset="Cars", setting="sched", eps="4/255", t1=12, t2=37)
+    assert paper_sched.run_id == "09ed814cc629ad50"
+
+
+def test_stored_configs_of_release_0_1_hash_to_their_stored_ids():
+    with sqlite3.connect(V1_DB) as connection:
+        stored = connection.execute("select id, config from run").fetchall()
+    assert len(stored) == 3
+    for run_id, text in stored:
+        config = RunConfig.from_json(text)
+        assert config.run_id == run_id and set(json.loads(text)) == set(IDENTITY_V1)
+
+
+def with_field(name: str, default, base=RunConfig):
+    return dataclasses.make_dataclass("Later", [(name, type(default), dataclasses.field(default=default))],
+                                      bases=(base,), frozen=True)  # fmt: skip
+
+
+def test_a_field_added_with_a_default_keeps_every_id_and_changes_it_off_default():
+    later = with_field("label_smoothing", 0.0)
+    base = dict(backbone="SWIN", dataset="Cars", setting="sched", eps="4/255", t1=12, t2=37)
+    assert later(**base).run_id == RunConfig(**base).run_id == "09ed814cc629ad50"
+    assert later(**base, label_smoothing=0.1).run_id != RunConfig(**base).run_id
+    # its stored JSON names it (the full record), and reads back to the same run
+    text = later(**base).canonical_json()
+    assert '"label_smoothing":0.0' in text and later.from_json(text).run_id == RunConfig(**base).run_id
+
+
+def test_an_unknown_stored_key_is_refused_and_a_retired_or_renamed_one_migrates(monkeypatch):
+    config = RunConfig(backbone="SWIN", dataset="Cars")
+    stored = json.loads(config.canonical_json())
+    with pytest.raises(
+        ValueError, match="unknown keys mixup: a newer rftbench wrote it, or a field was removed"
+    ):
+        RunConfig.from_dict({**stored, "mixup": 0.2})
+    # a field that once existed and was removed: pinned to the value every stored config had
+    monkeypatch.setattr(config_module, "RETIRED", {"mixup": 0.0})
+    monkeypatch.setattr(config_module, "IDENTITY_V1", (*IDENTITY_V1, "mixup"))
+    old_id = hashlib.sha256(json.dumps({**config.identity(), "mixup": 0.0}, sort_keys=True,
+                                       separators=(",", ":")).encode()).hexdigest()[:16]  # fmt: skip
+    assert RunConfig.from_dict({**stored, "mixup": 0.0}).run_id == old_id == config.run_id
+    with pytest.raises(ValueError, match="sets mixup=0.0, which this rftbench no longer supports"):
+        RunConfig.from_dict({**stored, "mixup": 0.3})
+    # a field renamed: the stored key still reads, and the id is hashed under the old name
+    monkeypatch.setattr(config_module, "RETIRED", {})
+    monkeypatch.setattr(config_module, "IDENTITY_V1", IDENTITY_V1)
+    expected = config.run_id
+    monkeypatch.setattr(config_module, "RENAMED", {"pretrained": "from_pretrained"})
+    fields = [("from_pretrained" if f.name == "pretrained" else f.name, f.type,
+               dataclasses.field(default=f.default)) for f in dataclasses.fields(RunConfig)]  # fmt: skip
+    methods = {k: v for k, v in vars(RunConfig).items() if not k.startswith("__") or k == "__post_init__"}
+    renamed = dataclasses.make_dataclass("Renamed", fields, namespace=methods, frozen=True)
+    moved = renamed.from_dict(stored)
+    assert moved.from_pretrained is config.pretrained and moved.run_id == expected
