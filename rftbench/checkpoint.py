@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,35 +21,46 @@ class CheckpointError(RuntimeError):
     pass
 
 
-def rng_state() -> dict:
+def rng_state(device: str | torch.device = "cpu") -> dict:
+    """Every generator a run draws from. Of CUDA's, only the run's own device: a checkpoint must not depend
+    on how many GPUs were visible when it was written."""
     np_state = np.random.get_state()
+    device = torch.device(device)
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": [torch.cuda.get_rng_state(device)] if device.type == "cuda" else [],
         "python": random.getstate(),
         "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
     }
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: str | torch.device = "cpu") -> None:
+    """Restore `rng_state`'s generators; CUDA's goes to `device`, whichever index it has now. A release-0.1
+    checkpoint holds every visible GPU's state: its first (where that release trained) is used."""
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    device = torch.device(device)
+    if state["cuda"] and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"][0], device)
     random.setstate(state["python"])
     kind, keys, *rest = state["numpy"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
 
 
 def save_checkpoint(path: str | Path, payload: dict) -> None:
-    """Write to a temporary file beside `path`, flush it to disk, then rename over `path`."""
+    """Write to a temporary file of a unique name beside `path`, flush it to disk, then rename it over
+    `path`: a reader sees the old file or the new one, never half of one, even with several writers."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -63,7 +75,7 @@ def load_checkpoint(path: str | Path) -> dict:
         ) from exc
 
 
-def training_state(config, history: list[dict], model, optimizer, scheduler, scaler) -> dict:
+def training_state(config, history: list[dict], model, optimizer, scheduler, scaler, device="cpu") -> dict:
     """A resumable checkpoint after the last epoch of `history`: the run's canonical config JSON, its
     metrics so far, and every state a resumed run needs. `model` must be the unwrapped module (no
     `_orig_mod.` prefixes from torch.compile)."""
@@ -76,17 +88,20 @@ def training_state(config, history: list[dict], model, optimizer, scheduler, sca
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict(),
-        "rng": rng_state(),
+        "rng": rng_state(device),
     }
 
 
-def resume_training(path: str | Path, config, model, optimizer, scheduler, scaler) -> list[dict]:
+def resume_training(
+    path: str | Path, config, model, optimizer, scheduler, scaler, device="cpu"
+) -> list[dict]:
     """Restore every state from the checkpoint at `path` if there is one; returns its metrics history
-    ([] for a fresh run). Refuses a checkpoint written under another config."""
+    ([] for a fresh run). Refuses a checkpoint of another run: runs are compared by identity (run id), so a
+    checkpoint written before a field was added still resumes."""
     if not Path(path).exists():
         return []
     state = load_checkpoint(path)
-    if state["config"] != config.canonical_json():
+    if type(config).from_json(state["config"]).run_id != config.run_id:
         raise ValueError(
             f"{path} holds run {state['run_id']}, not run {config.run_id}: use another run directory"
         )
@@ -94,5 +109,5 @@ def resume_training(path: str | Path, config, model, optimizer, scheduler, scale
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])
-    set_rng_state(state["rng"])
+    set_rng_state(state["rng"], device)
     return state["history"]

@@ -10,6 +10,7 @@ tensor (N×3×H×W at the run's resolution) and augmentation runs on those tenso
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -89,6 +90,13 @@ class ImageTensorDataset(Dataset):
         return self.transform(self.images[index]), self.labels[index]
 
 
+def ignore_stop_signals(worker_id: int) -> None:
+    """In a loader worker: Ctrl-C and a scheduler's SIGTERM go to the whole process group; the main
+    process stops the run and then its workers, which must not die first (a dead worker is an error)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def make_loader(
     dataset: Dataset, batch_size: int, *, shuffle: bool, num_workers: int = 0, device: str = "cpu"
 ) -> DataLoader:
@@ -102,4 +110,5 @@ def make_loader(
         num_workers=num_workers,
         pin_memory=not str(device).startswith("cpu"),
         drop_last=False,
+        worker_init_fn=ignore_stop_signals if num_workers else None,
     )

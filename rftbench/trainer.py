@@ -4,8 +4,10 @@
 
 After every epoch it reports through `callback(metrics)`, then writes `run_dir/last.pt` atomically. A
 run whose `last.pt` exists continues after its last finished epoch; every epoch reseeds the RNG from
-(seed, epoch), so a resumed run computes what an uninterrupted one would. Imports nothing from the CLI,
-the store or the terminal UI.
+(seed, epoch), so a resumed run computes what an uninterrupted one would. Per-epoch adversarial validation
+attacks a fixed subset of the validation split that covers every class (`split_seed`); the final
+evaluation follows an explicit `EvalProtocol` (default: the paper's, in fp32). Imports nothing from the
+CLI, the store or the terminal UI.
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, Subset
 
 from rftbench.attacks import apgd
 from rftbench.checkpoint import resume_training, save_checkpoint, training_state
 from rftbench.config import RunConfig, RuntimeOptions, eps_text, parse_eps
-from rftbench.metrics import evaluate_budgets
+from rftbench.datasets import covering_subsample
+from rftbench.metrics import EvalProtocol, evaluate_budgets
 
 AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -80,25 +84,35 @@ def train_one_epoch(net, loader, optimizer, scheduler, scaler, eps_at, config, d
     }
 
 
+def adversarial_subset(loader: DataLoader, config: RunConfig) -> DataLoader:
+    """The loader's first `val_adv_samples` images would miss most classes of a split sorted by class: this
+    is a fixed subset covering every class instead, drawn from `split_seed` (the loader's dataset must have
+    `labels`, as ImageTensorDataset does)."""
+    labels = getattr(loader.dataset, "labels", None)
+    if labels is None:
+        raise ValueError("the validation dataset needs a `labels` tensor to draw its adversarial subset")
+    index = covering_subsample(labels.tolist(), config.val_adv_samples, config.split_seed)
+    subset = Subset(loader.dataset, index)
+    return DataLoader(subset, batch_size=loader.batch_size, num_workers=loader.num_workers,
+                      pin_memory=loader.pin_memory, worker_init_fn=loader.worker_init_fn)  # fmt: skip
+
+
 @torch.no_grad()
-def validate(net, loader, eps, steps, adv_samples, device, amp, fmt) -> dict:
-    """Clean loss/accuracy on the whole loader; APGD loss/accuracy at `eps` on its first `adv_samples`."""
+def validate(net, loader, adv_loader, eps, steps, device, amp, fmt) -> dict:
+    """Clean loss/accuracy on `loader`; APGD loss/accuracy at `eps` on `adv_loader` (when eps > 0)."""
     net.eval()
     sums, n, n_adv = torch.zeros(4, device=device), 0, 0  # clean loss, clean correct, adv loss, adv correct
-    for x, y in loader:
-        x, y = x.to(device, non_blocking=True).contiguous(memory_format=fmt), y.to(device, non_blocking=True)
-        take = min(len(y), adv_samples - n_adv) if eps > 0 else 0
-        inputs = [(0, x)] + (
-            [(2, apgd(net, x[:take], y[:take], eps, steps, returned="misclassified", autocast_dtype=amp))]
-            if take > 0
-            else []
-        )
-        for slot, batch in inputs:
+    for slot, batches in ((0, loader), (2, adv_loader if eps > 0 else ())):
+        for x, y in batches:
+            x = x.to(device, non_blocking=True).contiguous(memory_format=fmt)
+            y = y.to(device, non_blocking=True)
+            if slot:
+                x = apgd(net, x, y, eps, steps, returned="misclassified", autocast_dtype=amp)
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                logits = net(batch).float()
-            sums[slot] += F.cross_entropy(logits, y[: len(batch)], reduction="sum")
-            sums[slot + 1] += (logits.argmax(1) == y[: len(batch)]).sum()
-        n, n_adv = n + len(y), n_adv + take
+                logits = net(x).float()
+            sums[slot] += F.cross_entropy(logits, y, reduction="sum")
+            sums[slot + 1] += (logits.argmax(1) == y).sum()
+            n, n_adv = (n + len(y), n_adv) if slot == 0 else (n, n_adv + len(y))
     loss, acc, adv_loss, adv_acc = sums.tolist()
     adv = {"val_adv_loss": adv_loss / n_adv, "val_adv_acc": adv_acc / n_adv} if n_adv else {}
     return {"val_loss": loss / n, "val_acc": acc / n, "val_adv_loss": None, "val_adv_acc": None, **adv}
@@ -114,8 +128,10 @@ def train(
     callback: Callable[[dict], None] | None = None,
     run_dir: str | Path | None = None,
     runtime: RuntimeOptions = RuntimeOptions(),
+    evaluation: EvalProtocol | None = None,
 ) -> dict:
-    """Fine-tune `model` under `config`, then evaluate it on `test_loader`; returns the final evaluation."""
+    """Fine-tune `model` under `config`, then evaluate it on `test_loader` under `evaluation` (default: the
+    paper protocol with the run's `eval_attack_steps`, fp32); returns the final evaluation."""
     device, amp = torch.device(runtime.device), AMP_DTYPES[config.precision]
     fmt = torch.channels_last if runtime.channels_last else torch.contiguous_format
     model.to(device=device, memory_format=fmt)
@@ -128,11 +144,12 @@ def train(
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
     callback = callback or (lambda metrics: None)
     last = Path(run_dir) / "last.pt" if run_dir is not None else None
-    history = resume_training(last, config, model, optimizer, scheduler, scaler) if last is not None else []
+    history = resume_training(last, config, model, optimizer, scheduler, scaler, device) if last else []
     for metrics in history:  # idempotent upserts: repairs a row the store may have lost
+        metrics.setdefault("val_adv_subset", "prefix" if metrics["val_adv_acc"] is not None else None)  # v0.1
         callback(metrics)
     net = torch.compile(model) if runtime.compile else model
-    val_eps = val_adv_budget(config)
+    val_eps, val_adv_loader = val_adv_budget(config), adversarial_subset(val_loader, config)
 
     for epoch in range(len(history), config.epochs):
         torch.manual_seed(epoch_seed(config.seed, epoch))
@@ -148,9 +165,7 @@ def train(
         trained = train_one_epoch(
             net, train_loader, optimizer, scheduler, scaler, eps_at, config, device, amp, fmt
         )
-        val = validate(
-            net, val_loader, val_eps, config.eval_attack_steps, config.val_adv_samples, device, amp, fmt
-        )
+        val = validate(net, val_loader, val_adv_loader, val_eps, config.eval_attack_steps, device, amp, fmt)
         metrics = {
             "epoch": epoch,
             "eps": eps_at(step=0),
@@ -158,16 +173,18 @@ def train(
             **trained,
             **val,
             "val_adv_eps": eps_text(val_eps),
+            "val_adv_subset": "stratified" if val["val_adv_acc"] is not None else None,
             "epoch_seconds": time.perf_counter() - start,
         }
         history.append(metrics)
         callback(metrics)  # first the metrics row, then the checkpoint (CONVENTIONS.md write order)
         if last is not None:
-            save_checkpoint(last, training_state(config, history, model, optimizer, scheduler, scaler))
+            state = training_state(config, history, model, optimizer, scheduler, scaler, device)
+            save_checkpoint(last, state)
 
+    evaluation = evaluation or EvalProtocol(steps=config.eval_attack_steps)
     result = {"run_id": config.run_id}
-    result |= evaluate_budgets(net, test_loader, config.eval_budgets, config.eval_attack_steps, device=device,
-                               autocast_dtype=amp)  # fmt: skip
+    result |= evaluate_budgets(net, test_loader, config.eval_budgets, evaluation, device=device)
     if last is not None:  # the final weights, so later evaluations need no retraining
         final = {"run_id": config.run_id, "config": config.canonical_json(), "evaluation": result}
         save_checkpoint(last.with_name("final.pt"), final | {"model": model.state_dict()})

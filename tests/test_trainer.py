@@ -11,7 +11,7 @@ import torch
 from conftest import CIFAR, require
 
 from rftbench import RunConfig, RuntimeOptions, train
-from rftbench.checkpoint import CheckpointError, load_checkpoint
+from rftbench.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from rftbench.data import (
     ImageTensorDataset,
     decode_image_folder,
@@ -19,12 +19,14 @@ from rftbench.data import (
     make_loader,
     train_transform,
 )
+from rftbench.metrics import EvalProtocol
 from rftbench.models import with_normalization
+from rftbench.trainer import adversarial_subset
 
 CONFIG = RunConfig(backbone="test_resnet", dataset="cifar10-jpeg", setting="sched", eps="8/255", t1=0.5, t2=1,
                    schedule_granularity="step", epochs=2, batch_size=32, lr=1e-3, warmup_epochs=0.5,
                    resolution=32, train_attack_steps=2, eval_attack_steps=2, val_adv_samples=40)  # fmt: skip
-TIMING_KEYS = ("epoch_seconds", "images_per_second")
+TIMING_KEYS = ("epoch_seconds", "images_per_second", "seconds")
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +55,8 @@ def run(config, data, run_dir=None, train_loader=None):
 
 
 def without_timings(history):
+    if isinstance(history, dict):
+        return {k: v for k, v in history.items() if k not in TIMING_KEYS}
     return [{k: v for k, v in m.items() if k not in TIMING_KEYS} for m in history]
 
 
@@ -65,7 +69,7 @@ def test_two_epochs_report_every_metric_through_the_callback(uninterrupted, tmp_
     history, result, _ = uninterrupted
     assert [m["epoch"] for m in history] == [0, 1]
     keys = {"epoch", "eps", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_adv_loss"}
-    keys |= {"val_adv_acc", "val_adv_eps", "epoch_seconds", "images_per_second"}
+    keys |= {"val_adv_acc", "val_adv_eps", "val_adv_subset", "epoch_seconds", "images_per_second"}
     assert all(set(m) == keys for m in history)
     assert history[0]["eps"] == 0.0 and history[1]["eps"] == pytest.approx(8 / 255)  # hinge T1=0.5, T2=1
     assert history[0]["lr"] < history[1]["lr"]  # warm-up: the epoch's starting learning rate
@@ -77,6 +81,12 @@ def test_two_epochs_report_every_metric_through_the_callback(uninterrupted, tmp_
         )
         assert math.isfinite(m["train_loss"]) and m["images_per_second"] > 0 and m["val_adv_eps"] == "8/255"
     assert result["n"] == 80 and result["run_id"] == CONFIG.run_id
+    assert all(m["val_adv_subset"] == "stratified" for m in history)
+    # the final evaluation: the paper protocol with the run's own steps, in fp32, on record
+    assert (
+        result["protocol"]
+        == EvalProtocol("paper", steps=CONFIG.eval_attack_steps, precision="fp32").as_dict()
+    )
     (budget,) = result["budgets"]
     assert budget["budget"] == "8/255" and len(budget["accuracies"]) == 9
     assert budget["clean"] == result["clean"] and budget["adv"] == budget["accuracies"][-1]
@@ -99,7 +109,7 @@ def test_checkpoints_load_with_weights_only_and_hold_the_final_weights(uninterru
 def test_same_seed_gives_identical_metrics(uninterrupted, data):
     history, result, _ = run(CONFIG, data)
     assert without_timings(history) == without_timings(uninterrupted[0])
-    assert result == uninterrupted[1]
+    assert without_timings(result) == without_timings(uninterrupted[1])
 
 
 class Interrupted(Exception):
@@ -135,7 +145,7 @@ def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(uninterrupte
     history, result, model = run(CONFIG, data, tmp_path)  # a fresh process would do exactly this
     assert [m["epoch"] for m in history] == [0, 1]  # epoch 0 replayed from the checkpoint, epoch 1 re-run
     assert without_timings(history) == without_timings(uninterrupted[0])
-    assert result == uninterrupted[1]
+    assert without_timings(result) == without_timings(uninterrupted[1])
     assert all(torch.equal(v, uninterrupted[2].state_dict()[k]) for k, v in model.state_dict().items())
 
 
@@ -163,6 +173,70 @@ def test_gpu_options_run_on_cpu_too(data):
     result = train(config, build_model(config), *loaders, callback=history.append,
                    runtime=RuntimeOptions(channels_last=True))  # fmt: skip
     assert config.setting == "linear" and len(history) == 1 and math.isfinite(history[0]["train_loss"])
+    assert result["protocol"]["precision"] == "fp32"  # trained in bf16, scored in fp32 unless asked otherwise
     assert [b["budget"] for b in result["budgets"]] == ["2/255"] and len(
         result["budgets"][0]["accuracies"]
     ) == 3
+
+
+def test_adversarial_validation_covers_every_class_and_is_fixed_by_the_split_seed(data):
+    """The first images of a split sorted by class would cover only some classes (here: 3 of 10)."""
+    loader = make_loader(data["val"], 32, shuffle=False)
+    config = RunConfig(**{**CONFIG.to_dict(), "val_adv_samples": 20, "eval_budgets": CONFIG.eval_budgets})
+    labels = lambda cfg: torch.cat([y for _, y in adversarial_subset(loader, cfg)])  # noqa: E731
+    chosen = labels(config)
+    assert len(chosen) == 20 and torch.bincount(chosen, minlength=10).tolist() == [2] * 10
+    assert set(data["val"].labels[:20].tolist()) == {0, 1, 2}  # what the old prefix took
+    assert torch.equal(labels(config), chosen)
+    other = RunConfig(**{**config.to_dict(), "split_seed": 1, "eval_budgets": CONFIG.eval_budgets})
+    assert not torch.equal(torch.cat([x for x, _ in adversarial_subset(loader, other)]),
+                           torch.cat([x for x, _ in adversarial_subset(loader, config)]))  # fmt: skip
+
+
+def test_a_checkpoint_holding_four_gpus_rng_states_resumes(uninterrupted, data, tmp_path):
+    """Release 0.1 saved the RNG state of every visible GPU; such a checkpoint must resume anywhere, and a
+    new one holds at most the training device's state (CUDA: tests/test_trainer.py::…_on_one_gpu)."""
+    run_dir = tmp_path / "run"
+    with pytest.raises(Interrupted):
+        train(CONFIG, build_model(CONFIG), DiesMidEpoch(make_loader(data["train"], 32, shuffle=True), 1, 1),
+              make_loader(data["val"], 32, shuffle=False), make_loader(data["test"], 32, shuffle=False),
+              run_dir=run_dir)  # fmt: skip
+    state = load_checkpoint(run_dir / "last.pt")
+    assert state["rng"]["cuda"] == []  # trained on the CPU: no GPU state at all
+    state["rng"]["cuda"] = [
+        torch.get_rng_state()[:816].clone() for _ in range(4)
+    ]  # as 4 visible GPUs left it
+    save_checkpoint(run_dir / "last.pt", state)
+    history, result, _ = run(CONFIG, data, run_dir)
+    assert without_timings(history) == without_timings(uninterrupted[0])
+    assert without_timings(result) == without_timings(uninterrupted[1])
+
+
+def test_the_cuda_rng_state_is_the_training_devices_alone(monkeypatch):
+    """Without a GPU here, torch's CUDA generator calls are recorded instead (4 GPUs visible): a checkpoint
+    holds the training device's state only, and restores it to the device the run now trains on."""
+    from rftbench.checkpoint import rng_state, set_rng_state
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    state_of = lambda device="cuda": torch.tensor([torch.device(device).index or 0])  # noqa: E731
+    monkeypatch.setattr(torch.cuda, "get_rng_state", state_of)
+    restored = []
+    monkeypatch.setattr(
+        torch.cuda, "set_rng_state", lambda state, device="cuda": restored.append((state, device))
+    )
+    state = rng_state("cuda:2")
+    assert [t.tolist() for t in state["cuda"]] == [[2]]  # one state, whatever the number of visible GPUs
+    set_rng_state(state, "cuda")
+    set_rng_state({**state, "cuda": [torch.tensor([7])] * 4}, "cuda:0")  # release 0.1's list of every GPU
+    set_rng_state(state, "cpu")  # a CPU resume ignores it
+    assert [(t.tolist(), str(d)) for t, d in restored] == [([2], "cuda"), ([7], "cuda:0")]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (none was lent to check it on)")
+def test_a_checkpoint_from_four_gpus_resumes_on_one_gpu(tmp_path):
+    from rftbench.checkpoint import rng_state, set_rng_state
+
+    state = rng_state("cuda")
+    assert len(state["cuda"]) == 1
+    set_rng_state({**state, "cuda": [torch.cuda.get_rng_state(0)] * 4}, "cuda")  # release-0.1 form, 4 GPUs
+    set_rng_state(state, "cuda")
