@@ -4,8 +4,10 @@
     jobs = experiments.jobs("paper", backbones=["SWIN"], eps=["4/255"])  # one Job per distinct run id
 
 The file's tables (see experiments.toml for a commented example of each):
-  [defaults]               run-config fields for every grid, plus `seed`, `adaptation_threshold` and
-                           `standard_eval_budgets` (the budgets an ε_g = 0 run is scored at)
+  [defaults]               run-config fields for every grid, plus `seed`, `adaptation_threshold`,
+                           `standard_eval_budgets` (the budgets an ε_g = 0 run is scored at) and how
+                           the final evaluation is measured: `eval_protocol` ("paper" or "monotone")
+                           and `eval_precision` ("fp32"; not part of a run's id)
   [overrides.NAME]         run-config fields for one backbone, one dataset, or one "Backbone/Dataset" pair
   [backbones.NAME]         `weights`: a local weights file
   [datasets.NAME]          `root`, `split_file`: where the data is
@@ -29,6 +31,7 @@ from pathlib import Path
 from rftbench.backbones import BACKBONES
 from rftbench.config import RunConfig, eps_text, parse_eps
 from rftbench.datasets import DATASETS
+from rftbench.metrics import AUTOCAST, PROTOCOLS
 from rftbench.schedules import SCHEDULES
 
 SETTING_KEYS = ("setting", "t1", "t2", "patience", "tolerance", "schedule_granularity")
@@ -48,7 +51,14 @@ FIELD_TYPES = {
     for f in dataclasses.fields(RunConfig)
     if f.name not in SETTING_KEYS + AXIS_KEYS
 }
-ANALYSIS_KEYS = {"adaptation_threshold": float, "standard_eval_budgets": list, "seed": int}
+ANALYSIS_KEYS = {
+    "adaptation_threshold": float,
+    "standard_eval_budgets": list,
+    "seed": int,
+    "eval_protocol": str,
+    "eval_precision": str,
+}
+EVALUATION_CHOICES = {"eval_protocol": PROTOCOLS, "eval_precision": tuple(AUTOCAST)}
 GRID_KEYS = {"description", "backbones", "datasets", "pairs", "settings", "eps", "seeds", "overrides"}
 PATH_KEYS = {"backbones": ("weights",), "datasets": ("root", "split_file")}
 TOP_KEYS = {"defaults", "overrides", "backbones", "datasets", "grids"}
@@ -65,6 +75,8 @@ class Job:
     grid: str
     position: int  # order within the grid, for running in order
     paths: dict[str, str]  # data_root / split_file / weights from the TOML, absolute; not in the run id
+    eval_protocol: str = "paper"  # how the final evaluation is measured (rftbench.metrics); not in the id
+    eval_precision: str = "fp32"
 
     @property
     def run_id(self) -> str:
@@ -83,6 +95,7 @@ class Grid:
     overrides: dict[str, dict]
     adaptation_threshold: float
     standard_eval_budgets: list[str]
+    evaluation: dict[str, str] = field(default_factory=dict)  # eval_protocol, eval_precision
 
 
 @dataclass
@@ -94,6 +107,7 @@ class Experiments:
     grids: dict[str, list[Grid]] = field(default_factory=dict)  # a grid is one block or a union of blocks
     default_seed: int = 0
     standard_eval_budgets: list[str] = field(default_factory=list)
+    evaluation: dict[str, str] = field(default_factory=dict)  # the file's eval_protocol, eval_precision
 
     def grid(self, name: str) -> list[Grid]:
         if name not in self.grids:
@@ -136,7 +150,7 @@ class Experiments:
                 ):
                     continue
                 paths = {**self.paths.get(backbone, {}), **self.paths.get(dataset, {})}
-                jobs[config.run_id] = Job(config, grid_name, len(jobs), paths)
+                jobs[config.run_id] = Job(config, grid_name, len(jobs), paths, **block.evaluation)
         return list(jobs.values())
 
     def single(
@@ -157,11 +171,12 @@ class Experiments:
                 overrides={},
                 adaptation_threshold=DEFAULT_THRESHOLD,
                 standard_eval_budgets=self.standard_eval_budgets,
+                evaluation=self.evaluation,
             )
         )
         config = self.config(block, backbone, dataset, setting, eps, block.seeds[0] if seed is None else seed)
         paths = {**self.paths.get(backbone, {}), **self.paths.get(dataset, {})}
-        return Job(config, grid or "", 0, paths)
+        return Job(config, grid or "", 0, paths, **block.evaluation)
 
     def config(
         self, grid: Grid, backbone: str, dataset: str, setting: dict, eps: str, seed: int
@@ -187,20 +202,24 @@ def load_experiments(path: str | Path) -> Experiments:
     """Read and validate an experiments file; raises `GridError` (one line) on the first problem."""
     path = Path(path)
     if not path.is_file():
+        problem = "is a directory, not a file" if path.is_dir() else "experiments file not found"
         raise GridError(
-            f"{path}: experiments file not found; pass --experiments FILE or run from the "
-            f"directory that holds experiments.toml"
+            f"{path}: {problem}; pass --experiments FILE or run from the folder that holds experiments.toml"
         )
     try:
         data = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise GridError(f"{path}: not valid TOML ({exc}); fix the syntax there") from None
+    except OSError as exc:
+        raise GridError(f"{path}: cannot be read ({exc.strerror}); check its permissions") from None
     check = _Checker(path)
     check.keys("", data, TOP_KEYS)
     defaults = check.fields("defaults", data.get("defaults", {}), analysis=True)
     default_seed = defaults.pop("seed", 0)
     threshold = defaults.pop("adaptation_threshold", DEFAULT_THRESHOLD)
     standard_budgets = defaults.pop("standard_eval_budgets", [])
+    evaluation = {"eval_protocol": "paper", "eval_precision": "fp32"}
+    evaluation |= {key: defaults.pop(key) for key in EVALUATION_CHOICES if key in defaults}
     overrides = check.overrides("overrides", data.get("overrides", {}))
     paths: dict[str, dict[str, str]] = {}
     for kind, registry in (("backbones", BACKBONES), ("datasets", DATASETS)):
@@ -212,13 +231,24 @@ def load_experiments(path: str | Path) -> Experiments:
                 resolved = (path.parent / Path(value).expanduser()).resolve()
                 paths.setdefault(name, {})["data_root" if key == "root" else key] = str(resolved)
     experiments = Experiments(
-        path, defaults, overrides, paths, default_seed=default_seed, standard_eval_budgets=standard_budgets
+        path,
+        defaults,
+        overrides,
+        paths,
+        default_seed=default_seed,
+        standard_eval_budgets=standard_budgets,
+        evaluation=evaluation,
     )
     for name, table in check.table("grids", data.get("grids", {})).items():
         blocks = table if isinstance(table, list) else [table]  # [[grids.NAME]]: a union of blocks
         experiments.grids[name] = [
             check.grid(
-                name if len(blocks) == 1 else f"{name}[{i}]", block, default_seed, threshold, standard_budgets
+                name if len(blocks) == 1 else f"{name}[{i}]",
+                block,
+                default_seed,
+                threshold,
+                standard_budgets,
+                evaluation,
             )
             for i, block in enumerate(blocks)
         ]
@@ -286,6 +316,10 @@ class _Checker:
                 out[key] = self.budgets(f"{where}.{key}", value)
                 continue
             out[key] = self.type(f"{where}.{key}", value, valid[key])
+            if key in EVALUATION_CHOICES and value not in EVALUATION_CHOICES[key]:
+                self.fail(
+                    f"{where}.{key}", f"{value!r} unknown; choose one of {', '.join(EVALUATION_CHOICES[key])}"
+                )
         return out
 
     def overrides(self, where: str, table) -> dict[str, dict]:
@@ -304,7 +338,9 @@ class _Checker:
             out[key] = self.fields(f"{where}.{key}", fields)
         return out
 
-    def grid(self, name: str, table, default_seed: int, threshold: float, standard_budgets) -> Grid:
+    def grid(
+        self, name: str, table, default_seed: int, threshold: float, standard_budgets, evaluation: dict
+    ) -> Grid:
         where = f"grids.{name}"
         table = self.table(where, table)
         self.keys(where, table, GRID_KEYS | set(FIELD_TYPES) | set(ANALYSIS_KEYS) - {"seed"})
@@ -385,9 +421,15 @@ class _Checker:
             seeds=seeds,
             fields={k: v for k, v in fields.items() if k in FIELD_TYPES},
             overrides=self.overrides(f"{where}.overrides", table.get("overrides", {})),
-            adaptation_threshold=fields.get("adaptation_threshold", threshold),
+            adaptation_threshold=self.threshold(where, fields.get("adaptation_threshold", threshold)),
             standard_eval_budgets=fields.get("standard_eval_budgets", standard_budgets),
+            evaluation={key: fields.get(key, evaluation[key]) for key in EVALUATION_CHOICES},
         )
+
+    def threshold(self, where: str, value: float) -> float:
+        if not 0 <= value < 1:
+            self.fail(f"{where}.adaptation_threshold", f"{value:g} is not a validation accuracy in [0, 1)")
+        return value
 
     def strings(self, where: str, values) -> list[str]:
         return [self.type(f"{where}[{i}]", v, str) for i, v in enumerate(self.type(where, values, list))]

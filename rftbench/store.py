@@ -8,25 +8,39 @@ The only module that speaks SQL (STYLE.md 7). Accuracies are fractions in [0, 1]
 (CONVENTIONS.md). A claimed run holds a lease that its worker renews (`heartbeat`); a run whose lease
 expired, or whose process on this host is gone, is `interrupted` and can be claimed again. SQLite runs in
 WAL mode with a busy timeout, so several processes can share one file.
+
+Stored results are permanent: an evaluation row is keyed by its run, budget and full protocol
+(`EVALUATION_KEY`), so a new protocol adds a row, the same protocol again adds nothing, and a run's `final`
+evaluation is never replaced. A database written by an earlier release is upgraded on open by the
+versioned `MIGRATIONS`, in one transaction, after a copy of a SQLite file is kept beside it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
-from collections.abc import Iterable, Sequence
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import sqlalchemy as sa
 from sqlalchemy import JSON, Column, UniqueConstraint, event, func, update
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Field, Session, SQLModel, create_engine, delete, select
 
 from rftbench.config import parse_eps
-from rftbench.metrics import adaptation_start_epoch
+from rftbench.metrics import EvalProtocol, adaptation_start_epoch
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STATES = ("pending", "running", "interrupted", "completed", "failed")
 DEFAULT_DB = "rftbench.db"
+# What makes two evaluation rows the same measurement: a row with this key is never replaced.
+EVALUATION_KEY = (
+    "run_id", "budget", "protocol", "attack", "norm", "steps", "restarts", "random_start", "seed",
+    "precision",
+)  # fmt: skip
 
 
 def now() -> datetime:
@@ -63,6 +77,9 @@ class Run(SQLModel, table=True):
     attempts: int = 0
     error: str | None = None
     provenance: dict = Field(default_factory=dict, sa_column=Column(JSON))
+    # How its final evaluation is (or was) measured; not part of the id: one training, many evaluations.
+    eval_protocol: str = "paper"
+    eval_precision: str = "fp32"
 
 
 class EpochMetric(SQLModel, table=True):
@@ -80,13 +97,14 @@ class EpochMetric(SQLModel, table=True):
     val_adv_loss: float | None = None
     val_adv_acc: float | None = None
     val_adv_eps: str | None = None
+    val_adv_subset: str | None = None  # "stratified" (every class, seeded); "prefix": schema-v1 rows
     epoch_seconds: float
     images_per_second: float
     recorded_at: datetime = Field(default_factory=now)
 
 
 class Evaluation(SQLModel, table=True):
-    __table_args__ = (UniqueConstraint("run_id", "budget", "steps", "attack", "random_start"),)
+    __table_args__ = (UniqueConstraint(*EVALUATION_KEY, name="uq_evaluation_protocol"),)
     id: int | None = Field(default=None, primary_key=True)
     run_id: str = Field(foreign_key="run.id", index=True)
     kind: str = "final"  # "final": at the end of training; "extra": `rftbench evaluate`
@@ -98,11 +116,21 @@ class Evaluation(SQLModel, table=True):
     eps_grid: list = Field(default_factory=list, sa_column=Column(JSON))  # ["0/255", ..., budget]
     accuracies: list = Field(default_factory=list, sa_column=Column(JSON))  # one per eps_grid point
     n: int
+    # the protocol (rftbench.metrics.EvalProtocol): together with run and budget, the row's key
+    protocol: str = "paper"  # per-ε protocol: "paper" (one attack per ε) or "monotone" (early exit)
     attack: str = "apgd-ce"
+    norm: str = "Linf"
     steps: int
+    restarts: int = 1
     random_start: bool = False
+    seed: int = 0
+    precision: str = "fp32"
     attacks_run: int = 0
+    seconds: float | None = None  # wall time of the whole evaluation this row came from
     created_at: datetime = Field(default_factory=now)
+
+    def eval_protocol(self) -> EvalProtocol:
+        return EvalProtocol(**{k: getattr(self, k) for k in EvalProtocol.__dataclass_fields__})
 
 
 class Adaptation(SQLModel, table=True):
@@ -132,15 +160,28 @@ class StoreError(RuntimeError):
 
 
 def database_url(db: str | None) -> str:
-    """A path (or nothing: $RFTBENCH_DB, else rftbench.db here) becomes a SQLite URL; URLs pass through."""
+    """A path (or nothing: $RFTBENCH_DB, else rftbench.db here) becomes a SQLite URL; URLs pass through,
+    `postgresql://` with the psycopg (3) driver this package installs."""
     db = db or os.environ.get("RFTBENCH_DB") or DEFAULT_DB
-    return db if "://" in db else f"sqlite:///{db}"
+    if "://" not in db:
+        return f"sqlite:///{db}"
+    return (
+        "postgresql+psycopg://" + db.removeprefix("postgresql://") if db.startswith("postgresql://") else db
+    )
+
+
+def sqlite_path(url: str) -> Path | None:
+    return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
 
 
 def _sqlite_connect(dbapi_connection, _record) -> None:
     dbapi_connection.isolation_level = None  # the driver's implicit BEGIN is replaced by `_sqlite_begin`
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+    cursor = dbapi_connection.cursor()  # (WAL mode is a property of the file, set once it is known ours)
     cursor.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes in WAL mode
     cursor.execute("PRAGMA busy_timeout=60000")
     cursor.execute("PRAGMA foreign_keys=ON")
@@ -174,37 +215,38 @@ class Store:
 
     @classmethod
     def open(cls, db: str | None = None, *, create: bool = True) -> Store:
-        """Connect, create the schema if the database is new (`create`), and refuse another version."""
+        """Connect, create the schema if the database is new (`create`), upgrade one written by an earlier
+        release, and refuse a newer one. Every problem is a `StoreError` of one line naming the fix."""
         url = database_url(db)
-        sqlite = url.startswith("sqlite")
-        if sqlite and not create:
-            path = url.removeprefix("sqlite:///")
-            if not os.path.exists(path):
-                raise StoreError(f"database {path} not found; run `rftbench run-grid` first or pass --db")
-        engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 60} if sqlite else {}
-        )
-        if sqlite:
+        path = sqlite_path(url)
+        if path is not None:
+            check_sqlite_file(path, create)
+        try:
+            engine = create_engine(
+                url, connect_args={"check_same_thread": False, "timeout": 60} if path is not None else {}
+            )
+        except sa.exc.NoSuchModuleError:
+            raise StoreError(
+                f"database URL {url!r}: unknown dialect {url.split('://')[0]!r}; use a file path (SQLite) "
+                f"or postgresql://user@host/db"
+            ) from None
+        except ModuleNotFoundError as exc:
+            raise StoreError(
+                f"database URL {url!r} needs the Python driver {exc.name!r}, which is not installed: "
+                f"pip install it, or use postgresql://user@host/db (psycopg is installed)"
+            ) from None
+        except sa.exc.ArgumentError as exc:
+            raise StoreError(f"database URL {url!r} cannot be read ({first_line(exc)})") from None
+        if path is not None:
             event.listen(engine, "connect", _sqlite_connect)
             event.listen(engine, "begin", _sqlite_begin)
-        store = cls(engine)
         try:
-            SQLModel.metadata.create_all(engine)
-            with Session(engine) as session:
-                versions = session.exec(select(SchemaVersion.version)).all()
-                if not versions:
-                    session.add(SchemaVersion(version=SCHEMA_VERSION))
-                    session.commit()
-                elif versions != [SCHEMA_VERSION]:
-                    raise StoreError(
-                        f"database {url} has schema version {versions}, this rftbench writes "
-                        f"{SCHEMA_VERSION}: use a new --db or the rftbench that created it"
-                    )
+            upgrade(engine, url)
         except StoreError:
             raise
-        except Exception as exc:  # not a database, locked beyond the timeout, unreachable server
-            raise StoreError(f"cannot open database {url}: {str(exc).splitlines()[0][:160]}") from exc
-        return store
+        except Exception as exc:  # not a database, locked beyond the timeout, unreachable server, read-only
+            raise StoreError(f"cannot open database {url}: {first_line(exc)}") from exc
+        return cls(engine)
 
     def session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
@@ -233,23 +275,23 @@ class Store:
             existing = set(session.exec(select(Run.id).where(Run.id.in_([j.run_id for j in jobs]))).all())
             for job in jobs:
                 if job.run_id not in existing:
-                    session.add(run_row(job.config, job.paths))
+                    session.add(run_row(job.config, job.paths, job.eval_protocol, job.eval_precision))
                     new += 1
-                elif job.paths:  # a path given now wins over one stored at an earlier expansion
-                    run = session.get(Run, job.run_id)
-                    if run.status != "completed" and run.paths != job.paths:
-                        run.paths = job.paths
+                elif (run := session.get(Run, job.run_id)).status != "completed":
+                    # where it reads its files and how it will be scored: the latest expansion wins
+                    run.paths = job.paths or run.paths
+                    run.eval_protocol, run.eval_precision = job.eval_protocol, job.eval_precision
                 session.merge(GridRun(grid=name, run_id=job.run_id, position=job.position))
             session.commit()
         self.update_adaptation([j.run_id for j in jobs])
         return new, len(jobs) - new
 
-    def record_run(self, config, paths: dict | None = None) -> bool:
-        """A single run outside any grid (`rftbench run` with no grid); True if it was new."""
+    def record_run(self, job) -> bool:
+        """A single job outside any grid (`rftbench run` with no grid); True if its run was new."""
         with self.session() as session:
-            if session.get(Run, config.run_id) is not None:
+            if session.get(Run, job.run_id) is not None:
                 return False
-            session.add(run_row(config, paths or {}))
+            session.add(run_row(job.config, job.paths, job.eval_protocol, job.eval_precision))
             session.commit()
             return True
 
@@ -349,12 +391,21 @@ class Store:
 
     # -- results ----------------------------------------------------------------------------------
     def upsert_epoch(self, run_id: str, metrics: dict) -> None:
-        """One row per (run, epoch): a re-run epoch replaces its row (CONVENTIONS.md write order)."""
+        """One row per (run, epoch): a re-run epoch replaces its row (CONVENTIONS.md write order); the same
+        metrics again (a resume replaying its checkpoint's history) leave the stored row as it was."""
         values = {k: metrics[k] for k in EpochMetric.model_fields if k in metrics} | {
             "run_id": run_id,
             "recorded_at": now(),
         }
         with self.session() as session:
+            query = select(EpochMetric).where(
+                EpochMetric.run_id == run_id, EpochMetric.epoch == values["epoch"]
+            )
+            stored = session.exec(query).first()
+            if stored is not None and all(
+                getattr(stored, k) == v for k, v in values.items() if k != "recorded_at"
+            ):
+                return
             dialect = self.engine.dialect.name
             if dialect in ("sqlite", "postgresql"):
                 insert = __import__(f"sqlalchemy.dialects.{dialect}", fromlist=["insert"]).insert
@@ -370,18 +421,10 @@ class Store:
                 session.add(EpochMetric(**values))
             session.commit()
 
-    def add_evaluation(
-        self,
-        run_id: str,
-        evaluation: dict,
-        *,
-        steps: int,
-        kind: str = "final",
-        random_start: bool = False,
-        attack: str = "apgd-ce",
-    ) -> None:
-        """Store `evaluate_budgets`' result: one row per budget (an ε_g = 0 run with no budget: one row at
-        0/255). The same (budget, steps, attack, start) evaluated again replaces its row."""
+    def add_evaluation(self, run_id: str, evaluation: dict, *, kind: str = "final") -> int:
+        """Store `evaluate_budgets`' result, one row per budget (an ε_g = 0 run with no budget: one row at
+        0/255), keyed by its protocol. A row already stored under the same key stays as it is (the same
+        measurement again adds nothing; a final row is never relabelled); returns how many rows were new."""
         rows = evaluation["budgets"] or [
             {
                 "budget": "0/255",
@@ -392,36 +435,31 @@ class Store:
                 "accuracies": [evaluation["clean"]],
             }
         ]
+        protocol = EvalProtocol(**evaluation["protocol"]).as_dict()
+        added = 0
         with self.session() as session:
             for row in rows:
-                session.exec(
-                    delete(Evaluation).where(
-                        Evaluation.run_id == run_id,
-                        Evaluation.budget == row["budget"],
-                        Evaluation.steps == steps,
-                        Evaluation.attack == attack,
-                        Evaluation.random_start == random_start,
-                    )
-                )
-                session.add(
-                    Evaluation(
-                        run_id=run_id,
-                        kind=kind,
-                        budget=row["budget"],
-                        budget_value=float(parse_eps(row["budget"])),
-                        clean=row["clean"],
-                        adv=row["adv"],
-                        eadv=row["eadv"],
-                        eps_grid=row["eps"],
-                        accuracies=row["accuracies"],
-                        n=evaluation["n"],
-                        attack=attack,
-                        steps=steps,
-                        random_start=random_start,
-                        attacks_run=evaluation.get("attacks_run", 0),
-                    )
-                )
+                values = {
+                    "run_id": run_id,
+                    "kind": kind,
+                    "budget": row["budget"],
+                    "budget_value": float(parse_eps(row["budget"])),
+                    "clean": row["clean"],
+                    "adv": row["adv"],
+                    "eadv": row["eadv"],
+                    "eps_grid": row["eps"],
+                    "accuracies": row["accuracies"],
+                    "n": evaluation["n"],
+                    "attacks_run": evaluation.get("attacks_run", 0),
+                    "seconds": evaluation.get("seconds"),
+                    **protocol,
+                }
+                key = [getattr(Evaluation, k) == values[k] for k in EVALUATION_KEY]
+                if session.exec(select(Evaluation.id).where(*key)).first() is None:
+                    session.add(Evaluation(**values))
+                    added += 1
             session.commit()
+        return added
 
     def update_adaptation(self, run_ids: Iterable[str] | None = None) -> None:
         """(Re)compute the task-adaptation start of completed runs at the threshold of every grid they
@@ -444,17 +482,8 @@ class Store:
                 )
             session.commit()
 
-    def complete(
-        self,
-        run_id: str,
-        owner: str,
-        evaluation: dict,
-        *,
-        steps: int,
-        random_start: bool,
-        provenance: dict | None = None,
-    ) -> None:
-        self.add_evaluation(run_id, evaluation, steps=steps, random_start=random_start)
+    def complete(self, run_id: str, owner: str, evaluation: dict, *, provenance: dict | None = None) -> None:
+        self.add_evaluation(run_id, evaluation, kind="final")
         self.release(run_id, owner, "completed", provenance=provenance)
         self.update_adaptation([run_id])
 
@@ -545,7 +574,7 @@ class Store:
             return dict(session.exec(select(Run.id, Run.status).where(Run.id.in_(list(run_ids)))).all())
 
 
-def run_row(config, paths: dict) -> Run:
+def run_row(config, paths: dict, eval_protocol: str = "paper", eval_precision: str = "fp32") -> Run:
     return Run(
         id=config.run_id,
         config=config.canonical_json(),
@@ -559,4 +588,145 @@ def run_row(config, paths: dict) -> Run:
         seed=config.seed,
         epochs=config.epochs,
         paths=dict(paths),
+        eval_protocol=eval_protocol,
+        eval_precision=eval_precision,
     )
+
+
+# ---- opening and upgrading ---------------------------------------------------------------------------
+
+
+def check_sqlite_file(path: Path, create: bool) -> None:
+    """Problems with a SQLite path that SQLite itself reports badly (or only at the first write)."""
+    if path.is_dir():
+        raise StoreError(f"database {path} is a directory: pass a file path with --db")
+    if not path.exists():
+        if not create:
+            raise StoreError(f"database {path} not found; run `rftbench run-grid` first or pass --db")
+        if not path.parent.resolve().is_dir():
+            raise StoreError(f"cannot create database {path}: folder {path.parent} does not exist")
+        if not os.access(path.parent.resolve(), os.W_OK):
+            raise StoreError(f"cannot create database {path}: folder {path.parent} is not writable")
+        return
+    if not os.access(path, os.R_OK):
+        raise StoreError(f"database {path} is not readable (permission denied)")
+    if not create and path.stat().st_size == 0:
+        raise StoreError(f"database {path} is empty: it is not an rftbench database; pass another --db")
+    if not os.access(path, os.W_OK) or not os.access(path.parent.resolve(), os.W_OK):
+        where = "file" if not os.access(path, os.W_OK) else f"folder {path.parent}"
+        raise StoreError(
+            f"database {path} is read-only ({where} not writable): rftbench needs write access to it and its "
+            f"folder (for SQLite's -wal/-shm files); make them writable or work on a copy"
+        )
+
+
+def upgrade(engine: Engine, url: str) -> None:
+    """Create a new database's schema, or bring an earlier release's up to SCHEMA_VERSION (keeping a copy of
+    a SQLite file first) in one transaction; refuse a database written by a newer release."""
+    with engine.connect() as connection:
+        version = stored_version(connection)
+    if version is not None and version > SCHEMA_VERSION:
+        raise StoreError(
+            f"database {url} has schema version {version}, this rftbench reads up to {SCHEMA_VERSION}: "
+            f"upgrade rftbench (pip install -U rftbench) or use another --db"
+        )
+    path = sqlite_path(url)
+    if version is not None and version < SCHEMA_VERSION and path is not None:
+        backup = path.with_name(f"{path.name}.schema-v{version}.bak")
+        if not backup.exists():
+            with sqlite3.connect(path) as source, sqlite3.connect(backup) as copy:
+                source.backup(copy)
+    with engine.begin() as connection:  # SQLite: BEGIN IMMEDIATE, so one process migrates at a time
+        if connection.dialect.name == "postgresql" and version is not None:
+            connection.exec_driver_sql("LOCK TABLE schema_version IN EXCLUSIVE MODE")
+        version = stored_version(connection)
+        if version is None and sa.inspect(connection).get_table_names():
+            raise StoreError(f"database {url} holds tables but none of rftbench's: use another --db")
+        if version is None:
+            SQLModel.metadata.create_all(connection)
+            connection.execute(sa.insert(SchemaVersion.__table__).values(version=SCHEMA_VERSION))
+        else:
+            for step in range(version, SCHEMA_VERSION):
+                MIGRATIONS[step](connection)
+            if version < SCHEMA_VERSION:
+                connection.execute(sa.update(SchemaVersion.__table__).values(version=SCHEMA_VERSION))
+    if path is not None:  # readers never block the writer; outside any transaction, as SQLite requires
+        raw = engine.raw_connection()
+        try:
+            raw.cursor().execute("PRAGMA journal_mode=WAL")
+        finally:
+            raw.close()
+
+
+def stored_version(connection: Connection) -> int | None:
+    if not sa.inspect(connection).has_table("schema_version"):
+        return None
+    versions = connection.execute(sa.select(SchemaVersion.__table__.c.version)).scalars().all()
+    if len(versions) != 1:
+        raise StoreError(
+            f"the schema_version table holds {versions}, not one version: the database is damaged"
+        )
+    return versions[0]
+
+
+def _v1_to_v2(connection: Connection) -> None:
+    """Schema v1 (rftbench 0.1) to v2: evaluations keyed by their full protocol, the final-evaluation options
+    of runs, the adversarial-validation subset of epoch rows. Every v1 evaluation was measured with the early
+    exit (`monotone`), under the run's training precision, from the clean image, with one restart."""
+    from alembic.migration import MigrationContext
+    from alembic.operations import Operations
+
+    op = Operations(MigrationContext.configure(connection))
+    (old_key,) = sa.inspect(connection).get_unique_constraints("evaluation")
+    with op.batch_alter_table(
+        "evaluation", recreate="always", naming_convention={"uq": "uq_%(table_name)s_%(column_0_name)s"}
+    ) as batch:
+        batch.drop_constraint(old_key["name"] or "uq_evaluation_run_id", type_="unique")
+        for column in (
+            sa.Column("protocol", sa.String, nullable=False, server_default="monotone"),
+            sa.Column("norm", sa.String, nullable=False, server_default="Linf"),
+            sa.Column("restarts", sa.Integer, nullable=False, server_default="1"),
+            sa.Column("seed", sa.Integer, nullable=False, server_default="0"),
+            sa.Column("precision", sa.String, nullable=False, server_default="fp32"),
+            sa.Column("seconds", sa.Float, nullable=True),
+        ):
+            batch.add_column(column)
+        batch.create_unique_constraint("uq_evaluation_protocol", list(EVALUATION_KEY))
+    op.add_column("run", sa.Column("eval_protocol", sa.String, nullable=False, server_default="paper"))
+    op.add_column("run", sa.Column("eval_precision", sa.String, nullable=False, server_default="fp32"))
+    op.add_column("epoch_metric", sa.Column("val_adv_subset", sa.String, nullable=True))
+
+    run, evaluation, epoch = (sa.table(name, *cols) for name, cols in (
+        ("run", [sa.column(c) for c in ("id", "config", "status", "eps", "eval_protocol", "eval_precision")]),
+        ("evaluation", [sa.column(c) for c in ("id", "run_id", "kind", "budget", "steps", "random_start",
+                                                 "precision")]),
+        ("epoch_metric", [sa.column("val_adv_subset"), sa.column("val_adv_acc")]),
+    ))  # fmt: skip
+    connection.execute(
+        sa.update(epoch).where(epoch.c.val_adv_acc.is_not(None)).values(val_adv_subset="prefix")
+    )
+    rows = connection.execute(sa.select(evaluation)).mappings().all()
+    for r in connection.execute(sa.select(run)).mappings().all():
+        config = json.loads(r["config"])
+        precision = config.get("precision", "fp32")
+        connection.execute(
+            sa.update(evaluation).where(evaluation.c.run_id == r["id"]).values(precision=precision)
+        )
+        if r["status"] != "completed":
+            continue  # its final evaluation will be measured by this release: the new defaults stand
+        connection.execute(
+            sa.update(run)
+            .where(run.c.id == r["id"])
+            .values(eval_protocol="monotone", eval_precision=precision)
+        )
+        # v1's `evaluate` with the run's own protocol replaced its final row by an identical `extra` one:
+        # relabel it final (same weights, same protocol, same numbers), so the run is back in the tables.
+        mine = [e for e in rows if e["run_id"] == r["id"]]
+        budgets = config.get("eval_budgets") or ([r["eps"]] if parse_eps(r["eps"]) > 0 else ["0/255"])
+        if not any(e["kind"] == "final" for e in mine):
+            lost = [e["id"] for e in mine if e["budget"] in budgets and not e["random_start"]
+                    and e["steps"] == config.get("eval_attack_steps")]  # fmt: skip
+            connection.execute(sa.update(evaluation).where(evaluation.c.id.in_(lost)).values(kind="final"))
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2}  # from version k to k + 1

@@ -1,17 +1,27 @@
-"""The store API on its own: schema version, grid links without duplicates, upserts, atomic claims under
-threads, leases and reaping, evaluations and adaptation starts against hand-computed values."""
+"""The store API on its own: schema version and the upgrade of a release-0.1 database, grid links without
+duplicates, upserts, atomic claims under threads, leases and reaping, evaluations that are never replaced,
+adaptation starts against hand-computed values, and one-line errors for every kind of bad database."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import sqlite3
 import threading
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from sqlmodel import select
 
+from rftbench import store as store_module
 from rftbench.config import RunConfig
 from rftbench.grids import Job
-from rftbench.store import Run, SchemaVersion, Store, StoreError, now
+from rftbench.metrics import EvalProtocol
+from rftbench.store import SCHEMA_VERSION, Run, SchemaVersion, Store, StoreError, now
+
+V1 = Path(__file__).parent / "fixtures" / "v1_smoke"
 
 
 def config(**kw) -> RunConfig:
@@ -37,16 +47,13 @@ def test_schema_version_is_written_once_and_checked(tmp_path):
     store = Store.open(str(tmp_path / "s.db"))
     Store.open(str(tmp_path / "s.db"))
     with store.session() as session:
-        assert session.exec(select(SchemaVersion.version)).all() == [1]
-        session.get(SchemaVersion, 1).version = 99
+        assert session.exec(select(SchemaVersion.version)).all() == [SCHEMA_VERSION] == [2]
+        session.get(SchemaVersion, 2).version = 99
         session.commit()
-    with pytest.raises(StoreError, match=r"schema version \[99\], this rftbench writes 1"):
+    with pytest.raises(StoreError, match=r"schema version 99, this rftbench reads up to 2: upgrade rftbench"):
         Store.open(str(tmp_path / "s.db"))
-    (tmp_path / "junk.db").write_text("not a database")
-    with pytest.raises(StoreError, match="cannot open database"):
-        Store.open(str(tmp_path / "junk.db"))
-    with pytest.raises(StoreError, match="not found"):
-        Store.open(str(tmp_path / "none.db"), create=False)
+    with sqlite3.connect(tmp_path / "s.db") as connection:  # a new file is in WAL mode: readers never block
+        assert connection.execute("pragma journal_mode").fetchone() == ("wal",)
 
 
 def test_a_run_in_two_grids_is_stored_once_and_linked_twice(store):
@@ -60,7 +67,7 @@ def test_a_run_in_two_grids_is_stored_once_and_linked_twice(store):
 
 def test_epoch_rows_are_upserted(store):
     c = config()
-    store.record_run(c)
+    store.record_run(Job(c, "", 0, {}))
     store.upsert_epoch(c.run_id, metrics(0, 0.1))
     store.upsert_epoch(c.run_id, metrics(1, 0.2))
     store.upsert_epoch(c.run_id, metrics(1, 0.3))  # a re-run epoch replaces its row
@@ -132,27 +139,52 @@ def test_completed_runs_are_never_claimed_and_failed_ones_only_when_requeued(sto
     assert store.claimable([a.run_id, b.run_id]) == [b.run_id]
 
 
+def evaluation(budget: str = "2/255", adv: float = 0.4, **protocol) -> dict:
+    return {
+        "n": 100, "clean": 0.8, "attacks_run": 150, "protocol": EvalProtocol(**protocol).as_dict(),
+        "budgets": [{"budget": budget, "clean": 0.8, "adv": adv, "eadv": 0.575,
+                     "eps": ["0/255", "1/255", "2/255"], "accuracies": [0.8, 0.55, adv]}],
+    }  # fmt: skip
+
+
 def test_evaluations_and_adaptation_starts(store):
     c = config(eps="2/255")
     store.record_grid("five", jobs(c), adaptation_threshold=0.05)
     store.record_grid("quarter", jobs(c, grid="quarter"), adaptation_threshold=0.25)
     for epoch, acc in enumerate([0.04, 0.05, 0.2, 0.5]):  # > 0.05 first at epoch 2, > 0.25 at epoch 3
         store.upsert_epoch(c.run_id, metrics(epoch, acc))
-    evaluation = {
-        "n": 100, "clean": 0.8, "attacks_run": 150,
-        "budgets": [{"budget": "2/255", "clean": 0.8, "adv": 0.4, "eadv": 0.575,
-                     "eps": ["0/255", "1/255", "2/255"], "accuracies": [0.8, 0.55, 0.4]}],
-    }  # fmt: skip
     store.claim("me", [c.run_id], 60)
-    store.complete(c.run_id, "me", evaluation, steps=10, random_start=False)
+    store.complete(c.run_id, "me", evaluation(steps=10))
     (row,) = store.evaluations(c.run_id)
     assert (row.budget, row.budget_value, row.clean, row.adv, row.eadv) == ("2/255", 2 / 255, 0.8, 0.4, 0.575)
     assert row.accuracies == [0.8, 0.55, 0.4] and row.kind == "final" and row.n == 100
+    assert row.eval_protocol() == EvalProtocol(steps=10)  # what produced it is on record
+    protocol = (row.protocol, row.attack, row.norm, row.restarts, row.precision)
+    assert protocol == ("paper", "apgd-ce", "Linf", 1, "fp32")
     starts = {a.threshold: a.start_epoch for a in store.adaptation(c.run_id)}
     assert starts == {0.05: 2, 0.25: 3}
     assert store.run(c.run_id).status == "completed" and store.run(c.run_id).lease_owner is None
-    store.add_evaluation(c.run_id, evaluation, steps=10, kind="extra")  # same attack again: replaces
-    assert len(store.evaluations(c.run_id)) == 1
+
+
+def test_a_final_evaluation_is_never_replaced_and_repeating_one_adds_nothing(store):
+    c = config(eps="2/255")
+    store.record_run(Job(c, "", 0, {}))
+    store.claim("me", [c.run_id], 60)
+    store.complete(c.run_id, "me", evaluation(steps=10))
+    # the same protocol again (what `evaluate` with no flags asks for), even with other numbers: kept as is
+    assert store.add_evaluation(c.run_id, evaluation(adv=0.1, steps=10), kind="extra") == 0
+    (row,) = store.evaluations(c.run_id)
+    assert (row.kind, row.adv) == ("final", 0.4)
+    # another protocol, step count, precision or start adds a row beside it; the final stays final
+    assert (
+        store.add_evaluation(c.run_id, evaluation(adv=0.3, protocol="monotone", steps=10), kind="extra") == 1
+    )
+    assert store.add_evaluation(c.run_id, evaluation(adv=0.2, steps=20), kind="extra") == 1
+    assert store.add_evaluation(c.run_id, evaluation(adv=0.2, steps=10, precision="bf16"), kind="extra") == 1
+    assert store.add_evaluation(c.run_id, evaluation(adv=0.2, steps=10, random_start=True), kind="extra") == 1
+    rows = store.evaluations(c.run_id)
+    assert len(rows) == 5 and [r.kind for r in rows].count("final") == 1
+    assert next(r for r in rows if r.kind == "final").adv == 0.4
 
 
 def test_an_unreached_threshold_gives_the_epoch_count(store):
@@ -161,7 +193,9 @@ def test_an_unreached_threshold_gives_the_epoch_count(store):
     for epoch in range(4):
         store.upsert_epoch(c.run_id, metrics(epoch, 0.5))
     store.claim("me", [c.run_id], 60)
-    store.complete(c.run_id, "me", {"n": 10, "clean": 0.5, "budgets": []}, steps=10, random_start=False)
+    store.complete(
+        c.run_id, "me", {"n": 10, "clean": 0.5, "budgets": [], "protocol": EvalProtocol().as_dict()}
+    )
     assert [(a.threshold, a.start_epoch, a.epochs) for a in store.adaptation(c.run_id)] == [(0.9, 4, 4)]
     (row,) = store.evaluations(c.run_id)  # a standard run with no budget: one row at 0/255
     assert (row.budget, row.clean, row.adv, row.eadv) == ("0/255", 0.5, 0.5, 0.5)
@@ -173,3 +207,193 @@ def test_find_run_by_prefix(store):
     assert store.find_run(a.run_id[:10]).id == a.run_id
     with pytest.raises(StoreError, match="2 runs with id ''"):
         store.find_run("")
+
+
+# ---- a database written by release 0.1 (schema v1): upgraded in place, nothing lost ---------------------
+
+
+def v1_copy(tmp_path: Path) -> Path:
+    shutil.copytree(V1, tmp_path / "v1")
+    return tmp_path / "v1" / "v1.db"
+
+
+def rows(path: Path) -> dict[str, dict]:
+    """Every row of every table, keyed by table and primary key."""
+    keys = {"run": ("id",), "epoch_metric": ("id",), "evaluation": ("id",),
+            "adaptation": ("run_id", "threshold"), "grid": ("name",), "grid_run": ("grid", "run_id"),
+            "schema_version": ("version",)}  # fmt: skip
+    with sqlite3.connect(path) as connection:
+        connection.row_factory = sqlite3.Row
+        return {
+            table: {tuple(r[k] for k in key): dict(r) for r in connection.execute(f"select * from {table}")}
+            for table, key in keys.items()
+        }
+
+
+def test_a_v1_database_is_upgraded_in_place_with_nothing_lost(tmp_path):
+    db = v1_copy(tmp_path)
+    before = rows(db)
+    store = Store.open(str(db), create=False)
+    after = rows(db)
+    assert rows(db.with_name("v1.db.schema-v1.bak")) == before  # the copy kept beside it
+    assert list(after["schema_version"]) == [(2,)]
+    for table, old in before.items():  # every row and every v1 value is still there
+        if table == "schema_version":
+            continue
+        assert after[table].keys() == old.keys(), table
+        for key, values in old.items():
+            changed = {k for k, v in values.items() if after[table][key][k] != v}
+            assert changed <= ({"kind"} if table == "evaluation" else set()), (table, key, changed)
+    for run in store.runs():  # the identity of every stored run survived the release
+        assert RunConfig.from_json(run.config).run_id == run.id
+    standard, fix, sched = store.runs(grid="smoke")
+    # v1 measured every evaluation with the early exit, in the training precision: said so now
+    evaluations = {(e.budget, e.steps): e for e in store.evaluations(standard.id)}
+    assert {k: (e.kind, e.protocol, e.precision, e.norm, e.restarts) for k, e in evaluations.items()} == {
+        ("8/255", 3): ("final", "monotone", "fp32", "Linf", 1),  # relabelled `extra` by the v1 bug: restored
+        ("4/255", 5): ("extra", "monotone", "fp32", "Linf", 1),
+    }
+    assert (standard.eval_protocol, fix.eval_protocol, sched.eval_protocol) == ("monotone", "paper", "paper")
+    assert {e.val_adv_subset for r in (standard, fix) for e in store.epochs(r.id)} == {"prefix"}
+
+
+def schema(path: Path) -> dict:
+    inspector = sa.inspect(sa.create_engine(f"sqlite:///{path}"))
+    return {
+        table: (
+            sorted((c["name"], str(c["type"]), c["nullable"]) for c in inspector.get_columns(table)),
+            sorted(tuple(u["column_names"]) for u in inspector.get_unique_constraints(table)),
+            sorted(
+                (i["name"], tuple(i["column_names"]), bool(i["unique"])) for i in inspector.get_indexes(table)
+            ),
+            sorted(
+                (f["referred_table"], tuple(f["constrained_columns"]))
+                for f in inspector.get_foreign_keys(table)
+            ),
+        )
+        for table in inspector.get_table_names()
+    }
+
+
+def test_an_upgraded_schema_equals_a_new_one(tmp_path):
+    db = v1_copy(tmp_path)
+    Store.open(str(db))
+    Store.open(str(tmp_path / "new.db"))
+    assert schema(db) == schema(tmp_path / "new.db")
+
+
+def test_a_failed_upgrade_leaves_the_database_as_it_was(tmp_path, monkeypatch):
+    db = v1_copy(tmp_path)
+    before = rows(db)
+
+    def fails_half_way(connection):
+        store_module._v1_to_v2(connection)
+        raise OSError("disk full")
+
+    monkeypatch.setitem(store_module.MIGRATIONS, 1, fails_half_way)
+    with pytest.raises(StoreError, match="cannot open database .*: disk full"):
+        Store.open(str(db))
+    assert rows(db) == before
+    with sqlite3.connect(db) as connection:  # not even half a schema change: one transaction
+        assert (
+            "protocol"
+            not in connection.execute("select sql from sqlite_master where name='evaluation'").fetchone()[0]
+        )
+
+
+def test_processes_opening_a_v1_database_together_upgrade_it_once(tmp_path):
+    db = v1_copy(tmp_path)
+    evaluations = len(rows(db)["evaluation"])
+    errors, barrier = [], threading.Barrier(4)
+
+    def opener():
+        try:
+            barrier.wait()
+            Store.open(str(db), create=False)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=opener) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    after = rows(db)
+    assert list(after["schema_version"]) == [(2,)] and len(after["evaluation"]) == evaluations
+
+
+# ---- bad databases: one line each, nothing created or changed ---------------------------------------------
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """Make a path unwritable even for root (CI runs as root, to whom chmod 444 means nothing)."""
+    made = []
+
+    def make(path: Path) -> Path:
+        if os.geteuid() == 0:
+            import subprocess
+
+            subprocess.run(["chattr", "+i", str(path)], check=True)
+        else:
+            path.chmod(0o555 if path.is_dir() else 0o444)
+        made.append(path)
+        return path
+
+    yield make
+    for path in made:
+        if os.geteuid() == 0:
+            import subprocess
+
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+        else:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("foo://x/y", "unknown dialect 'foo'; use a file path (SQLite) or postgresql://"),
+        ("mysql://u@127.0.0.1/db", "needs the Python driver 'MySQLdb', which is not installed"),
+        ("postgresql://u@127.0.0.1:1/db", "cannot open database postgresql+psycopg://u@127.0.0.1:1/db: "),
+        ("sqlite:////nonexistent-folder/r.db", "cannot create database /nonexistent-folder/r.db: folder"),
+    ],
+)
+def test_urls_dialects_drivers_and_servers_that_fail_give_one_line(url, message):
+    with pytest.raises(StoreError) as info:
+        Store.open(url)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_files_that_are_not_usable_databases_give_one_line_and_stay_as_they_were(tmp_path, read_only):
+    corrupt = tmp_path / "corrupt.db"
+    corrupt.write_bytes(os.urandom(4096))
+    foreign = tmp_path / "foreign.db"
+    with sqlite3.connect(foreign) as connection:
+        connection.execute("create table notes (x)")
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    good = tmp_path / "good.db"
+    Store.open(str(good))
+    locked = read_only(shutil.copy(good, tmp_path / "locked.db") and tmp_path / "locked.db")
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    shutil.copy(good, folder / "r.db")
+    read_only(folder)
+    cases = [
+        (corrupt, True, "cannot open database sqlite:///" + str(corrupt) + ": file is not a database"),
+        (foreign, True, "holds tables but none of rftbench's: use another --db"),
+        (empty, False, "is empty: it is not an rftbench database"),
+        (tmp_path, True, "is a directory: pass a file path with --db"),
+        (locked, True, "is read-only (file not writable)"),
+        (folder / "r.db", False, f"is read-only (folder {folder} not writable)"),
+        (tmp_path / "none.db", False, "not found; run `rftbench run-grid` first or pass --db"),
+    ]
+    for path, create, message in cases:
+        before = path.read_bytes() if path.is_file() else None
+        with pytest.raises(StoreError) as info:
+            Store.open(str(path), create=create)
+        assert message in str(info.value) and "\n" not in str(info.value), (path, str(info.value))
+        assert (path.read_bytes() if path.is_file() else None) == before, path
+    assert not (tmp_path / "none.db").exists()
