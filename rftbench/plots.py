@@ -112,16 +112,16 @@ def plot_robustness(
     eps: str | None = None,
 ) -> Path:
     """Test accuracy against ε over each run's E.adv grid; the shaded area under a curve is E.adv × ε_g."""
-    ev = results.evaluations
+    ev = results.selected
     if ev.empty:
-        raise ReportError("no evaluations in this database")
-    ev = ev[ev.kind == "final"].merge(results.runs, on="run_id", suffixes=("", "_run"))
+        raise ReportError(f"no evaluation in this database under {results.protocol}; {results.missing}")
+    ev = ev.merge(results.runs, on="run_id", suffixes=("", "_run"))
     for column, value in (("backbone", backbone), ("dataset", dataset), ("budget", eps)):
         if value is not None:
             ev = ev[ev[column] == value]
     ev = ev[ev.budget_value > 0]
     if ev.empty:
-        raise ReportError("no final evaluation matches these filters")
+        raise ReportError("no evaluation matches these filters")
     ev = ev.assign(label=setting_labels(ev))
     budgets = eps_order(ev.budget)
     fig, axes = _subplots(1, len(budgets), figsize=(6 * len(budgets), 4.5), squeeze=False)
@@ -135,6 +135,7 @@ def plot_robustness(
             )
             ax.fill_between(x, y, alpha=0.12, color=_colour(row.label))
         _decorate(ax, "ε × 255", "test accuracy under APGD (%)", f"Robustness curves up to ε_g = {budget}")
+    fig.text(0.01, -0.02, results.protocol, fontsize=8, ha="left", va="top")
     return _save(fig, out)
 
 
@@ -174,6 +175,9 @@ def plot_schedules(
 ) -> Path:
     """ε(t) per 0-based epoch of standard, fix, sched (T1, T2), linear (T2) and uniform (one seed)."""
     eps_value = float(parse_eps(eps))
+    if epochs < 1:
+        raise ReportError(f"--epochs {epochs}: a schedule needs at least one epoch")
+    ScheduleSpec("sched", eps_value, t1=t1, t2=t2).canonical().validate(epochs)  # T1 <= T2 <= epochs, finite
     fig, ax = _subplots(figsize=(8, 4))
     specs = {
         "standard": ScheduleSpec("standard", 0.0),

@@ -7,6 +7,11 @@
 Reads the store and never trains (STYLE.md 7). Accuracies are stored as fractions and reported in percent
 with two decimals (CONVENTIONS.md). `Results.paper(table)` reads the paper's published numbers shipped
 with the package (`paper_results.csv`); CONVENTIONS.md says which paper table feeds which report.
+
+A run may hold evaluations under several protocols (rftbench.metrics). A report shows one: `Selection`
+picks, per run, the rows of that protocol (default: the paper's, fp32, each run's own attack steps), so no
+cell mixes two protocols; every table says which one it shows, and names the runs that have no row under
+it (`rftbench evaluate` adds one).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from scipy import stats
 from rftbench.backbones import BACKBONES
 from rftbench.config import RunConfig, parse_eps
 from rftbench.datasets import DATASETS
-from rftbench.metrics import adaptation_start_epoch
+from rftbench.metrics import AUTOCAST, PROTOCOLS, adaptation_start_epoch
 from rftbench.schedules import SCHEDULES
 
 METRICS = {"clean": "Clean", "adv": "Adv.", "eadv": "E. adv."}
@@ -42,8 +47,44 @@ DATASET_ORDER = list(
 KEYS = ["backbone", "dataset", "setting", "eps", "t1", "t2"]
 
 
+PAPER_PROTOCOL = "the paper's published numbers (APGD-CE-10 ℓ∞, one attack per ε)"
+
+
 class ReportError(ValueError):
     """One line: what the report cannot show and why."""
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which evaluation rows a report shows: one per-ε protocol and precision, APGD-CE ℓ∞ from the clean
+    image with one restart, and `steps` attack steps (None: each run's own `eval_attack_steps`)."""
+
+    protocol: str = "paper"
+    precision: str = "fp32"
+    steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ReportError(f"--protocol {self.protocol!r}: choose {' or '.join(PROTOCOLS)}")
+        if self.precision not in AUTOCAST:
+            raise ReportError(f"--precision {self.precision!r}: choose one of {', '.join(AUTOCAST)}")
+
+    def matches(self, ev, config: RunConfig) -> bool:
+        return (ev.protocol, ev.precision, ev.attack, ev.norm, ev.restarts, ev.random_start) == (
+            self.protocol,
+            self.precision,
+            "apgd-ce",
+            "Linf",
+            1,
+            False,
+        ) and ev.steps == (self.steps or config.eval_attack_steps)
+
+    def label(self, steps: set[int]) -> str:
+        per_eps = "one attack per ε" if self.protocol == "paper" else "early exit, a union of attacks"
+        shown = ", ".join(str(k) for k in sorted(steps)) or str(self.steps or "the run's")
+        return (
+            f"APGD-CE ℓ∞ ({shown} steps), {self.protocol} protocol ({per_eps}), clean start, {self.precision}"
+        )
 
 
 @dataclass
@@ -62,22 +103,35 @@ class Results:
     pending: pd.DataFrame = field(default_factory=pd.DataFrame)  # KEYS + status, done, epochs
     epochs: pd.DataFrame = field(default_factory=pd.DataFrame)  # run_id, epoch, eps, val_acc, val_adv_acc
     runs: pd.DataFrame = field(default_factory=pd.DataFrame)  # run_id + KEYS + seed, epochs, threshold
-    evaluations: pd.DataFrame = field(default_factory=pd.DataFrame)
+    evaluations: pd.DataFrame = field(default_factory=pd.DataFrame)  # every row, every protocol
+    selected: pd.DataFrame = field(default_factory=pd.DataFrame)  # the rows `values` come from
     source: str = "database"
+    protocol: str = PAPER_PROTOCOL  # what `values` were measured with, for titles and notes
+    missing: str = ""  # runs left out of `values`, and why, for notes
 
     @classmethod
-    def from_store(cls, store, grid: str | None = None, threshold: float | None = None) -> Results:
+    def from_store(
+        cls,
+        store,
+        grid: str | None = None,
+        threshold: float | None = None,
+        selection: Selection = Selection(),
+    ) -> Results:
         data = store.everything(grid)
         thresholds = {}
         for row in data["adaptation"]:
             thresholds.setdefault(row.run_id, row.threshold)
-        runs, values, pending = [], [], []
-        finals: dict[str, list] = {}  # run id -> its final evaluation rows
+        runs, values, pending, selected, unread = [], [], [], [], []
+        without: dict[str, set] = {}  # completed run id -> the protocols it does have
+        rows: dict[str, list] = {}  # run id -> its evaluation rows
         for ev in data["evaluations"]:
-            if ev.kind == "final":
-                finals.setdefault(ev.run_id, []).append(ev)
+            rows.setdefault(ev.run_id, []).append(ev)
         for run in data["runs"]:
-            config = RunConfig.from_json(run.config)
+            try:
+                config = RunConfig.from_json(run.config)
+            except (ValueError, TypeError):  # written by a newer release: shown nowhere, named in a note
+                unread.append(run.id)
+                continue
             keys = {
                 "backbone": run.backbone,
                 "dataset": run.dataset,
@@ -100,9 +154,16 @@ class Results:
                 budgets = config.eval_budgets if config.eps_value == 0 else (config.eps,)
                 pending += [{**keys, "eps": b, "status": run.status, "run_id": run.id} for b in budgets]
                 continue
-            for ev in finals.get(run.id, []):
-                if config.eps_value > 0 and ev.budget != config.eps:
-                    continue  # a fix/sched run is reported at its own ε_g
+            chosen = [ev for ev in rows.get(run.id, []) if selection.matches(ev, config)]
+            chosen = [
+                ev for ev in chosen if config.eps_value == 0 or ev.budget == config.eps
+            ]  # at its own ε_g
+            if not chosen:
+                without[run.id] = {
+                    f"{ev.protocol} APGD-{ev.steps} {ev.precision}" for ev in rows.get(run.id, [])
+                }
+            for ev in chosen:
+                selected.append({**ev.model_dump(), "steps": ev.steps})
                 for metric in METRICS:
                     values.append(
                         {
@@ -133,7 +194,10 @@ class Results:
         pending = pd.DataFrame(pending, columns=[*KEYS, "status", "run_id"])
         pending["done"] = pending["run_id"].map(done).fillna(0).astype(int)
         frame = pd.DataFrame(values, columns=[*KEYS, "seed", "metric", "value", "run_id"])
-        return cls(frame, pending, epochs, pd.DataFrame(runs), evaluations, source="database")
+        selected = pd.DataFrame(selected)
+        label = selection.label(set(selected.steps) if len(selected) else set())
+        return cls(frame, pending, epochs, pd.DataFrame(runs), evaluations, selected, "database", label,
+                   missing_note(without, unread, selection))  # fmt: skip
 
     @classmethod
     def paper(cls, table: str) -> Results:
@@ -144,6 +208,23 @@ class Results:
         frame = frame[frame["table"].isin(PAPER_TABLES[table])].drop(columns="table")
         frame = frame.drop_duplicates([*KEYS, "metric"])  # Tables 4 and 8 repeat fix and sched
         return cls(frame.assign(seed=0, run_id=""), source="paper")
+
+
+def missing_note(without: dict[str, set], unread: list[str], selection: Selection) -> str:
+    """Runs a report cannot show under `selection`, and the command that fixes it."""
+    notes = []
+    if without:
+        have = sorted(set().union(*without.values())) or ["none"]
+        notes.append(
+            f"{len(without)} completed run(s) have no {selection.protocol} {selection.precision} evaluation "
+            f"(they have: {', '.join(have)}): "
+            f"`rftbench evaluate --grid GRID --protocol {selection.protocol}` adds it, or choose --protocol"
+        )
+    if unread:
+        notes.append(
+            f"{len(unread)} run(s) have a config this rftbench cannot read ({', '.join(unread)}): upgrade"
+        )
+    return "; ".join(notes)
 
 
 def paper_frame() -> pd.DataFrame:
@@ -165,8 +246,10 @@ def paper_frame() -> pd.DataFrame:
 def setting_labels(frame: pd.DataFrame) -> pd.Series:
     """`sched` when a hinge setting appears with one T1/T2 only; `sched 12/37` when several are present."""
     hinge = frame.setting.isin(["sched", "linear"])
-    pairs = frame[hinge].groupby("setting")[["t1", "t2"]].apply(lambda g: len(g.drop_duplicates()))
     label = frame.setting.copy()
+    if not hinge.any():  # (groupby-apply on no rows gives a frame, not a series)
+        return label
+    pairs = frame[hinge].groupby("setting")[["t1", "t2"]].apply(lambda g: len(g.drop_duplicates()))
     several = hinge & frame.setting.map(pairs).fillna(0).gt(1)
     label[several] = (
         frame.setting[several]
@@ -552,7 +635,9 @@ def evaluations_table(results: Results, run_id: str | None = None) -> list[Secti
     ev = results.evaluations.merge(results.runs, on="run_id", suffixes=("", "_run"))
     if run_id:
         ev = ev[ev.run_id.str.startswith(run_id)]
-    ev = ev.sort_values(["run_id", "budget_value", "steps"])
+        if ev.empty:
+            raise ReportError(f"no evaluated run with id {run_id!r}; `rftbench status` lists the runs")
+    ev = ev.sort_values(["run_id", "budget_value", "protocol", "steps", "precision"])
     table = pd.DataFrame(
         {
             "Run": ev.run_id.str[:8],
@@ -562,16 +647,31 @@ def evaluations_table(results: Results, run_id: str | None = None) -> list[Secti
             "ε_g": ev.eps,
             "kind": ev.kind,
             "budget": ev.budget,
-            "attack": ev.attack,
+            "protocol": ev.protocol,
+            "attack": ev.attack + " " + ev.norm,
             "steps": ev.steps,
-            "random start": ev.random_start,
+            "restarts": ev.restarts,
+            "start": ev.random_start.map({True: "random", False: "clean"}),
+            "precision": ev.precision,
             "n": ev.n,
             "Clean": (100 * ev.clean).map(fmt),
             "Adv.": (100 * ev.adv).map(fmt),
             "E. adv.": (100 * ev.eadv).map(fmt),
         }
     )
-    long = ev[["run_id", "backbone", "dataset", "setting", "eps", "kind", "budget", "attack", "steps"]].copy()
+    columns = [
+        "run_id",
+        "backbone",
+        "dataset",
+        "setting",
+        "eps",
+        "kind",
+        "budget",
+        "protocol",
+        "attack",
+        "norm",
+    ]
+    long = ev[[*columns, "steps", "restarts", "random_start", "seed", "precision"]].copy()
     long = pd.concat([long.assign(metric=m, value=(100 * ev[m]).round(2)) for m in METRICS])
     return [Section("Evaluations", table.reset_index(drop=True), long)]
 
@@ -591,19 +691,20 @@ def build(
     budgets = eps or eps_order(v for v in results.values.eps if parse_eps(v) > 0)
     if compare is not None and name != "main":
         raise ReportError("--compare paper is available for the main table")
-    if name == "main":
-        return main_table(results, budgets, compare)
-    if name == "averages":
-        return averages_table(results, budgets)
-    if name == "ttest":
-        return ttest_table(results, budgets)
-    if name == "delay":
-        return delay_table(results, include_standard)
-    if name == "ablation":
-        return ablation_table(results, budgets)
-    if name == "baselines":
-        return baselines_table(results, budgets)
-    return evaluations_table(results, run_id)
+    if name == "evaluations":
+        return evaluations_table(results, run_id)
+    sections = {
+        "main": lambda: main_table(results, budgets, compare),
+        "averages": lambda: averages_table(results, budgets),
+        "ttest": lambda: ttest_table(results, budgets),
+        "delay": lambda: delay_table(results, include_standard),
+        "ablation": lambda: ablation_table(results, budgets),
+        "baselines": lambda: baselines_table(results, budgets),
+    }[name]()
+    said = f"test accuracies: {results.protocol}"
+    for section in sections:  # every table says how its numbers were measured, and what it leaves out
+        section.note = "; ".join(n for n in (section.note, said, results.missing) if n)
+    return sections
 
 
 # ---- output ---------------------------------------------------------------------------------------

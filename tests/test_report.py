@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from rftbench.cli import app
 from rftbench.config import RunConfig
 from rftbench.grids import Job
+from rftbench.metrics import EvalProtocol
 from rftbench.report import Results, build, render
 from rftbench.store import Store
 
@@ -71,11 +72,12 @@ def add_run(store: Store, grid: str, config: RunConfig, accs: list[float], evalu
             },
         )
     if evaluation is not None:
-        store.complete(config.run_id, "test", evaluation, steps=10, random_start=False)
+        store.complete(config.run_id, "test", evaluation)
 
 
-def evaluation(budget: str, clean: float, adv: float, eadv: float) -> dict:
+def evaluation(budget: str, clean: float, adv: float, eadv: float, **protocol) -> dict:
     return {
+        "protocol": EvalProtocol(**protocol).as_dict(),
         "n": 1000,
         "clean": clean / 100,
         "attacks_run": 0,
