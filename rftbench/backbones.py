@@ -177,7 +177,9 @@ def resolve_weights(name: str, weights: str | Path | None = None) -> Path | None
     if chosen:
         path = Path(chosen).expanduser()
         if not path.is_file():
-            raise unavailable(spec, f"file {path} not found")
+            raise unavailable(
+                spec, f"{path} is a directory, not a file" if path.is_dir() else f"file {path} not found"
+            )
         return path
     if name in WEIGHT_PACKAGES:
         return packaged_weights(name)
@@ -327,10 +329,28 @@ def fetch_hub_weights(name: str) -> str:
         ) from exc
 
 
+def check_weights_file(name: str, weights: str | Path | None = None) -> Path | None:
+    """The local weights file `resolve_weights` picks for `name`, after proving that it loads into the
+    model (a garbage file, another model's weights); None means the hub. Raises `WeightsUnavailable`."""
+    file = resolve_weights(name, weights)
+    if file is not None:
+        try:
+            build_backbone(name, num_classes=2, weights=file)
+        except WeightsUnavailable:
+            raise
+        except Exception as exc:  # torch, safetensors and state-dict errors: all mean "not this model's file"
+            reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+            raise unavailable(
+                get_backbone_spec(name), f"{file} does not load into {name} ({reason})"
+            ) from None
+    return file
+
+
 def check_weights(names, weights: dict[str, str | Path] | None = None) -> None:
-    """Before any training starts: make sure every backbone's weights are local (fetching hub weights into
-    the libraries' caches now), or raise `WeightsUnavailable` with one line saying which file to provide."""
+    """Before any training starts: make sure every backbone's weights are local and load into the model
+    (fetching hub weights into the libraries' caches now), or raise `WeightsUnavailable` with one line
+    saying which file to provide."""
     weights = weights or {}
     for name in dict.fromkeys(names):
-        if resolve_weights(name, weights.get(name)) is None and not weights_available(name):
+        if check_weights_file(name, weights.get(name)) is None and not weights_available(name):
             fetch_hub_weights(name)

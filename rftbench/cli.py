@@ -12,24 +12,78 @@ from pathlib import Path
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperGroup
 
 from rftbench import __version__
 from rftbench.config import RunConfig, RuntimeOptions, eps_text, parse_eps
 from rftbench.schedules import SCHEDULES, ScheduleSpec
 
-app = typer.Typer(
-    help="Robust fine-tuning of non-robust pretrained models, with ε-scheduling.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,  # an unexpected error is a bug report: a plain traceback serves it best
-)
 console = Console(soft_wrap=True)  # log lines stay whole in files and narrow terminals
+# Errors that are the user's input or environment, not our bug: one line each (`expected_error`).
+EXPECTED = {
+    "rftbench.store": ("StoreError",),
+    "rftbench.grids": ("GridError",),
+    "rftbench.report": ("ReportError",),
+    "rftbench.datasets": ("DataNotFound",),
+    "rftbench.backbones": ("WeightsUnavailable",),
+    "rftbench.checkpoint": ("CheckpointError",),
+}
 
 
 def fail(message: str) -> None:
     """One clear line on stderr and a non-zero exit, instead of a traceback."""
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
+
+
+def expected_error(exc: Exception) -> str | None:
+    """The one line for an error a user can fix (bad input, a database that fails, a file that cannot be
+    written), or None for a bug, which keeps its traceback."""
+    module = type(exc).__module__
+    if type(exc).__name__ in EXPECTED.get(module, ()):
+        return str(exc).strip().splitlines()[0]
+    if module.startswith("sqlalchemy"):
+        from rftbench.store import first_line
+
+        return f"the database failed: {first_line(exc)}; nothing was changed by this command's failed step"
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.strerror or type(exc).__name__}: {exc.filename}"
+    return None
+
+
+class OneLineErrors(TyperGroup):
+    """Every command answers an expected error, or an option Click rejects, with one line and exit code 2
+    (`expected_error`), instead of a traceback or a usage box."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            # Click's usage errors (typer vendors its own Click, so matched by name, not class)
+            if any(c.__name__ == "UsageError" for c in type(exc).__mro__):
+                where = exc.ctx.command_path if exc.ctx else ctx.command_path
+                fail(f"{where}: {exc.format_message()} (see {where} --help)")
+            line = expected_error(exc)
+            if line is None:
+                raise
+            fail(line)
+
+
+app = typer.Typer(
+    cls=OneLineErrors,
+    help="Robust fine-tuning of non-robust pretrained models, with ε-scheduling.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,  # an unexpected error is a bug report: a plain traceback serves it best
+)
+
+
+def print_notes(configs) -> None:
+    """What a user should know about valid but perhaps unintended schedules (T2 at the last epoch, …)."""
+    notes = dict.fromkeys(note for c in configs for note in c.schedule.notes(c.epochs))
+    for note in notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
 
 
 @app.callback()
@@ -60,6 +114,8 @@ def schedule(
         fail(str(exc))
     if spec.setting == "auto":
         fail("auto depends on the validation accuracy of a run; it has no fixed ε(t) to print")
+    for note in spec.notes(epochs):
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
     table = Table(title=f"{spec.setting}: ε_g = {eps_text(eps)}, {epochs} epochs")
     for column in ("epoch", "α(t)", "ε(t) × 255", "ε(t)"):
         table.add_column(column, justify="right")
@@ -90,7 +146,7 @@ def backbones(
     ),
 ) -> None:
     """List the backbone registry and whether each backbone's weights are available locally."""
-    from rftbench.backbones import BACKBONES, WeightsUnavailable, resolve_weights, weights_available
+    from rftbench.backbones import BACKBONES, WeightsUnavailable, check_weights_file, weights_available
 
     files = parse_pairs("--weights", weights, "SWIN=swin.safetensors", BACKBONES, "backbone")
     table = Table(title="backbones")
@@ -98,7 +154,7 @@ def backbones(
         table.add_column(column, overflow="fold")
     for spec in BACKBONES.values():
         try:
-            where = str(resolve_weights(spec.name, files[spec.name])) if spec.name in files else ""
+            where = str(check_weights_file(spec.name, files[spec.name])) if spec.name in files else ""
         except (WeightsUnavailable, ValueError) as exc:
             fail(str(exc))
         where = where or weights_available(spec.name)
@@ -180,6 +236,8 @@ def runtime_options(device: str | None, workers: int | None, channels_last: bool
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
+        if torch.device(device).type not in ("cpu", "cuda", "mps", "xpu"):
+            raise RuntimeError("rftbench trains on cpu, cuda, mps or xpu devices")
         torch.empty(1, device=device)
     except (RuntimeError, AssertionError) as exc:
         fail(
@@ -278,13 +336,20 @@ def existing_statuses(db: str | None, run_ids: list[str]) -> dict[str, str]:
 
 
 def execute(runner, run_ids: list[str] | None) -> None:
-    """Run, then exit 0 (all done), 1 (some failed) or 130 (interrupted)."""
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # a scheduler's SIGTERM stops like Ctrl-C
+    """Run, then exit 0 (all done), 1 (some failed) or 130 (interrupted). Ctrl-C and a scheduler's SIGTERM
+    both stop the current run as interrupted (the runner's `stopping` flag), whatever it raises on the way."""
+
+    def stop(signum, frame) -> None:
+        runner.stopping.set()
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with runner.progress:
             summary = runner.run(run_ids)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     console.print(
         f"{len(summary.completed)} completed, {len(summary.failed)} failed"
         + (
@@ -299,10 +364,6 @@ def execute(runner, run_ids: list[str] | None) -> None:
         raise typer.Exit(code=130)
     if summary.failed:
         raise typer.Exit(code=1)
-
-
-def _raise_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
 
 
 def estimate_work(configs) -> tuple[float, int]:
@@ -360,6 +421,7 @@ def run_grid(
     check_filters(backbone, dataset, setting)
     if not jobs:
         fail(f"grid {grid!r} has no job matching these filters; drop a filter or check its values")
+    print_notes(job.config for job in jobs)
     if dry_run:
         show_jobs(grid, jobs, db)
         return
@@ -468,6 +530,7 @@ def run(
         job = spec.single(backbone, dataset, entry, eps_text(eps), seed, grid=grid)
     except (GridError, ValueError) as exc:
         fail(str(exc))
+    print_notes([job.config])
     runner = make_runner(
         runs_dir, device, workers, channels_last, compile_, root, weights, prune_checkpoints, lease_seconds
     )
@@ -483,14 +546,17 @@ def run(
             source=str(experiments.resolve()),
         )
     else:
-        runner.store.record_run(job.config, job.paths)
-    status = runner.store.run(job.run_id).status
-    console.print(f"run {job.run_id}: {backbone}/{dataset} {job.config.setting} {job.config.eps} ({status})")
-    if status in ("completed", "failed"):
-        console.print(
-            "nothing to run" + (": rerun it with run-grid --retry-failed" if status == "failed" else "")
-        )
+        runner.store.record_run(job)
+    stored = runner.store.run(job.run_id)
+    console.print(
+        f"run {job.run_id}: {backbone}/{dataset} {job.config.setting} {job.config.eps} ({stored.status})"
+    )
+    if stored.status == "completed":
+        console.print("nothing to run: it is completed (`rftbench evaluate` scores it again)")
         return
+    if stored.status == "failed":  # asked for by name: run it again
+        runner.store.requeue([job.run_id])
+        console.print(f"retrying it (it failed with: {stored.error})", highlight=False)
     execute(runner, [job.run_id])
 
 
@@ -512,46 +578,89 @@ def resume(
         runs_dir, device, workers, channels_last, compile_, root, weights, prune_checkpoints, lease_seconds
     )
     runner.store = open_store(db, create=False)
+    # the data and weights of every unfinished run first: a problem leaves the database as it was
+    unfinished = runner.store.runs(states=("pending", "interrupted", "running"))
+    preflight(runner, [(RunConfig.from_json(r.config), r.paths) for r in unfinished])
     reaped = runner.store.reap()
-    todo = [runner.store.run(run_id) for run_id in runner.store.claimable()]
+    todo = runner.store.claimable()
     console.print(f"{len(todo)} run(s) to continue ({reaped} found interrupted now)")
-    preflight(runner, [(RunConfig.from_json(r.config), r.paths) for r in todo])
     if todo:
         execute(runner, None)
 
 
 @app.command()
 def evaluate(
-    run_id: str = typer.Argument(..., help="a run id or a unique prefix of one"),
+    run_id: str | None = typer.Argument(None, help="a run id or a unique prefix of one"),
+    grid: str | None = typer.Option(None, "--grid", help="every completed run of this grid instead of one"),
     eps: list[str] = typer.Option([], "--eps", help="budgets as k/255 (repeatable) [default: the run's]"),
+    protocol: str = typer.Option(
+        "paper",
+        "--protocol",
+        help="paper: one APGD per ε; monotone: early exit (cheaper, a union of attacks)",
+    ),
     steps: int | None = typer.Option(None, "--steps", min=1, help="APGD steps [default: the run's]"),
+    precision: str = typer.Option(
+        "fp32", "--precision", help="autocast of the attacked model: fp32, bf16, fp16"
+    ),
     random_start: bool = typer.Option(False, "--random-start", help="start APGD from a random point"),
+    seed: int = typer.Option(0, "--seed", help="with --random-start: the seed of the starts"),
     db: str | None = DB,
     runs_dir: Path = RUNS_DIR,
     device: str | None = DEVICE,
     workers: int | None = WORKERS,
     root: list[str] = ROOTS,
 ) -> None:
-    """Re-evaluate a finished run's final weights at other budgets or step counts (stored; no training)."""
+    """Evaluate finished runs' final weights under a protocol, at their budgets or others (stored beside the
+    final evaluation, never replacing it; an evaluation already stored is shown, not measured again)."""
     from rftbench.checkpoint import CheckpointError
-    from rftbench.datasets import DataNotFound
-    from rftbench.store import StoreError
+    from rftbench.metrics import EvalProtocol
 
+    if (run_id is None) == (grid is None):
+        fail("name one run (RUN_ID) or one grid (--grid NAME) to evaluate")
+    try:
+        budgets = [eps_text(e) for e in eps]
+        EvalProtocol(protocol=protocol, precision=precision, random_start=random_start, seed=seed)
+    except ValueError as exc:
+        fail(str(exc))
     runner = make_runner(runs_dir, device, workers, False, False, root, [], False, 120.0)
     runner.store = open_store(db, create=False)
-    try:
-        run_ = runner.store.find_run(run_id)
+    if grid is not None and grid not in {g.name for g in runner.store.grids()}:
+        fail(f"no grid {grid!r} in this database; `rftbench status` lists them")
+    if run_id is not None:
+        runs = [runner.store.find_run(run_id)]
+    else:
+        runs = runner.store.runs(grid=grid, states=("completed",))
+    skipped = []
+    for run_ in runs:
         config = RunConfig.from_json(run_.config)
-        budgets = [eps_text(e) for e in eps] or list(config.eval_budgets) or [config.eps]
-        result = runner.evaluate(run_.id, budgets, steps or config.eval_attack_steps, random_start)
-    except (StoreError, CheckpointError, DataNotFound, ValueError) as exc:
-        fail(str(exc))
-    table = Table(title=f"run {run_.id}: APGD-{steps or config.eval_attack_steps}, {result['n']} test images")
-    for column in ("ε_g", "clean", "adv", "E.adv"):
-        table.add_column(column, justify="right")
-    for row in result["budgets"]:
-        table.add_row(row["budget"], *(f"{100 * row[k]:.2f}" for k in ("clean", "adv", "eadv")))
-    console.print(table)
+        chosen = EvalProtocol(protocol=protocol, steps=steps or config.eval_attack_steps, precision=precision,
+                              random_start=random_start, seed=seed)  # fmt: skip
+        try:
+            result, added = runner.evaluate(
+                run_.id, budgets or list(config.eval_budgets) or [config.eps], chosen
+            )
+        except CheckpointError as exc:
+            if run_id is not None:
+                raise
+            skipped.append(f"{run_.id}: {exc}")
+            continue
+        table = Table(
+            title=f"run {run_.id}: {chosen.label()}, {result['n']} test images", box=box.SIMPLE_HEAD
+        )
+        for column in ("ε_g", "clean", "adv", "E.adv"):
+            table.add_column(column, justify="right")
+        for row in result["budgets"]:
+            table.add_row(row["budget"], *(f"{100 * row[k]:.2f}" for k in ("clean", "adv", "eadv")))
+        console.print(table)
+        console.print(
+            f"stored {added} new evaluation row(s)"
+            if added
+            else "already stored under this protocol: nothing measured"
+        )
+    for line in skipped:
+        console.print(f"[red]skipped[/] {line}", highlight=False)
+    if skipped:
+        raise typer.Exit(code=1)
 
 
 @app.command()
@@ -563,6 +672,10 @@ def status(
     from rftbench.store import STATES
 
     store = open_store(db, create=False)
+    if grid is not None and grid not in {g.name for g in store.grids()}:
+        fail(
+            f"no grid {grid!r} in this database; it has {', '.join(g.name for g in store.grids()) or 'none'}"
+        )
     store.reap()
     table = Table(title="grids", box=box.SIMPLE_HEAD)
     for column in ("grid", "runs", *STATES):
@@ -588,10 +701,25 @@ def status(
 
 
 # -- reports and plots ------------------------------------------------------------------------------------
-def load_results(db: str | None, grid: str | None, threshold: float | None):
-    from rftbench.report import Results
+PROTOCOL = typer.Option("paper", "--protocol", help="which evaluations: paper (one APGD per ε) or monotone")
+PRECISION = typer.Option("fp32", "--precision", help="which evaluations: their precision (fp32, bf16, fp16)")
+STEPS = typer.Option(None, "--steps", min=1, help="which evaluations: APGD steps [default: each run's own]")
 
-    return Results.from_store(open_store(db, create=False), grid=grid, threshold=threshold)
+
+def check_out(out: Path | None) -> None:
+    if out is not None and out.is_dir():
+        fail(f"--out {out} is a directory: give the file to write")
+
+
+def load_results(db: str | None, grid: str | None, threshold: float | None, selection=None):
+    from rftbench.report import Results, Selection
+
+    store = open_store(db, create=False)
+    if grid is not None and grid not in {g.name for g in store.grids()}:
+        fail(
+            f"no grid {grid!r} in this database; it has {', '.join(g.name for g in store.grids()) or 'none'}"
+        )
+    return Results.from_store(store, grid=grid, threshold=threshold, selection=selection or Selection())
 
 
 @app.command()
@@ -614,18 +742,27 @@ def report(
     include_standard: bool = typer.Option(
         False, "--include-standard", help="delay: correlate ε = 0 runs too"
     ),
+    protocol: str = PROTOCOL,
+    precision: str = PRECISION,
+    steps: int | None = STEPS,
     db: str | None = DB,
 ) -> None:
     """The paper's tables from the database (or from the paper's numbers), in %, two decimals."""
-    from rftbench.report import ReportError, Results, build, render
+    from rftbench.report import ReportError, Results, Selection, build, render
 
     if results not in ("ours", "paper") or compare not in (None, "paper"):
         fail("--results takes ours or paper; --compare takes paper")
+    check_out(out)
+    if threshold is not None and not 0 <= threshold < 1:
+        fail(f"--threshold {threshold:g}: an adaptation threshold is a validation accuracy in [0, 1)")
     if format_ not in ("md", "csv", "latex"):
         fail(f"--format {format_!r}: choose md, csv or latex")
     try:
         budgets = [eps_text(e) for e in eps]
-        data = Results.paper(table) if results == "paper" else load_results(db, grid, threshold)
+        selection = Selection(protocol, precision, steps)
+        if compare and protocol != "paper":
+            raise ReportError("--compare paper lines up against the paper protocol: drop --protocol monotone")
+        data = Results.paper(table) if results == "paper" else load_results(db, grid, threshold, selection)
         sections = build(
             table,
             data,
@@ -667,12 +804,16 @@ def plot(
     epochs: int = typer.Option(50, "--epochs", help="schedule: number of epochs"),
     t1: float = typer.Option(12, "--t1", help="schedule: sched's T1"),
     t2: float = typer.Option(37, "--t2", help="schedule: sched's and linear's T2"),
+    protocol: str = PROTOCOL,
+    precision: str = PRECISION,
+    steps: int | None = STEPS,
     db: str | None = DB,
 ) -> None:
     """Figures: validation curves with ε(t) and adaptation starts, robustness curves, ε sweep, schedules."""
     from rftbench import plots
-    from rftbench.report import ReportError
+    from rftbench.report import ReportError, Selection
 
+    check_out(out)
     if kind not in plots.KINDS:
         fail(f"unknown plot {kind!r}: choose one of {', '.join(plots.KINDS)}")
     try:
@@ -680,7 +821,7 @@ def plot(
         if kind == "schedule":
             written = plots.plot_schedules(epochs, budget or "4/255", out, t1=t1, t2=t2)
         else:
-            results = load_results(db, grid, None)
+            results = load_results(db, grid, None, Selection(protocol, precision, steps))
             if kind == "curves":
                 runs = results.runs
                 backbone = backbone or (runs.backbone.iloc[0] if len(runs) else "")

@@ -68,6 +68,27 @@ def stratified_subsample(labels: list[int], n: int, seed: int = SPLIT_SEED) -> l
     return sorted(int(i) for i in np.concatenate(chosen))
 
 
+def covering_subsample(labels: list[int], n: int, seed: int = SPLIT_SEED) -> list[int]:
+    """`n` indices in which every class appears (when n >= the number of classes): one image of each class,
+    then the rest of `n` in proportion to the classes' remaining sizes (largest remainder), drawn per class
+    with a seeded generator; sorted. Fewer than one per class: one image of each of `n` seeded classes.
+    All indices when n >= len(labels)."""
+    if n >= len(labels):
+        return list(range(len(labels)))
+    labels_arr = np.asarray(labels)
+    classes, counts = np.unique(labels_arr, return_counts=True)
+    rng = np.random.default_rng(seed)
+    shuffled = [rng.permutation(np.flatnonzero(labels_arr == c)) for c in classes]
+    if n < len(classes):
+        return sorted(int(shuffled[c][0]) for c in rng.choice(len(classes), n, replace=False))
+    spare = counts - 1
+    quota = spare * (n - len(classes)) / spare.sum()
+    take = np.floor(quota).astype(int)
+    for i in np.argsort(-(quota - take), kind="stable")[: n - len(classes) - take.sum()]:
+        take[i] += 1
+    return sorted(int(i) for order, k in zip(shuffled, take + 1) for i in order[:k])
+
+
 def per_class_split(labels: list[int], counts: tuple[int, ...], seed: int = SPLIT_SEED) -> list[list[int]]:
     """Shuffle each class (seeded) and cut it into len(counts) + 1 parts: counts[0] images, counts[1], …,
     and the rest. Returns the sorted indices of each part."""
@@ -326,14 +347,25 @@ def resolve_root(name: str, root: str | Path | None = None) -> Path:
 
 
 def load_split_file(path: str | Path, root: Path, split: str) -> Samples:
-    data = json.loads(Path(path).read_text())
+    """A split of a split file (module docstring); a file that is missing, not JSON or not in that form is a
+    `DataNotFound` naming it."""
     key = "test" if split == "test_full" else split
-    if key not in data:
-        raise ValueError(f"split file {path} has no {key!r} list (it has {sorted(data)})")
-    pairs = data[key]
-    labels = [int(label) for _, label in pairs]
-    classes = data.get("classes") or [str(i) for i in range(max(labels) + 1)]
-    return Samples(root, [str(p) for p, _ in pairs], labels, list(classes))
+    try:
+        data = json.loads(Path(path).read_text())
+        pairs = data[key]
+        labels = [int(label) for _, label in pairs]
+        paths = [str(p) for p, _ in pairs]
+    except OSError as exc:
+        raise DataNotFound(f"split file {path}: {exc.strerror}") from None
+    except KeyError:
+        raise DataNotFound(f"split file {path} has no {key!r} list (it has {sorted(data)})") from None
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise DataNotFound(
+            f'split file {path} is not {{"train": [["rel/path.jpg", label], ...], ...}} JSON '
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:80]})"
+        ) from None
+    classes = data.get("classes") or [str(i) for i in range(max(labels, default=-1) + 1)]
+    return Samples(root, paths, labels, list(classes))
 
 
 def samples(
@@ -348,7 +380,8 @@ def samples(
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
     if not root.is_dir():
-        raise DataNotFound(f"dataset {name}: data root {root} not found; expected {LAYOUTS[name]} "
+        problem = "is a file, not a folder" if root.exists() else "not found"
+        raise DataNotFound(f"dataset {name}: data root {root} {problem}; expected {LAYOUTS[name]} "
                            f"(set it with {env_var(name)}=PATH)")  # fmt: skip
     if split_file is not None:
         return load_split_file(split_file, root, split)
@@ -358,17 +391,39 @@ def samples(
 
 
 def check_data(name: str, root: str | Path | None = None, split_file: str | Path | None = None) -> None:
-    """Preflight before training: raise `DataNotFound` (one line: dataset, path, layout, fix) unless the
-    dataset's files are where its root says. Lists samples without decoding anything."""
+    """Preflight before training: raise `DataNotFound` (one line: dataset, path, layout, fix) unless every
+    split of the dataset has images, every listed file is an image PIL can identify (its header), and the
+    first and last image of each split decode. Cheap next to decoding everything; a file damaged past its
+    header still fails its run, naming the file."""
     if name == "synthetic":
         return
     if name == "fashion_mnist":
-        fashion_mnist_arrays(resolve_root(name, root), "val")
+        for split in ("train", "val", "test"):
+            if not len(fashion_mnist_arrays(resolve_root(name, root), split)[1]):
+                raise DataNotFound(f"dataset {name}: the {split} split is empty; expected {LAYOUTS[name]}")
         return
-    s = samples(name, root, "val", split_file)
-    missing = next((p for p in s.paths if not (s.root / p).is_file()), None)
-    if missing is not None:
-        raise DataNotFound(f"dataset {name}: image {s.root / missing} is missing; expected {LAYOUTS[name]}")
+    from PIL import Image, UnidentifiedImageError
+
+    for split in ("train", "val", "test"):
+        s = samples(name, root, split, split_file)
+        if not s.paths:
+            raise DataNotFound(
+                f"dataset {name}: no images in its {split} split under {s.root}; expected {LAYOUTS[name]}"
+            )
+        for i, relative in enumerate(s.paths):
+            path = s.root / relative
+            if not path.is_file():
+                raise DataNotFound(f"dataset {name}: image {path} is missing; expected {LAYOUTS[name]}")
+            try:
+                if i in (0, len(s.paths) - 1):
+                    decode_image(path, 8)
+                else:
+                    Image.open(path).close()  # reads the header only
+            except (UnidentifiedImageError, OSError, ValueError) as exc:
+                raise DataNotFound(
+                    f"dataset {name}: image {path} cannot be decoded ({type(exc).__name__}); replace or "
+                    f"remove it"
+                ) from None
 
 
 def decoded_cache_path(name: str, split: str, resolution: int, key: str) -> Path:

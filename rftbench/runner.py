@@ -7,7 +7,9 @@ come here (STYLE.md 6: a thin CLI over a swappable runner; the runner never know
 Each run holds a lease in the store, renewed by a heartbeat thread, so several runners can share one
 database. Per epoch the trainer's callback upserts the metrics row, then the trainer writes the
 checkpoint (CONVENTIONS.md write order); a crash marks the run failed with one line and the next run
-starts; Ctrl-C (or SIGTERM) marks it interrupted, to be continued by `rftbench resume`.
+starts; Ctrl-C (or SIGTERM) marks it interrupted, to be continued by `rftbench resume`: once a stop is
+requested (`Runner.stopping`), whatever the run raises on its way out (a loader worker that died of the
+same signal, say) is an interruption, never a failure.
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ from rftbench.checkpoint import CheckpointError, load_checkpoint
 from rftbench.config import RunConfig, RuntimeOptions
 from rftbench.data import ImageTensorDataset, eval_transform, make_loader, train_transform
 from rftbench.datasets import build_dataset, check_data, env_var, stratified_subsample
-from rftbench.metrics import evaluate_budgets
+from rftbench.metrics import EvalProtocol, evaluate_budgets
 from rftbench.store import Run, Store, this_process
-from rftbench.trainer import AMP_DTYPES, train
+from rftbench.trainer import train
 
 LEASE_SECONDS = 120.0
 
@@ -169,6 +171,7 @@ class Runner:
     lease_seconds: float = LEASE_SECONDS
     prune: bool = False  # delete a finished run's last.pt (final.pt, the final weights, stays)
     progress: Progress = field(default_factory=Progress)
+    stopping: threading.Event = field(default_factory=threading.Event)  # set by whoever stops us (Ctrl-C)
 
     def loader(self, data, config: RunConfig, shuffle: bool):
         return make_loader(
@@ -240,66 +243,109 @@ class Runner:
                 callback=record,
                 run_dir=run_dir,
                 runtime=self.runtime,
+                evaluation=final_protocol(run, config),
             )
-            self.store.complete(
-                run.id, owner, result, steps=config.eval_attack_steps, random_start=False, provenance=info
-            )
+            self.store.complete(run.id, owner, result, provenance=info)
             if self.prune:
                 (run_dir / "last.pt").unlink(missing_ok=True)
             summary.completed.append(run.id)
             self.progress.end_run(run, "completed", f"clean {result['clean']:.2%}")
             return "completed"
-        except KeyboardInterrupt:
-            self.store.release(run.id, owner, "interrupted", error="stopped by the user (Ctrl-C / SIGTERM)")
-            summary.interrupted = run.id
-            self.progress.end_run(run, "interrupted")
-            return "interrupted"
         except LeaseLost as exc:
             summary.lost.append(run.id)
             self.progress.end_run(run, "lost", str(exc))
             return "lost"
-        except Exception as exc:  # one job's crash must not stop the grid
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "error.log").write_text(traceback.format_exc())
-            line = one_line(exc)
-            self.store.release(run.id, owner, "failed", error=line)
-            summary.failed[run.id] = line
-            self.progress.end_run(run, "failed", line)
-            return "failed"
+        except (KeyboardInterrupt, Exception) as exc:
+            if isinstance(exc, Exception) and not self.stopping.is_set():
+                return self.fail(run, owner, exc, run_dir, summary)
+            self.store.release(run.id, owner, "interrupted", error="stopped by the user (Ctrl-C / SIGTERM)")
+            summary.interrupted = run.id
+            self.progress.end_run(run, "interrupted")
+            return "interrupted"
         finally:
             heartbeat.stop.set()
 
-    def evaluate(self, run_id: str, budgets: list[str], steps: int, random_start: bool = False) -> dict:
-        """Re-evaluate a completed run's final weights (`runs/<id>/final.pt`) at `budgets` with `steps`
-        APGD steps; stored as extra evaluation rows. No retraining."""
+    def fail(self, run: Run, owner: str, exc: Exception, run_dir: Path, summary: Summary) -> str:
+        """One job's crash must not stop the grid: the run is failed with one line, the traceback kept."""
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "error.log").write_text(traceback.format_exc())
+        line = one_line(exc)
+        self.store.release(run.id, owner, "failed", error=line)
+        summary.failed[run.id] = line
+        self.progress.end_run(run, "failed", line)
+        return "failed"
+
+    def evaluate(self, run_id: str, budgets: list[str], protocol: EvalProtocol) -> tuple[dict, int]:
+        """Evaluate a completed run's final weights (`runs/<id>/final.pt`) at `budgets` under `protocol`,
+        stored as `extra` rows beside the final ones; no retraining. Idempotent: budgets already stored
+        under this protocol are not measured again. Returns (the evaluation, rows added)."""
         run = self.store.find_run(run_id)
+        stored = {e.budget: e for e in self.store.evaluations(run.id) if e.eval_protocol() == protocol}
+        if run.status == "completed" and all(b in stored for b in budgets):
+            return stored_evaluation([stored[b] for b in budgets], protocol), 0
+        model, loader = self.final_model(run)
+        todo = [b for b in budgets if b not in stored]
+        result = evaluate_budgets(model, loader, todo, protocol, device=self.runtime.device)
+        added = self.store.add_evaluation(run.id, result, kind="extra")
+        fresh = {row["budget"]: row for row in result["budgets"]}
+        result["budgets"] = [
+            fresh.get(b) or stored_evaluation([stored[b]], protocol)["budgets"][0] for b in budgets
+        ]
+        return result, added
+
+    def final_model(self, run: Run) -> tuple[torch.nn.Module, torch.utils.data.DataLoader]:
+        """A completed run's final weights (`runs/<id>/final.pt`) on this runner's device, in eval mode, and
+        its test loader; the data is checked first. One line (`CheckpointError`, `DataNotFound`) if not."""
         final = self.runs_dir / run.id / "final.pt"
-        if run.status != "completed" or not final.exists():
+        if run.status != "completed":
+            fix = "finish it with `rftbench resume`"
+            if run.status == "failed":
+                fix = "rerun it with `rftbench run` or `run-grid --retry-failed`"
+            raise CheckpointError(f"run {run.id} is {run.status}, not completed: {fix}, then evaluate it")
+        if not final.exists():
             raise CheckpointError(
-                f"run {run.id} has no final weights at {final} (status {run.status}); "
-                f"finish it with `rftbench resume` or pass its --runs-dir"
+                f"run {run.id} has no final weights at {final}: pass the --runs-dir it ran with"
             )
         state = load_checkpoint(final)
-        if state["config"] != run.config:
+        if RunConfig.from_json(state["config"]).run_id != run.id:
             raise CheckpointError(
                 f"{final} holds another run's weights ({state['run_id']}); it is not {run.id}"
             )
         config, paths = RunConfig.from_json(run.config), self.paths(run)
+        check_data(config.dataset, paths["data_root"], paths["split_file"])
         test_set = build_data(config, paths, "test", eval_transform())
         model = build_backbone(
             config.backbone, len(test_set.classes), pretrained=False, size=config.resolution
         )
         model.load_state_dict(state["model"])
-        device = torch.device(self.runtime.device)
-        loader = self.loader(test_set, config, shuffle=False)
-        result = evaluate_budgets(
-            model.to(device).eval(),
-            loader,
-            budgets,
-            steps,
-            device=device,
-            random_start=random_start,
-            autocast_dtype=AMP_DTYPES[config.precision],
+        return model.to(torch.device(self.runtime.device)).eval(), self.loader(
+            test_set, config, shuffle=False
         )
-        self.store.add_evaluation(run.id, result, steps=steps, kind="extra", random_start=random_start)
-        return result
+
+
+def final_protocol(run: Run, config: RunConfig) -> EvalProtocol:
+    """How a run's final evaluation is measured: its grid's protocol and precision, its own attack steps."""
+    return EvalProtocol(
+        protocol=run.eval_protocol, precision=run.eval_precision, steps=config.eval_attack_steps
+    )
+
+
+def stored_evaluation(rows: list, protocol: EvalProtocol) -> dict:
+    """Stored evaluation rows in `evaluate_budgets`' form."""
+    return {
+        "n": rows[0].n,
+        "clean": rows[0].clean,
+        "budgets": [
+            {
+                "budget": r.budget,
+                "clean": r.clean,
+                "adv": r.adv,
+                "eadv": r.eadv,
+                "eps": r.eps_grid,
+                "accuracies": r.accuracies,
+            }
+            for r in rows
+        ],  # fmt: skip
+        "attacks_run": sum(r.attacks_run for r in rows),
+        "protocol": protocol.as_dict(),
+    }

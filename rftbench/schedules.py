@@ -11,6 +11,7 @@ and linear schedules see the fractional epoch t = epoch + step / steps_per_epoch
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -131,6 +132,10 @@ class ScheduleSpec:
         )
 
     def validate(self, epochs: int) -> None:
+        for name in ("eps", "t1", "t2", "tolerance"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value}")
         if self.eps < 0:
             raise ValueError(f"ε_g must be non-negative, got {self.eps}")
         if self.t1 is not None and self.t1 < 0:
@@ -138,11 +143,29 @@ class ScheduleSpec:
         if self.t1 is not None and self.t2 is not None and self.t1 > self.t2:
             raise ValueError(f"T1 ({self.t1:g}) > T2 ({self.t2:g}): the ramp must start before it ends")
         if self.t2 is not None and self.t2 > epochs:
-            raise ValueError(f"T2 ({self.t2:g}) > epochs ({epochs}): the ramp would never reach ε_g")
+            raise ValueError(f"T2 ({self.t2:g}) > epochs ({epochs}): {self._ramp_end(epochs)}")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"auto patience must be >= 1 epoch, got {self.patience}")
         if self.tolerance is not None and self.tolerance < 0:
             raise ValueError(f"auto tolerance must be >= 0, got {self.tolerance}")
+
+    def notes(self, epochs: int) -> list[str]:
+        """What a user should know before training with this schedule (valid, but perhaps not meant)."""
+        if self.t2 is None or self.t2 <= epochs - 1 or self.granularity == "step" and self.t2 < epochs:
+            return []
+        return [f"{self.setting} T2 = {self.t2:g} with {epochs} epochs: {self._ramp_end(epochs)}"]
+
+    def _ramp_end(self, epochs: int) -> str:
+        """The one sentence every entry point prints when the ramp ends at or after the last epoch."""
+        last = epochs - 1
+        peak = hinge_alpha(last if self.granularity == "epoch" else epochs, self.t1 or 0.0, self.t2)
+        where = f"peaks at {peak:.3g}·ε_g in epoch {last}"
+        if self.granularity == "step":
+            where = f"approaches {peak:.3g}·ε_g by the end of epoch {last}"
+        return (
+            f"epochs are 0-based, so the last is {last} and ε(t) never reaches ε_g (it {where}); "
+            f"set T2 <= {last} to train at ε_g"
+        )
 
     def epsilon(
         self,

@@ -16,7 +16,9 @@ from rftbench.models import (
     with_normalization,
 )
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+EXPERIMENTS = REPO / "experiments.toml"
 CIFAR = SHARED / "data" / "cifar10-jpeg"
 RESNET20 = SHARED / "weights" / "resnet20-12fca82f.th"
 
@@ -45,3 +47,18 @@ def resnet20() -> torch.nn.Module:
 def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     with torch.no_grad():
         return (model(x).argmax(1) == y).float().mean().item()
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory) -> Path:
+    """The smoke grid, uninterrupted, through `rftbench run-grid` (in process): its database, runs/ beside."""
+    from typer.testing import CliRunner
+
+    from rftbench.cli import app
+
+    tmp = tmp_path_factory.mktemp("reference")
+    args = ["--experiments", str(EXPERIMENTS), "--db", str(tmp / "r.db"), "--runs-dir", str(tmp / "runs")]
+    result = CliRunner().invoke(app, ["run-grid", "--grid", "smoke", *args])
+    assert result.exit_code == 0, result.output
+    assert "3 completed, 0 failed" in result.output
+    return tmp / "r.db"

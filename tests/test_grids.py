@@ -200,3 +200,20 @@ def test_bad_flags_fail_with_one_line(tmp_path, args, message):
     result = CliRunner().invoke(app, ["run-grid", "--dry-run", "--experiments", str(EXPERIMENTS), *args])
     assert result.exit_code == 2
     assert message in result.output and result.output.count("\n") == 1, result.output
+
+
+def test_how_final_evaluations_are_measured_is_a_grid_setting_outside_the_run_id(tmp_path):
+    path = tmp_path / "e.toml"
+    path.write_text(
+        '[defaults]\neval_precision = "bf16"\n'
+        '[grids.a]\nbackbones = ["SWIN"]\ndatasets = ["Cars"]\neps = ["4/255"]\n'
+        '[grids.b]\nbackbones = ["SWIN"]\ndatasets = ["Cars"]\neps = ["4/255"]\neval_protocol = "monotone"\n'
+    )
+    experiments = load_experiments(path)
+    (a,), (b,) = experiments.jobs("a"), experiments.jobs("b")
+    assert (a.eval_protocol, a.eval_precision) == ("paper", "bf16")
+    assert (b.eval_protocol, b.eval_precision) == ("monotone", "bf16")
+    assert a.run_id == b.run_id  # one training, scored two ways: one run with two evaluation rows
+    only = {"backbones": ["SWIN"], "datasets": ["Cars"], "eps": ["4/255"], "settings": ["fix"]}
+    (paper,) = load_experiments(EXPERIMENTS).jobs("paper", **only)
+    assert (paper.eval_protocol, paper.eval_precision) == ("paper", "fp32")  # the defaults

@@ -1,6 +1,7 @@
 """The runner through its real entry points: the smoke grid end to end into SQLite, a SIGKILL mid-epoch
-then `rftbench resume` (equal to the uninterrupted run), SIGTERM, two processes on one database, re-runs,
-`evaluate`, `status`, and bad input that must leave the database as it was."""
+then `rftbench resume` (equal to the uninterrupted run), SIGTERM and Ctrl-C with loader workers, two
+processes on one database, re-runs, `evaluate` then `report`, a database and checkpoints left by release 0.1,
+`status`, and bad input that must leave the database as it was."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from rftbench.cli import app
 from rftbench.store import Store
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments.toml"
+V1 = Path(__file__).parent / "fixtures" / "v1_smoke"
 TIMING = {"id", "epoch_seconds", "images_per_second", "recorded_at"}
 SMOKE_EPOCHS = 3
 
@@ -74,7 +76,7 @@ def snapshot(db: Path) -> dict:
     out = {}
     for run in store.runs():
         epochs = [{k: v for k, v in e.model_dump().items() if k not in TIMING} for e in store.epochs(run.id)]
-        evals = [{k: v for k, v in e.model_dump().items() if k not in {"id", "created_at"}}
+        evals = [{k: v for k, v in e.model_dump().items() if k not in {"id", "created_at", "seconds"}}
                  for e in store.evaluations(run.id)]  # fmt: skip
         starts = [(a.threshold, a.start_epoch) for a in store.adaptation(run.id)]
         out[run.id] = (run.status, epochs, evals, starts)
@@ -92,16 +94,6 @@ def copy_db(source: Path, target: Path) -> Path:
     with sqlite3.connect(source) as src, sqlite3.connect(target) as dst:
         src.backup(dst)
     return target
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> Path:
-    """The smoke grid, uninterrupted, through `rftbench run-grid` (in process)."""
-    tmp = tmp_path_factory.mktemp("reference")
-    result = CliRunner().invoke(app, ["run-grid", "--grid", "smoke", *grid_args(tmp)])
-    assert result.exit_code == 0, result.output
-    assert "3 completed, 0 failed" in result.output
-    return tmp / "r.db"
 
 
 def test_smoke_grid_end_to_end(reference):
@@ -123,6 +115,11 @@ def test_smoke_grid_end_to_end(reference):
         assert evaluation.eps_grid == [f"{k}/255" for k in range(9)] and len(evaluation.accuracies) == 9
         assert evaluation.clean == evaluation.accuracies[0] and evaluation.adv == evaluation.accuracies[-1]
         assert evaluation.adv <= evaluation.eadv <= evaluation.clean
+        # how it was measured is on record: the paper protocol, in fp32, from the clean image
+        protocol = (evaluation.protocol, evaluation.precision, evaluation.norm, evaluation.restarts)
+        assert protocol == ("paper", "fp32", "Linf", 1) and not evaluation.random_start
+        assert evaluation.attacks_run > 0 and evaluation.seconds > 0
+        assert all(e.val_adv_subset == "stratified" for e in epochs)
         (adaptation,) = store.adaptation(run.id)
         first = next((e.epoch for e in epochs if e.val_acc > 0.2), SMOKE_EPOCHS)
         assert (adaptation.threshold, adaptation.start_epoch) == (0.2, first)
@@ -340,6 +337,152 @@ def test_truncated_or_foreign_checkpoint_fails_that_run_only_then_retry(referenc
     )
     assert retry.exit_code == 0 and "re-queued 2 failed run(s)" in retry.output, retry.output
     assert snapshot(db) == snapshot(reference)
+
+
+def report(db: Path, table: str = "main", *extra: str) -> str:
+    result = CliRunner().invoke(app, ["report", "--table", table, "--format", "csv", "--db", str(db), *extra])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def evaluate(db: Path, runs: Path, *args: str):
+    return CliRunner().invoke(app, ["evaluate", *args, "--db", str(db), "--runs-dir", str(runs)])
+
+
+def test_evaluate_then_report_leaves_every_table_as_it_was(reference, tmp_path):
+    db, runs = copy_db(reference, tmp_path / "r.db"), tmp_path / "runs"
+    shutil.copytree(reference.parent / "runs", runs)
+    tables = ("main", "averages", "ttest", "delay")
+    before, rows = {t: report(db, t) for t in tables}, snapshot(db)
+    fix = next(r for r in Store.open(str(db)).runs() if r.setting == "fix")
+    again = evaluate(db, runs, fix.id[:8])  # no flags: the run's own protocol, already stored as its final
+    assert again.exit_code == 0 and "already stored under this protocol: nothing measured" in again.output
+    assert snapshot(db) == rows and {t: report(db, t) for t in tables} == before
+    monotone = evaluate(db, runs, "--grid", "smoke", "--protocol", "monotone")
+    assert monotone.exit_code == 0 and monotone.output.count("stored 1 new evaluation row(s)") == 3
+    assert {t: report(db, t) for t in tables} == before  # the paper protocol is still what tables show
+    store = Store.open(str(db))
+    for run in store.runs():
+        kinds = {(e.kind, e.protocol) for e in store.evaluations(run.id)}
+        assert kinds == {("final", "paper"), ("extra", "monotone")}
+    chosen = report(db, "main", "--protocol", "monotone").splitlines()
+    adv = {line.split(",")[2]: float(line.split(",")[5]) for line in chosen if ",adv," in line}
+    paper = {
+        line.split(",")[2]: float(line.split(",")[5])
+        for line in before["main"].splitlines()
+        if ",adv," in line
+    }
+    assert adv.keys() == paper.keys() and all(adv[k] <= paper[k] for k in adv)  # a union of attacks
+    out = tmp_path / "main.md"
+    CliRunner().invoke(app, ["report", "--db", str(db), "--out", str(out)])
+    assert "test accuracies: APGD-CE ℓ∞ (3 steps), paper protocol (one attack per ε), clean start, fp32" in (
+        out.read_text()
+    )
+    listed = report(db, "evaluations")
+    assert listed.count(",monotone,") == 3 * 3 and listed.count(",paper,") == 3 * 3  # 3 metrics per row
+    mixed = CliRunner().invoke(
+        app, ["report", "--db", str(db), "--protocol", "monotone", "--compare", "paper"]
+    )
+    assert mixed.exit_code == 2 and "lines up against the paper protocol" in mixed.output
+
+
+def test_a_database_and_checkpoints_of_release_0_1_resume_complete_and_report(reference, tmp_path):
+    """tests/fixtures/v1_smoke was written by release 0.1 (see its script): standard completed (and its final
+    row relabelled by that release's `evaluate`), fix interrupted in epoch 1, sched pending."""
+    shutil.copytree(V1, tmp_path / "v1")
+    db, runs = tmp_path / "v1" / "v1.db", tmp_path / "v1" / "runs"
+    resumed = CliRunner().invoke(app, ["resume", "--db", str(db), "--runs-dir", str(runs)])
+    assert resumed.exit_code == 0, resumed.output
+    assert "2 run(s) to continue" in resumed.output and "2 completed, 0 failed" in resumed.output
+    old, new = snapshot(db), snapshot(reference)
+    standard, fix, sched = (r.id for r in Store.open(str(reference)).runs(grid="smoke"))
+    assert old.keys() == new.keys()  # the same run ids: nothing re-expanded, nothing duplicated
+    assert old[sched] == new[sched]  # all of it under this release: as an uninterrupted run of it
+    status, epochs, evaluations, starts = old[fix]  # epoch 0 under release 0.1, the rest under this one
+    assert (status, evaluations, starts) == new[fix][0:1] + new[fix][2:]
+    assert epochs[1:] == new[fix][1][1:]
+    v1_validation = {"val_adv_loss", "val_adv_acc", "val_adv_subset"}  # 0.1 attacked the first 50 images
+    strip = lambda row: {k: v for k, v in row.items() if k not in v1_validation}  # noqa: E731
+    assert strip(epochs[0]) == strip(new[fix][1][0]) and epochs[0]["val_adv_subset"] == "prefix"
+    # the standard run kept its 0.1 evaluations; the tables say it has none under the paper protocol yet
+    out = tmp_path / "main.md"
+    CliRunner().invoke(app, ["report", "--db", str(db), "--out", str(out)])
+    missing = (
+        "1 completed run(s) have no paper fp32 evaluation (they have: monotone APGD-3 fp32, monotone APGD-5"
+    )
+    assert missing in out.read_text()
+    added = evaluate(db, runs, "--grid", "smoke")
+    assert added.exit_code == 0 and added.output.count("stored 1 new evaluation row(s)") == 1, added.output
+    (paper,) = [e for e in snapshot(db)[standard][2] if e["protocol"] == "paper"]
+    (theirs,) = new[standard][2]
+    assert {**paper, "kind": "final"} == theirs  # its 0.1 final weights score what today's training does
+    assert report(db) == report(reference)
+
+
+def test_run_retries_a_failed_job_by_name(reference, tmp_path):
+    db, runs = copy_db(reference, tmp_path / "r.db"), tmp_path / "runs"
+    store = Store.open(str(db))
+    fix = next(r for r in store.runs() if r.setting == "fix")
+    with store.session() as session:  # interrupted after epoch 0, and its checkpoint damaged
+        session.get(type(fix), fix.id).status = "interrupted"
+        session.commit()
+    (runs / fix.id).mkdir(parents=True)
+    (runs / fix.id / "last.pt").write_bytes(b"not a checkpoint")
+    failed = CliRunner().invoke(app, ["resume", "--db", str(db), "--runs-dir", str(runs)])
+    assert failed.exit_code == 1 and Store.open(str(db)).run(fix.id).status == "failed"
+    (runs / fix.id / "last.pt").unlink()
+    job = ["--backbone", "cifar_resnet20", "--dataset", "synthetic", "--setting", "fix", "--eps", "8/255"]
+    args = ["run", *job, "--grid", "smoke", *grid_args(tmp_path, db)]
+    retried = CliRunner().invoke(app, args)
+    assert retried.exit_code == 0, retried.output
+    assert "retrying it (it failed with: CheckpointError: checkpoint" in retried.output
+    assert snapshot(db) == snapshot(reference)
+    assert Store.open(str(db)).run(fix.id).attempts == 3  # its first run, the failed resume, the retry
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_signal_to_the_process_group_with_loader_workers_interrupts(reference, tmp_path, sig):
+    """Ctrl-C in a terminal, or SIGTERM from a scheduler, reaches every process of the group: the loader
+    workers as well as the main process. The run must end `interrupted`, never `failed`."""
+    marker = tmp_path / "paused"
+    env = os.environ | {"PAUSE_AT_CALL": str(CALLS_PER_EPOCH + 3), "PAUSE_MARKER": str(marker)}
+    args = [
+        sys.executable,
+        "-c",
+        PAUSING_CLI,
+        "run-grid",
+        "--grid",
+        "smoke",
+        "--workers",
+        "2",
+        *grid_args(tmp_path),
+    ]
+    child = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             start_new_session=True)  # fmt: skip
+    try:
+        wait_for(marker, child)
+        os.killpg(child.pid, sig)
+        output, _ = child.communicate(timeout=120)
+    finally:
+        child.kill()
+    assert child.returncode == 130, output
+    assert "Traceback" not in output and "`rftbench resume` continues it" in output
+    store = Store.open(str(tmp_path / "r.db"), create=False)
+    assert not store.runs(states=("failed",))
+    (run,) = store.runs(states=("interrupted",))
+    assert run.setting == "standard" and "stopped by the user" in run.error
+    kept = [e.recorded_at for e in store.epochs(run.id)]
+    resumed = cli(
+        "resume", "--workers", "2", "--db", str(tmp_path / "r.db"), "--runs-dir", str(tmp_path / "runs")
+    )
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    # (not compared with `reference`: loader workers draw the augmentation from their own seeds, so a run's
+    # numbers depend on --workers, which is not part of its id; README, "Resuming")
+    store = Store.open(str(tmp_path / "r.db"), create=False)
+    assert [r.status for r in store.runs()] == ["completed"] * 3
+    assert [len(store.epochs(r.id)) for r in store.runs()] == [SMOKE_EPOCHS] * 3
+    assert [e.recorded_at for e in store.epochs(run.id)][: len(kept)] == kept
 
 
 def wait_for(marker: Path, child: subprocess.Popen, timeout: float = 120) -> None:
