@@ -443,6 +443,15 @@ def run_grid(
         console.print(f"re-queued {runner.store.requeue(ids)} failed run(s)")
     done = len(runner.store.completed_ids(ids))
     console.print(f"grid {grid}: {len(jobs)} runs ({new} new), {done} already completed")
+    lacking = runner.store.lacking_evaluation(jobs)
+    if lacking:
+        protocol, precision = jobs[0].eval_protocol, jobs[0].eval_precision
+        console.print(
+            f"[yellow]note:[/] {len(lacking)} completed run(s) have no {protocol} {precision} evaluation "
+            f"(scored by an earlier release or another grid): "
+            f"`rftbench evaluate --grid {grid} --protocol {protocol}` adds it",
+            highlight=False,
+        )
     if not runner.store.claimable(ids) and not runner.store.reap():
         failed = len(runner.store.runs(grid=grid, states=("failed",)))
         console.print(

@@ -558,6 +558,20 @@ class Store:
             query = select(Run.id).where(Run.id.in_(list(run_ids)), Run.status == "completed")
             return set(session.exec(query).all())
 
+    def lacking_evaluation(self, jobs: Sequence) -> list[str]:
+        """Completed runs of `jobs` with no evaluation row under their job's protocol and precision (scored
+        by an earlier release, or by a grid that asked for another protocol)."""
+        ids = [job.run_id for job in jobs]
+        with self.session() as session:
+            done = set(session.exec(select(Run.id).where(Run.id.in_(ids), Run.status == "completed")).all())
+            query = select(Evaluation.run_id, Evaluation.protocol, Evaluation.precision)
+            have = set(session.exec(query.where(Evaluation.run_id.in_(list(done)))).all())
+        return [
+            j.run_id
+            for j in jobs
+            if j.run_id in done and (j.run_id, j.eval_protocol, j.eval_precision) not in have
+        ]
+
     def claimable(self, run_ids: Sequence[str] | None = None) -> list[str]:
         """Ids of pending or interrupted runs, in the order given (else creation order)."""
         states = ("pending", "interrupted")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -62,3 +64,25 @@ def reference(tmp_path_factory) -> Path:
     assert result.exit_code == 0, result.output
     assert "3 completed, 0 failed" in result.output
     return tmp / "r.db"
+
+
+@pytest.fixture
+def read_only():
+    """Make a file or folder unwritable even for root (CI runs as root, to whom chmod 444 means nothing:
+    `chattr +i` is used there); undone after the test."""
+    made = []
+
+    def make(path: Path) -> Path:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "+i", str(path)], check=True)
+        else:
+            path.chmod(0o555 if path.is_dir() else 0o444)
+        made.append(path)
+        return path
+
+    yield make
+    for path in made:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+        else:
+            path.chmod(0o755 if path.is_dir() else 0o644)

@@ -8,7 +8,6 @@ import hashlib
 import os
 import shutil
 import sqlite3
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -40,6 +39,7 @@ def check(cases: list[tuple[list[str], str]], db: Path, runs: Path) -> None:
         assert output.startswith("error: ") and "\n" not in output, (args, output)
         assert message in output, (args, output)
         assert digest(db) == before, args
+        print(f"{' '.join(a if len(a) < 40 else '…' + a[-30:] for a in args[:4])} … → {output}")  # pytest -s
     assert not runs.exists()
 
 
@@ -49,6 +49,7 @@ def toml(tmp_path: Path, name: str, body: str) -> str:
     return str(path)
 
 
+SMOKE = ["run-grid", "--grid", "smoke", "--experiments", str(EXPERIMENTS)]
 GRID = '[grids.g]\nbackbones = ["cifar_resnet20"]\ndatasets = ["{dataset}"]\neps = ["8/255"]\nepochs = 1\n'
 
 
@@ -93,17 +94,7 @@ def test_experiments_files(db, tmp_path):
 
 def test_flags(db, tmp_path):
     runs = tmp_path / "runs"
-    smoke = [
-        "run-grid",
-        "--grid",
-        "smoke",
-        "--experiments",
-        str(EXPERIMENTS),
-        "--db",
-        str(db),
-        "--runs-dir",
-        str(runs),
-    ]
+    smoke = [*SMOKE, "--runs-dir", str(runs), "--db", str(db)]
     cases = [
         ([*smoke, "--eps", "8/0"], "--eps: cannot read budget '8/0'"),
         ([*smoke, "--device", "meta"], "device 'meta' is not usable here"),
@@ -230,28 +221,7 @@ def test_data_that_is_missing_empty_or_undecodable(db, tmp_path):
     check(cases, db, runs)
 
 
-@pytest.fixture
-def immutable():
-    """Unwritable even for root (CI runs as root, to whom chmod 444 means nothing)."""
-    made = []
-
-    def make(path: Path) -> Path:
-        if os.geteuid() == 0:
-            subprocess.run(["chattr", "+i", str(path)], check=True)
-        else:
-            path.chmod(0o444)
-        made.append(path)
-        return path
-
-    yield make
-    for path in made:
-        if os.geteuid() == 0:
-            subprocess.run(["chattr", "-i", str(path)], check=True)
-        else:
-            path.chmod(0o644)
-
-
-def test_databases_that_cannot_be_used(db, tmp_path, immutable):
+def test_databases_that_cannot_be_used(db, tmp_path, read_only):
     corrupt, empty, foreign, newer = (tmp_path / f"{n}.db" for n in ("corrupt", "empty", "foreign", "newer"))
     corrupt.write_bytes(os.urandom(8192))
     empty.touch()
@@ -260,18 +230,9 @@ def test_databases_that_cannot_be_used(db, tmp_path, immutable):
     shutil.copy(db, newer)
     with sqlite3.connect(newer) as connection:
         connection.execute("update schema_version set version = 99")
-    locked = immutable(Path(shutil.copy(db, tmp_path / "locked.db")))
+    locked = read_only(Path(shutil.copy(db, tmp_path / "locked.db")))
     runs = tmp_path / "runs"
-    smoke = [
-        "run-grid",
-        "--grid",
-        "smoke",
-        "--experiments",
-        str(EXPERIMENTS),
-        "--runs-dir",
-        str(runs),
-        "--db",
-    ]
+    smoke = [*SMOKE, "--runs-dir", str(runs), "--db"]
     cases = [
         (["status", "--db", "foo://x/y"], "unknown dialect 'foo'"),
         (

@@ -404,6 +404,9 @@ def test_a_database_and_checkpoints_of_release_0_1_resume_complete_and_report(re
     v1_validation = {"val_adv_loss", "val_adv_acc", "val_adv_subset"}  # 0.1 attacked the first 50 images
     strip = lambda row: {k: v for k, v in row.items() if k not in v1_validation}  # noqa: E731
     assert strip(epochs[0]) == strip(new[fix][1][0]) and epochs[0]["val_adv_subset"] == "prefix"
+    again = CliRunner().invoke(app, ["run-grid", "--grid", "smoke", *grid_args(tmp_path, db)])
+    assert again.exit_code == 0 and "nothing to run" in again.output
+    assert "1 completed run(s) have no paper fp32 evaluation (scored by an earlier release" in again.output
     # the standard run kept its 0.1 evaluations; the tables say it has none under the paper protocol yet
     out = tmp_path / "main.md"
     CliRunner().invoke(app, ["report", "--db", str(db), "--out", str(out)])

@@ -326,31 +326,6 @@ def test_processes_opening_a_v1_database_together_upgrade_it_once(tmp_path):
 # ---- bad databases: one line each, nothing created or changed ---------------------------------------------
 
 
-@pytest.fixture
-def read_only(tmp_path):
-    """Make a path unwritable even for root (CI runs as root, to whom chmod 444 means nothing)."""
-    made = []
-
-    def make(path: Path) -> Path:
-        if os.geteuid() == 0:
-            import subprocess
-
-            subprocess.run(["chattr", "+i", str(path)], check=True)
-        else:
-            path.chmod(0o555 if path.is_dir() else 0o444)
-        made.append(path)
-        return path
-
-    yield make
-    for path in made:
-        if os.geteuid() == 0:
-            import subprocess
-
-            subprocess.run(["chattr", "-i", str(path)], check=True)
-        else:
-            path.chmod(0o755 if path.is_dir() else 0o644)
-
-
 @pytest.mark.parametrize(
     "url, message",
     [
