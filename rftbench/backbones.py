@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -339,7 +340,8 @@ def check_weights_file(name: str, weights: str | Path | None = None) -> Path | N
         except WeightsUnavailable:
             raise
         except Exception as exc:  # torch, safetensors and state-dict errors: all mean "not this model's file"
-            reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+            text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()  # torch colours some of its messages
+            reason = text.splitlines()[0][:120] if text else type(exc).__name__
             raise unavailable(
                 get_backbone_spec(name), f"{file} does not load into {name} ({reason})"
             ) from None

@@ -188,8 +188,11 @@ def datasets(
         try:
             check_data(spec.name, path)
             found = "[green]yes[/]"
-        except (OSError, ValueError, RuntimeError):
-            found = f"[red]no[/] (set {env_var(spec.name)})"
+        except (OSError, ValueError, RuntimeError) as exc:
+            reason = escape(str(exc).split(";")[0].removeprefix(f"dataset {spec.name}: "))
+            found = f"[red]no[/]: {reason}" + (
+                "" if spec.name in roots else f" (or set {env_var(spec.name)})"
+            )
         where = str(path) if spec.default_root else "-"
         table.add_row(spec.name, str(spec.classes or "any"), spec.sizes, where, found, LAYOUTS[spec.name])
     console.print(table)
@@ -213,13 +216,20 @@ PRUNE = typer.Option(False, "--prune-checkpoints", help="delete a finished run's
 LEASE = typer.Option(120.0, "--lease-seconds", min=5, help="a claimed run's lease, renewed by a heartbeat")
 
 
-def open_store(db: str | None, *, create: bool = True):
+def open_store(db: str | None, *, create: bool = True, write: bool = True):
     from rftbench.store import Store, StoreError
 
     try:
-        return Store.open(db, create=create)
+        return Store.open(db, create=create, write=write)
     except StoreError as exc:
         fail(str(exc))
+
+
+def check_grid(store, grid: str | None) -> None:
+    """A --grid that names no grid of this database is a typo: say so instead of showing nothing."""
+    names = [g.name for g in store.grids()]
+    if grid is not None and grid not in names:
+        fail(f"no grid {grid!r} in this database; it has {', '.join(names) or 'none'}")
 
 
 def read_experiments(path: Path):
@@ -332,7 +342,7 @@ def existing_statuses(db: str | None, run_ids: list[str]) -> dict[str, str]:
     url = database_url(db)
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
         return {}
-    return open_store(db, create=False).status_of(run_ids)
+    return open_store(db, create=False, write=False).status_of(run_ids)
 
 
 def execute(runner, run_ids: list[str] | None) -> None:
@@ -633,8 +643,7 @@ def evaluate(
         fail(str(exc))
     runner = make_runner(runs_dir, device, workers, False, False, root, [], False, 120.0)
     runner.store = open_store(db, create=False)
-    if grid is not None and grid not in {g.name for g in runner.store.grids()}:
-        fail(f"no grid {grid!r} in this database; `rftbench status` lists them")
+    check_grid(runner.store, grid)
     if run_id is not None:
         runs = [runner.store.find_run(run_id)]
     else:
@@ -680,12 +689,10 @@ def status(
     """Runs by state, per-grid progress, and each failed run's error line."""
     from rftbench.store import STATES
 
-    store = open_store(db, create=False)
-    if grid is not None and grid not in {g.name for g in store.grids()}:
-        fail(
-            f"no grid {grid!r} in this database; it has {', '.join(g.name for g in store.grids()) or 'none'}"
-        )
-    store.reap()
+    store = open_store(db, create=False, write=False)
+    check_grid(store, grid)
+    if store.writable:  # a read-only database shows its runs as stored
+        store.reap()
     table = Table(title="grids", box=box.SIMPLE_HEAD)
     for column in ("grid", "runs", *STATES):
         table.add_column(column, no_wrap=True)
@@ -723,11 +730,8 @@ def check_out(out: Path | None) -> None:
 def load_results(db: str | None, grid: str | None, threshold: float | None, selection=None):
     from rftbench.report import Results, Selection
 
-    store = open_store(db, create=False)
-    if grid is not None and grid not in {g.name for g in store.grids()}:
-        fail(
-            f"no grid {grid!r} in this database; it has {', '.join(g.name for g in store.grids()) or 'none'}"
-        )
+    store = open_store(db, create=False, write=False)
+    check_grid(store, grid)
     return Results.from_store(store, grid=grid, threshold=threshold, selection=selection or Selection())
 
 

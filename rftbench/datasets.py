@@ -407,9 +407,12 @@ def check_data(name: str, root: str | Path | None = None, split_file: str | Path
     for split in ("train", "val", "test"):
         s = samples(name, root, split, split_file)
         if not s.paths:
-            raise DataNotFound(
-                f"dataset {name}: no images in its {split} split under {s.root}; expected {LAYOUTS[name]}"
+            where = (
+                f"split file {split_file}"
+                if split_file is not None
+                else f"{s.root}; expected {LAYOUTS[name]}"
             )
+            raise DataNotFound(f"dataset {name}: no images in its {split} split ({where})")
         for i, relative in enumerate(s.paths):
             path = s.root / relative
             if not path.is_file():

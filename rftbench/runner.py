@@ -304,9 +304,17 @@ class Runner:
             raise CheckpointError(f"run {run.id} is {run.status}, not completed: {fix}, then evaluate it")
         if not final.exists():
             raise CheckpointError(
-                f"run {run.id} has no final weights at {final}: pass the --runs-dir it ran with"
+                f"run {run.id} has no final weights at {final}: pass the --runs-dir it ran with, or put its "
+                f"final.pt back (--prune-checkpoints keeps it); its stored evaluations stay as they are"
             )
-        state = load_checkpoint(final)
+        try:
+            state = load_checkpoint(final)
+        except CheckpointError as exc:  # the general advice (delete it, rerun) cannot apply to a finished run
+            reason = str(exc).split("(", 1)[-1].split(")")[0]
+            raise CheckpointError(
+                f"the final weights {final} cannot be read ({reason}): restore them from a copy; "
+                f"run {run.id}'s stored evaluations stay as they are"
+            ) from None
         if RunConfig.from_json(state["config"]).run_id != run.id:
             raise CheckpointError(
                 f"{final} holds another run's weights ({state['run_id']}); it is not {run.id}"

@@ -210,20 +210,23 @@ def pid_alive(pid: int) -> bool:
 
 
 class Store:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self, engine: Engine, writable: bool = True) -> None:
+        self.engine, self.writable = engine, writable
 
     @classmethod
-    def open(cls, db: str | None = None, *, create: bool = True) -> Store:
+    def open(cls, db: str | None = None, *, create: bool = True, write: bool = True) -> Store:
         """Connect, create the schema if the database is new (`create`), upgrade one written by an earlier
-        release, and refuse a newer one. Every problem is a `StoreError` of one line naming the fix."""
+        release, and refuse a newer one. A SQLite file that cannot be written is opened read-only when the
+        caller only reads (`write=False`: reports, status). Every problem is a `StoreError` of one line."""
         url = database_url(db)
         path = sqlite_path(url)
-        if path is not None:
-            check_sqlite_file(path, create)
+        read_only = path is not None and check_sqlite_file(path, create, write)
+        target = url
+        if read_only:
+            target = f"sqlite:///file:{path.resolve()}?{read_only_mode(path)}&uri=true"
         try:
             engine = create_engine(
-                url, connect_args={"check_same_thread": False, "timeout": 60} if path is not None else {}
+                target, connect_args={"check_same_thread": False, "timeout": 60} if path is not None else {}
             )
         except sa.exc.NoSuchModuleError:
             raise StoreError(
@@ -239,14 +242,15 @@ class Store:
             raise StoreError(f"database URL {url!r} cannot be read ({first_line(exc)})") from None
         if path is not None:
             event.listen(engine, "connect", _sqlite_connect)
-            event.listen(engine, "begin", _sqlite_begin)
+            if not read_only:
+                event.listen(engine, "begin", _sqlite_begin)
         try:
-            upgrade(engine, url)
+            upgrade(engine, url, read_only)
         except StoreError:
             raise
         except Exception as exc:  # not a database, locked beyond the timeout, unreachable server, read-only
             raise StoreError(f"cannot open database {url}: {first_line(exc)}") from exc
-        return cls(engine)
+        return cls(engine, writable=not read_only)
 
     def session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
@@ -610,8 +614,9 @@ def run_row(config, paths: dict, eval_protocol: str = "paper", eval_precision: s
 # ---- opening and upgrading ---------------------------------------------------------------------------
 
 
-def check_sqlite_file(path: Path, create: bool) -> None:
-    """Problems with a SQLite path that SQLite itself reports badly (or only at the first write)."""
+def check_sqlite_file(path: Path, create: bool, write: bool = True) -> bool:
+    """Problems with a SQLite path that SQLite itself reports badly (or only at the first write); True when
+    the file must be opened read-only (it cannot be written, and the caller only reads)."""
     if path.is_dir():
         raise StoreError(f"database {path} is a directory: pass a file path with --db")
     if not path.exists():
@@ -621,29 +626,56 @@ def check_sqlite_file(path: Path, create: bool) -> None:
             raise StoreError(f"cannot create database {path}: folder {path.parent} does not exist")
         if not os.access(path.parent.resolve(), os.W_OK):
             raise StoreError(f"cannot create database {path}: folder {path.parent} is not writable")
-        return
+        return False
     if not os.access(path, os.R_OK):
         raise StoreError(f"database {path} is not readable (permission denied)")
     if not create and path.stat().st_size == 0:
         raise StoreError(f"database {path} is empty: it is not an rftbench database; pass another --db")
     if not os.access(path, os.W_OK) or not os.access(path.parent.resolve(), os.W_OK):
+        if not write and not create:
+            return True
         where = "file" if not os.access(path, os.W_OK) else f"folder {path.parent}"
         raise StoreError(
             f"database {path} is read-only ({where} not writable): rftbench needs write access to it and its "
             f"folder (for SQLite's -wal/-shm files); make them writable or work on a copy"
         )
+    return False
 
 
-def upgrade(engine: Engine, url: str) -> None:
+def read_only_mode(path: Path) -> str:
+    """How SQLite may read a file it cannot write: `mode=ro` where it can keep its -shm file beside it;
+    else `immutable=1`, which reads the main file alone, so it is refused while a -wal file holds changes."""
+    shm, wal = (path.with_name(f"{path.name}-{suffix}") for suffix in ("shm", "wal"))
+    if os.access(path.resolve().parent, os.W_OK) or shm.exists():
+        return "mode=ro"
+    if wal.exists() and wal.stat().st_size:
+        raise StoreError(
+            f"database {path} and its folder are read-only, and {wal} holds changes not yet in it: open it "
+            f"once with write access, or copy both files to a folder you can write"
+        )
+    return "immutable=1"
+
+
+def upgrade(engine: Engine, url: str, read_only: bool = False) -> None:
     """Create a new database's schema, or bring an earlier release's up to SCHEMA_VERSION (keeping a copy of
-    a SQLite file first) in one transaction; refuse a database written by a newer release."""
+    a SQLite file first) in one transaction; refuse a database written by a newer release. A read-only one
+    must already be at SCHEMA_VERSION."""
     with engine.connect() as connection:
         version = stored_version(connection)
+        if version is None and read_only and sa.inspect(connection).get_table_names():
+            raise StoreError(f"database {url} holds tables but none of rftbench's: use another --db")
     if version is not None and version > SCHEMA_VERSION:
         raise StoreError(
             f"database {url} has schema version {version}, this rftbench reads up to {SCHEMA_VERSION}: "
             f"upgrade rftbench (pip install -U rftbench) or use another --db"
         )
+    if read_only:
+        if version != SCHEMA_VERSION:
+            raise StoreError(
+                f"database {url} is read-only and {'empty' if version is None else f'at schema v{version}'}: "
+                f"open it once with write access, so this rftbench can upgrade it (a copy is kept)"
+            )
+        return
     path = sqlite_path(url)
     if version is not None and version < SCHEMA_VERSION and path is not None:
         backup = path.with_name(f"{path.name}.schema-v{version}.bak")

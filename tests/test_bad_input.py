@@ -259,6 +259,10 @@ def test_databases_that_cannot_be_used(db, tmp_path, read_only):
     before = {p: p.read_bytes() for p in (corrupt, empty, foreign, newer, locked)}
     check(cases, db, runs)
     assert {p: p.read_bytes() for p in before} == before and not (tmp_path / "none.db").exists()
+    for command in (["status"], ["report", "--table", "main"]):  # reading a read-only database works
+        result = CliRunner().invoke(app, [*command, "--db", str(locked)])
+        assert result.exit_code == 0 and "error" not in result.output, result.output
+    assert locked.read_bytes() == before[locked]
 
 
 def test_runs_grids_and_evaluations_that_do_not_exist_or_are_not_finished(db, tmp_path):

@@ -372,3 +372,29 @@ def test_files_that_are_not_usable_databases_give_one_line_and_stay_as_they_were
         assert message in str(info.value) and "\n" not in str(info.value), (path, str(info.value))
         assert (path.read_bytes() if path.is_file() else None) == before, path
     assert not (tmp_path / "none.db").exists()
+
+
+def test_a_database_that_cannot_be_written_is_read_by_readers_only(tmp_path, read_only):
+    db = tmp_path / "r.db"
+    store = Store.open(str(db))
+    store.record_run(Job(config(), "", 0, {}))
+    read_only(db)
+    reader = Store.open(str(db), create=False, write=False)
+    assert not reader.writable and [r.setting for r in reader.runs()] == ["fix"]
+    with pytest.raises(StoreError, match="is read-only \\(file not writable\\)"):
+        Store.open(str(db), create=False)  # a writer is refused before anything is written
+    folder, stale = tmp_path / "shared", tmp_path / "stale"  # folders that cannot hold SQLite's -shm file
+    folder.mkdir()
+    with sqlite3.connect(db) as source, sqlite3.connect(folder / "r.db") as copy:
+        source.backup(copy)
+    stale.mkdir()
+    shutil.copy(db, stale / "r.db")
+    (stale / "r.db-wal").write_bytes(b"changes not yet in the main file")
+    read_only(folder)
+    read_only(stale)
+    assert len(Store.open(str(folder / "r.db"), create=False, write=False).runs()) == 1
+    with pytest.raises(StoreError, match="holds changes not yet in it: open it once with write access"):
+        Store.open(str(stale / "r.db"), create=False, write=False)  # never a silently stale read
+    old = read_only(v1_copy(tmp_path))  # release 0.1's schema needs one upgrade, which needs write access
+    with pytest.raises(StoreError, match="is read-only and at schema v1: open it once with write access"):
+        Store.open(str(old), create=False, write=False)
