@@ -724,8 +724,10 @@ def _v1_to_v2(connection: Connection) -> None:
 
     op = Operations(MigrationContext.configure(connection))
     (old_key,) = sa.inspect(connection).get_unique_constraints("evaluation")
+    # SQLite cannot drop a constraint, so its table is rebuilt; elsewhere it is altered in place, which keeps
+    # the id sequence (a rebuilt PostgreSQL table restarted it under the copied ids)
     with op.batch_alter_table(
-        "evaluation", recreate="always", naming_convention={"uq": "uq_%(table_name)s_%(column_0_name)s"}
+        "evaluation", recreate="auto", naming_convention={"uq": "uq_%(table_name)s_%(column_0_name)s"}
     ) as batch:
         batch.drop_constraint(old_key["name"] or "uq_evaluation_run_id", type_="unique")
         for column in (
