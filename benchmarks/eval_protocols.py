@@ -29,16 +29,15 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    runner = Runner(
-        Store.open(args.db, create=False), RuntimeOptions(device=args.device), runs_dir=args.runs_dir
-    )
+    store = Store.open(args.db, create=False, write=False)  # measures only: nothing is stored
+    runner = Runner(store, RuntimeOptions(device=args.device), runs_dir=args.runs_dir)
     totals = {"paper": [0.0, 0], "monotone": [0.0, 0]}
     print(f"{'run':<17} {'setting':<9} {'budget':<7} {'protocol':<9} {'s (median)':>10} {'attacks':>8} "
           f"{'clean':>6} {'adv':>6} {'E.adv':>6}")  # fmt: skip
     for run in runner.store.runs(grid=args.grid, states=("completed",)):
         config = RunConfig.from_json(run.config)
         model, loader = runner.final_model(run)
-        budgets = list(config.eval_budgets) or [config.eps]
+        budgets = list(config.scored_budgets)
         seconds: dict[str, list[float]] = {"paper": [], "monotone": []}
         results = {}
         for i in range(args.repeat):
@@ -58,6 +57,8 @@ def main() -> None:
         attack_ratio = results["paper"]["attacks_run"] / max(results["monotone"]["attacks_run"], 1)
         print(f"{'':<17} paper / monotone: {time_ratio:.2f}× time, {attack_ratio:.2f}× attacks")
     (ps, pa), (ms, ma) = totals["paper"], totals["monotone"]
+    if not ms:
+        raise SystemExit(f"no completed run{f' in grid {args.grid}' if args.grid else ''} to evaluate")
     print(
         f"total: paper {ps:.2f} s, {pa} attacks; monotone {ms:.2f} s, {ma} attacks; "
         f"paper / monotone {ps / ms:.2f}× time, {pa / max(ma, 1):.2f}× attacks"

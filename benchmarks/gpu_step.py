@@ -23,7 +23,8 @@ from rftbench.attacks import apgd
 from rftbench.backbones import build_backbone
 from rftbench.config import RunConfig
 from rftbench.data import ImageTensorDataset, make_loader, train_transform
-from rftbench.trainer import AMP_DTYPES, train_one_epoch, warmup_cosine
+from rftbench.metrics import AUTOCAST
+from rftbench.trainer import train_one_epoch, warmup_cosine
 
 PAPER = ["ViT", "SWIN", "CNX", "R50", "ClipViT", "ClipCNX"]
 PEAK_TFLOPS = {"bf16": 989.0, "fp32": 67.0}
@@ -134,7 +135,7 @@ def main() -> None:
         model = build_backbone(name, 196, pretrained=False).to(args.device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
         for precision in ("fp32", "bf16"):
-            amp = AMP_DTYPES[precision]
+            amp = AUTOCAST[precision]
             clean = functools.partial(step, model, optimizer, x, y, 0.0, args.attack_steps, amp)
             adv = functools.partial(step, model, optimizer, x, y, 4 / 255, args.attack_steps, amp)
             t_clean, t_adv = timed(clean, args.repeats), timed(adv, args.repeats)

@@ -29,6 +29,7 @@ EXPECTED = {
     "rftbench.datasets": ("DataNotFound",),
     "rftbench.backbones": ("WeightsUnavailable",),
     "rftbench.checkpoint": ("CheckpointError",),
+    "rftbench.config": ("ConfigError",),
 }
 
 
@@ -454,12 +455,12 @@ def run_grid(
     done = len(runner.store.completed_ids(ids))
     console.print(f"grid {grid}: {len(jobs)} runs ({new} new), {done} already completed")
     lacking = runner.store.lacking_evaluation(jobs)
-    if lacking:
-        protocol, precision = jobs[0].eval_protocol, jobs[0].eval_precision
+    for protocol, precision in dict.fromkeys((j.eval_protocol, j.eval_precision) for j in lacking):
+        count = sum((j.eval_protocol, j.eval_precision) == (protocol, precision) for j in lacking)
+        flags = f"--protocol {protocol}" + (f" --precision {precision}" if precision != "fp32" else "")
         console.print(
-            f"[yellow]note:[/] {len(lacking)} completed run(s) have no {protocol} {precision} evaluation "
-            f"(scored by an earlier release or another grid): "
-            f"`rftbench evaluate --grid {grid} --protocol {protocol}` adds it",
+            f"[yellow]note:[/] {count} completed run(s) have no {protocol} {precision} evaluation (scored by "
+            f"an earlier release or another grid): `rftbench evaluate --grid {grid} {flags}` adds it",
             highlight=False,
         )
     if not runner.store.claimable(ids) and not runner.store.reap():
@@ -654,9 +655,7 @@ def evaluate(
         chosen = EvalProtocol(protocol=protocol, steps=steps or config.eval_attack_steps, precision=precision,
                               random_start=random_start, seed=seed)  # fmt: skip
         try:
-            result, added = runner.evaluate(
-                run_.id, budgets or list(config.eval_budgets) or [config.eps], chosen
-            )
+            result, added = runner.evaluate(run_.id, budgets or list(config.scored_budgets), chosen)
         except CheckpointError as exc:
             if run_id is not None:
                 raise
@@ -670,11 +669,12 @@ def evaluate(
         for row in result["budgets"]:
             table.add_row(row["budget"], *(f"{100 * row[k]:.2f}" for k in ("clean", "adv", "eadv")))
         console.print(table)
-        console.print(
-            f"stored {added} new evaluation row(s)"
-            if added
-            else "already stored under this protocol: nothing measured"
-        )
+        if added:
+            console.print(f"stored {added} new evaluation row(s)")
+        elif "seconds" in result:  # measured, while another process stored the same evaluation
+            console.print("measured, but another process stored this evaluation first: its rows are kept")
+        else:
+            console.print("already stored under this protocol: nothing measured")
     for line in skipped:
         console.print(f"[red]skipped[/] {line}", highlight=False)
     if skipped:

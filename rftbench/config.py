@@ -28,6 +28,7 @@ from fractions import Fraction
 from rftbench import schedules
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+PROTOCOLS = ("paper", "monotone")  # per-ε evaluation protocols (rftbench.metrics)
 # Every field of release 0.1 (database schema v1), hashed always and in this form: stored ids depend on it.
 IDENTITY_V1 = (
     "backbone", "dataset", "pretrained", "setting", "eps", "t1", "t2", "patience", "tolerance",
@@ -39,6 +40,10 @@ IDENTITY_V1 = (
 RENAMED: dict[str, str] = {}  # stored key -> the field that replaced it (same meaning, new name)
 RETIRED: dict[str, object] = {}  # removed field -> the only value a stored config may hold for it
 ATTACK_MODES = ("eval", "train")
+
+
+class ConfigError(ValueError):
+    """A stored run config this release cannot read (a newer release's key, a retired value): one line."""
 
 
 def parse_eps(value: str | float | int | Fraction) -> Fraction:
@@ -98,7 +103,7 @@ class RunConfig:
     val_subset: int = 0  # > 0: the same for the validation split
     test_subset: int = 0  # > 0: the same for the scored test split
     eval_budgets: tuple[str, ...] = ()  # empty: (eps,) for adversarial runs
-    val_adv_samples: int = 500  # per-epoch validation APGD runs on this fixed prefix of the val split
+    val_adv_samples: int = 500  # per-epoch validation APGD: a fixed subset covering every class (split_seed)
 
     def __post_init__(self) -> None:
         spec = schedules.ScheduleSpec(
@@ -146,6 +151,11 @@ class RunConfig:
         return float(parse_eps(self.eps))
 
     @property
+    def scored_budgets(self) -> tuple[str, ...]:
+        """The ε_g its evaluations are at: `eval_budgets`, else its own ε_g ("0/255" for a standard run)."""
+        return self.eval_budgets or (self.eps,)
+
+    @property
     def schedule(self) -> schedules.ScheduleSpec:
         return schedules.ScheduleSpec(
             setting=self.setting,
@@ -169,8 +179,7 @@ class RunConfig:
     def identity(self) -> dict:
         """What the run id hashes (module docstring): release 0.1's fields always, later ones off default."""
         values = self.to_dict()
-        field_of = {old: new for old, new in RENAMED.items()}
-        out = {key: RETIRED[key] if key in RETIRED else values[field_of.get(key, key)] for key in IDENTITY_V1}
+        out = {key: RETIRED[key] if key in RETIRED else values[RENAMED.get(key, key)] for key in IDENTITY_V1}
         for f in dataclasses.fields(self):
             if f.name not in IDENTITY_V1 and f.name not in RENAMED.values() and values[f.name] != f.default:
                 out[f.name] = values[f.name]
@@ -187,14 +196,14 @@ class RunConfig:
         data = {RENAMED.get(key, key): value for key, value in data.items()}
         for key, value in RETIRED.items():
             if key in data and data.pop(key) != value:
-                raise ValueError(
+                raise ConfigError(
                     f"run config sets {key}={value!r}, which this rftbench no longer supports; "
                     f"use the release that wrote it"
                 )
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"run config has unknown keys {', '.join(unknown)}: a newer rftbench wrote it, or a field "
                 f"was removed without a migration (rftbench.config.RETIRED); upgrade rftbench"
             )

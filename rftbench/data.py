@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.transforms import v2
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp")
@@ -88,6 +88,43 @@ class ImageTensorDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         return self.transform(self.images[index]), self.labels[index]
+
+
+def apportion(sizes: np.ndarray, n: int) -> np.ndarray:
+    """`n` split across groups in proportion to `sizes`, by the largest remainder (ties: earlier group)."""
+    quota = sizes * n / sizes.sum()
+    take = np.floor(quota).astype(int)
+    for i in np.argsort(-(quota - take), kind="stable")[: n - take.sum()]:
+        take[i] += 1
+    return take
+
+
+def covering_subsample(labels: list[int], n: int, seed: int) -> list[int]:
+    """`n` indices in which every class appears (when n >= the number of classes): one image of each class,
+    then the rest of `n` in proportion to the classes' remaining sizes (largest remainder), drawn per class
+    with a seeded generator; sorted. Fewer than one per class: one image of each of `n` seeded classes.
+    All indices when n >= len(labels)."""
+    if n >= len(labels):
+        return list(range(len(labels)))
+    labels_arr = np.asarray(labels)
+    classes, counts = np.unique(labels_arr, return_counts=True)
+    rng = np.random.default_rng(seed)
+    shuffled = [rng.permutation(np.flatnonzero(labels_arr == c)) for c in classes]
+    if n < len(classes):
+        return sorted(int(shuffled[c][0]) for c in rng.choice(len(classes), n, replace=False))
+    take = 1 + apportion(counts - 1, n - len(classes))
+    return sorted(int(i) for order, k in zip(shuffled, take) for i in order[:k])
+
+
+def covering_loader(loader: DataLoader, n: int, seed: int) -> DataLoader:
+    """The same loader over a fixed `covering_subsample` of its dataset (which must have `labels`, as
+    ImageTensorDataset does): the first `n` images of a split sorted by class would miss most classes."""
+    labels = getattr(loader.dataset, "labels", None)
+    if labels is None:
+        raise ValueError("the dataset needs a `labels` tensor to draw a subset covering every class")
+    subset = Subset(loader.dataset, covering_subsample(labels.tolist(), n, seed))
+    return DataLoader(subset, batch_size=loader.batch_size, num_workers=loader.num_workers,
+                      pin_memory=loader.pin_memory, worker_init_fn=loader.worker_init_fn)  # fmt: skip
 
 
 def ignore_stop_signals(worker_id: int) -> None:

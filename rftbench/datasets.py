@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rftbench.checkpoint import save_checkpoint
-from rftbench.data import IMAGE_SUFFIXES, ImageTensorDataset, decode_image, eval_transform
+from rftbench.data import IMAGE_SUFFIXES, ImageTensorDataset, apportion, decode_image, eval_transform
 
 SPLIT_SEED = 0  # default seed of every split rule and test subsample (RunConfig.split_seed stores it)
 SPLITS = ("train", "val", "test", "test_full")
@@ -59,34 +59,10 @@ def stratified_subsample(labels: list[int], n: int, seed: int = SPLIT_SEED) -> l
         return list(range(len(labels)))
     labels_arr = np.asarray(labels)
     classes, counts = np.unique(labels_arr, return_counts=True)
-    quota = counts * n / len(labels)
-    take = np.floor(quota).astype(int)
-    for i in np.argsort(-(quota - take), kind="stable")[: n - take.sum()]:
-        take[i] += 1
+    take = apportion(counts, n)
     rng = np.random.default_rng(seed)
     chosen = [rng.choice(np.flatnonzero(labels_arr == c), k, replace=False) for c, k in zip(classes, take)]
     return sorted(int(i) for i in np.concatenate(chosen))
-
-
-def covering_subsample(labels: list[int], n: int, seed: int = SPLIT_SEED) -> list[int]:
-    """`n` indices in which every class appears (when n >= the number of classes): one image of each class,
-    then the rest of `n` in proportion to the classes' remaining sizes (largest remainder), drawn per class
-    with a seeded generator; sorted. Fewer than one per class: one image of each of `n` seeded classes.
-    All indices when n >= len(labels)."""
-    if n >= len(labels):
-        return list(range(len(labels)))
-    labels_arr = np.asarray(labels)
-    classes, counts = np.unique(labels_arr, return_counts=True)
-    rng = np.random.default_rng(seed)
-    shuffled = [rng.permutation(np.flatnonzero(labels_arr == c)) for c in classes]
-    if n < len(classes):
-        return sorted(int(shuffled[c][0]) for c in rng.choice(len(classes), n, replace=False))
-    spare = counts - 1
-    quota = spare * (n - len(classes)) / spare.sum()
-    take = np.floor(quota).astype(int)
-    for i in np.argsort(-(quota - take), kind="stable")[: n - len(classes) - take.sum()]:
-        take[i] += 1
-    return sorted(int(i) for order, k in zip(shuffled, take + 1) for i in order[:k])
 
 
 def per_class_split(labels: list[int], counts: tuple[int, ...], seed: int = SPLIT_SEED) -> list[list[int]]:

@@ -29,9 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rftbench.backbones import BACKBONES
-from rftbench.config import RunConfig, eps_text, parse_eps
+from rftbench.config import PRECISIONS, PROTOCOLS, RunConfig, eps_text, parse_eps
 from rftbench.datasets import DATASETS
-from rftbench.metrics import AUTOCAST, PROTOCOLS
 from rftbench.schedules import SCHEDULES
 
 SETTING_KEYS = ("setting", "t1", "t2", "patience", "tolerance", "schedule_granularity")
@@ -58,7 +57,7 @@ ANALYSIS_KEYS = {
     "eval_protocol": str,
     "eval_precision": str,
 }
-EVALUATION_CHOICES = {"eval_protocol": PROTOCOLS, "eval_precision": tuple(AUTOCAST)}
+EVALUATION_CHOICES = {"eval_protocol": PROTOCOLS, "eval_precision": PRECISIONS}
 GRID_KEYS = {"description", "backbones", "datasets", "pairs", "settings", "eps", "seeds", "overrides"}
 PATH_KEYS = {"backbones": ("weights",), "datasets": ("root", "split_file")}
 TOP_KEYS = {"defaults", "overrides", "backbones", "datasets", "grids"}

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from rftbench.attacks import apgd, module_modes
-from rftbench.config import eps_text, parse_eps
+from rftbench.config import PRECISIONS, PROTOCOLS, eps_text, parse_eps
 
 
 def adaptation_start_epoch(
@@ -59,8 +59,7 @@ def expected_robustness(eps: Sequence[float | Fraction], accuracies: Sequence[fl
     return area / e[-1]
 
 
-PROTOCOLS = ("paper", "monotone")
-AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AUTOCAST = dict(zip(PRECISIONS, (None, torch.bfloat16, torch.float16)))  # precision -> autocast dtype
 
 
 @dataclass(frozen=True)

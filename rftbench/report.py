@@ -26,9 +26,9 @@ import pandas as pd
 from scipy import stats
 
 from rftbench.backbones import BACKBONES
-from rftbench.config import RunConfig, parse_eps
+from rftbench.config import PRECISIONS, PROTOCOLS, RunConfig, parse_eps
 from rftbench.datasets import DATASETS
-from rftbench.metrics import AUTOCAST, PROTOCOLS, adaptation_start_epoch
+from rftbench.metrics import EvalProtocol, adaptation_start_epoch
 from rftbench.schedules import SCHEDULES
 
 METRICS = {"clean": "Clean", "adv": "Adv.", "eadv": "E. adv."}
@@ -56,8 +56,9 @@ class ReportError(ValueError):
 
 @dataclass(frozen=True)
 class Selection:
-    """Which evaluation rows a report shows: one per-ε protocol and precision, APGD-CE ℓ∞ from the clean
-    image with one restart, and `steps` attack steps (None: each run's own `eval_attack_steps`)."""
+    """Which evaluation rows a report shows: per run, those measured under one `EvalProtocol` (a per-ε
+    protocol, a precision and `steps`, None meaning each run's own `eval_attack_steps`; APGD-CE ℓ∞ from the
+    clean image, one restart), at the run's own ε_g (a standard run: every budget it is scored at)."""
 
     protocol: str = "paper"
     precision: str = "fp32"
@@ -66,18 +67,22 @@ class Selection:
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
             raise ReportError(f"--protocol {self.protocol!r}: choose {' or '.join(PROTOCOLS)}")
-        if self.precision not in AUTOCAST:
-            raise ReportError(f"--precision {self.precision!r}: choose one of {', '.join(AUTOCAST)}")
+        if self.precision not in PRECISIONS:
+            raise ReportError(f"--precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
 
-    def matches(self, ev, config: RunConfig) -> bool:
-        return (ev.protocol, ev.precision, ev.attack, ev.norm, ev.restarts, ev.random_start) == (
-            self.protocol,
-            self.precision,
-            "apgd-ce",
-            "Linf",
-            1,
-            False,
-        ) and ev.steps == (self.steps or config.eval_attack_steps)
+    def rows(self, evaluations: list, config: RunConfig) -> list:
+        wanted = EvalProtocol(
+            self.protocol, steps=self.steps or config.eval_attack_steps, precision=self.precision
+        )
+        budgets = config.scored_budgets if config.eps_value == 0 else (config.eps,)
+        return [ev for ev in evaluations if ev.budget in budgets and ev.eval_protocol() == wanted]
+
+    def command(self) -> str:
+        """The `rftbench evaluate` that adds this selection's rows to a grid's completed runs."""
+        flags = f" --precision {self.precision}" if self.precision != "fp32" else ""
+        return f"rftbench evaluate --grid GRID --protocol {self.protocol}{flags}" + (
+            f" --steps {self.steps}" if self.steps else ""
+        )
 
     def label(self, steps: set[int]) -> str:
         per_eps = "one attack per ε" if self.protocol == "paper" else "early exit, a union of attacks"
@@ -154,16 +159,13 @@ class Results:
                 budgets = config.eval_budgets if config.eps_value == 0 else (config.eps,)
                 pending += [{**keys, "eps": b, "status": run.status, "run_id": run.id} for b in budgets]
                 continue
-            chosen = [ev for ev in rows.get(run.id, []) if selection.matches(ev, config)]
-            chosen = [
-                ev for ev in chosen if config.eps_value == 0 or ev.budget == config.eps
-            ]  # at its own ε_g
+            chosen = selection.rows(rows.get(run.id, []), config)
             if not chosen:
                 without[run.id] = {
                     f"{ev.protocol} APGD-{ev.steps} {ev.precision}" for ev in rows.get(run.id, [])
                 }
             for ev in chosen:
-                selected.append({**ev.model_dump(), "steps": ev.steps})
+                selected.append(ev.model_dump())
                 for metric in METRICS:
                     values.append(
                         {
@@ -218,7 +220,7 @@ def missing_note(without: dict[str, set], unread: list[str], selection: Selectio
         notes.append(
             f"{len(without)} completed run(s) have no {selection.protocol} {selection.precision} evaluation "
             f"(they have: {', '.join(have)}): "
-            f"`rftbench evaluate --grid GRID --protocol {selection.protocol}` adds it, or choose --protocol"
+            f"`{selection.command()}` adds it, or choose --protocol"
         )
     if unread:
         notes.append(

@@ -353,7 +353,7 @@ def stored_evaluation(rows: list, protocol: EvalProtocol) -> dict:
                 "accuracies": r.accuracies,
             }
             for r in rows
-        ],  # fmt: skip
+        ],
         "attacks_run": sum(r.attacks_run for r in rows),
         "protocol": protocol.as_dict(),
     }

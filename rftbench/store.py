@@ -28,6 +28,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy import JSON, Column, UniqueConstraint, event, func, update
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.pool import StaticPool
 from sqlmodel import Field, Session, SQLModel, create_engine, delete, select
 
 from rftbench.config import parse_eps
@@ -216,8 +217,9 @@ class Store:
     @classmethod
     def open(cls, db: str | None = None, *, create: bool = True, write: bool = True) -> Store:
         """Connect, create the schema if the database is new (`create`), upgrade one written by an earlier
-        release, and refuse a newer one. A SQLite file that cannot be written is opened read-only when the
-        caller only reads (`write=False`: reports, status). Every problem is a `StoreError` of one line."""
+        release, and refuse a newer one. A caller that only reads (`write=False`: reports, status, the
+        checks before a run) never writes a SQLite file: one it cannot write is opened read-only, and one of
+        an earlier release is read through an upgraded copy in memory. Every problem is one `StoreError`."""
         url = database_url(db)
         path = sqlite_path(url)
         read_only = path is not None and check_sqlite_file(path, create, write)
@@ -245,6 +247,11 @@ class Store:
             if not read_only:
                 event.listen(engine, "begin", _sqlite_begin)
         try:
+            if path is not None and not write:
+                with engine.connect() as connection:
+                    version = stored_version(connection)
+                if version is not None and version < SCHEMA_VERSION:
+                    return cls(upgraded_copy(path), writable=False)
             upgrade(engine, url, read_only)
         except StoreError:
             raise
@@ -410,9 +417,7 @@ class Store:
                 getattr(stored, k) == v for k, v in values.items() if k != "recorded_at"
             ):
                 return
-            dialect = self.engine.dialect.name
-            if dialect in ("sqlite", "postgresql"):
-                insert = __import__(f"sqlalchemy.dialects.{dialect}", fromlist=["insert"]).insert
+            if insert := upsert_insert(self.engine):
                 stmt = insert(EpochMetric).values(**values)
                 update_cols = {k: stmt.excluded[k] for k in values if k not in ("run_id", "epoch")}
                 session.exec(stmt.on_conflict_do_update(index_elements=["run_id", "epoch"], set_=update_cols))
@@ -458,9 +463,23 @@ class Store:
                     "seconds": evaluation.get("seconds"),
                     **protocol,
                 }
-                key = [getattr(Evaluation, k) == values[k] for k in EVALUATION_KEY]
-                if session.exec(select(Evaluation.id).where(*key)).first() is None:
-                    session.add(Evaluation(**values))
+                if insert := upsert_insert(self.engine):  # atomic: two evaluators of one run never collide
+                    stmt = (
+                        insert(Evaluation)
+                        .values(**values)
+                        .on_conflict_do_nothing(index_elements=EVALUATION_KEY)
+                        .returning(Evaluation.id)  # (psycopg gives no rowcount for ON CONFLICT)
+                    )
+                    added += len(session.exec(stmt).all())
+                elif (
+                    session.exec(
+                        select(Evaluation.id).where(
+                            *(getattr(Evaluation, k) == values[k] for k in EVALUATION_KEY)
+                        )
+                    ).first()
+                    is None
+                ):
+                    session.add(Evaluation(**values))  # portable fallback
                     added += 1
             session.commit()
         return added
@@ -562,19 +581,25 @@ class Store:
             query = select(Run.id).where(Run.id.in_(list(run_ids)), Run.status == "completed")
             return set(session.exec(query).all())
 
-    def lacking_evaluation(self, jobs: Sequence) -> list[str]:
-        """Completed runs of `jobs` with no evaluation row under their job's protocol and precision (scored
-        by an earlier release, or by a grid that asked for another protocol)."""
+    def lacking_evaluation(self, jobs: Sequence) -> list:
+        """The jobs whose run is completed but lacks an evaluation row under the job's protocol (its grid's
+        per-ε protocol and precision, the run's own steps) at a budget it is scored at: scored by an
+        earlier release, or by a grid that asked for another protocol. The rule reports select rows by."""
         ids = [job.run_id for job in jobs]
         with self.session() as session:
             done = set(session.exec(select(Run.id).where(Run.id.in_(ids), Run.status == "completed")).all())
-            query = select(Evaluation.run_id, Evaluation.protocol, Evaluation.precision)
-            have = set(session.exec(query.where(Evaluation.run_id.in_(list(done)))).all())
-        return [
-            j.run_id
-            for j in jobs
-            if j.run_id in done and (j.run_id, j.eval_protocol, j.eval_precision) not in have
-        ]
+            rows = session.exec(select(Evaluation).where(Evaluation.run_id.in_(list(done)))).all()
+        have = {(e.run_id, e.budget, e.eval_protocol()) for e in rows}
+        lacking = []
+        for job in jobs:
+            wanted = EvalProtocol(
+                job.eval_protocol, steps=job.config.eval_attack_steps, precision=job.eval_precision
+            )
+            if job.run_id in done and any(
+                (job.run_id, b, wanted) not in have for b in job.config.scored_budgets
+            ):
+                lacking.append(job)
+        return lacking
 
     def claimable(self, run_ids: Sequence[str] | None = None) -> list[str]:
         """Ids of pending or interrupted runs, in the order given (else creation order)."""
@@ -590,6 +615,13 @@ class Store:
     def status_of(self, run_ids: Iterable[str]) -> dict[str, str]:
         with self.session() as session:
             return dict(session.exec(select(Run.id, Run.status).where(Run.id.in_(list(run_ids)))).all())
+
+
+def upsert_insert(engine: Engine):
+    """The dialect's INSERT that takes ON CONFLICT clauses (SQLite, PostgreSQL), else None."""
+    if engine.dialect.name not in ("sqlite", "postgresql"):
+        return None
+    return __import__(f"sqlalchemy.dialects.{engine.dialect.name}", fromlist=["insert"]).insert
 
 
 def run_row(config, paths: dict, eval_protocol: str = "paper", eval_precision: str = "fp32") -> Run:
@@ -640,6 +672,22 @@ def check_sqlite_file(path: Path, create: bool, write: bool = True) -> bool:
             f"folder (for SQLite's -wal/-shm files); make them writable or work on a copy"
         )
     return False
+
+
+def upgraded_copy(path: Path) -> Engine:
+    """An earlier release's SQLite file copied into memory and upgraded there: what a command that only
+    reads sees, so that it never changes the file (the first command that writes upgrades it in place)."""
+    memory = create_engine("sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False})
+    event.listen(memory, "connect", _sqlite_connect)
+    event.listen(memory, "begin", _sqlite_begin)
+    source = sqlite3.connect(f"file:{path.resolve()}?{read_only_mode(path)}", uri=True)
+    try:
+        with memory.connect() as connection:
+            source.backup(connection.connection.driver_connection)
+    finally:
+        source.close()
+    upgrade(memory, "sqlite://")
+    return memory
 
 
 def read_only_mode(path: Path) -> str:

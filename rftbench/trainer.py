@@ -22,15 +22,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Subset
 
 from rftbench.attacks import apgd
 from rftbench.checkpoint import resume_training, save_checkpoint, training_state
 from rftbench.config import RunConfig, RuntimeOptions, eps_text, parse_eps
-from rftbench.datasets import covering_subsample
-from rftbench.metrics import EvalProtocol, evaluate_budgets
-
-AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+from rftbench.data import covering_loader
+from rftbench.metrics import AUTOCAST, EvalProtocol, evaluate_budgets
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float) -> Callable[[int], float]:
@@ -84,19 +81,6 @@ def train_one_epoch(net, loader, optimizer, scheduler, scaler, eps_at, config, d
     }
 
 
-def adversarial_subset(loader: DataLoader, config: RunConfig) -> DataLoader:
-    """The loader's first `val_adv_samples` images would miss most classes of a split sorted by class: this
-    is a fixed subset covering every class instead, drawn from `split_seed` (the loader's dataset must have
-    `labels`, as ImageTensorDataset does)."""
-    labels = getattr(loader.dataset, "labels", None)
-    if labels is None:
-        raise ValueError("the validation dataset needs a `labels` tensor to draw its adversarial subset")
-    index = covering_subsample(labels.tolist(), config.val_adv_samples, config.split_seed)
-    subset = Subset(loader.dataset, index)
-    return DataLoader(subset, batch_size=loader.batch_size, num_workers=loader.num_workers,
-                      pin_memory=loader.pin_memory, worker_init_fn=loader.worker_init_fn)  # fmt: skip
-
-
 @torch.no_grad()
 def validate(net, loader, adv_loader, eps, steps, device, amp, fmt) -> dict:
     """Clean loss/accuracy on `loader`; APGD loss/accuracy at `eps` on `adv_loader` (when eps > 0)."""
@@ -132,7 +116,7 @@ def train(
 ) -> dict:
     """Fine-tune `model` under `config`, then evaluate it on `test_loader` under `evaluation` (default: the
     paper protocol with the run's `eval_attack_steps`, fp32); returns the final evaluation."""
-    device, amp = torch.device(runtime.device), AMP_DTYPES[config.precision]
+    device, amp = torch.device(runtime.device), AUTOCAST[config.precision]
     fmt = torch.channels_last if runtime.channels_last else torch.contiguous_format
     model.to(device=device, memory_format=fmt)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -149,7 +133,8 @@ def train(
         metrics.setdefault("val_adv_subset", "prefix" if metrics["val_adv_acc"] is not None else None)  # v0.1
         callback(metrics)
     net = torch.compile(model) if runtime.compile else model
-    val_eps, val_adv_loader = val_adv_budget(config), adversarial_subset(val_loader, config)
+    val_eps = val_adv_budget(config)
+    val_adv_loader = covering_loader(val_loader, config.val_adv_samples, config.split_seed)
 
     for epoch in range(len(history), config.epochs):
         torch.manual_seed(epoch_seed(config.seed, epoch))

@@ -291,3 +291,36 @@ def test_runs_grids_and_evaluations_that_do_not_exist_or_are_not_finished(db, tm
         ),
     ]
     check(cases, db, runs)
+
+
+def test_runs_whose_config_a_newer_release_wrote(db, tmp_path):
+    """A stored config with a key this release does not know: refused in one line, never read otherwise."""
+    with sqlite3.connect(db) as connection:
+        connection.execute("""update run set config = json_insert(config, '$.future_knob', 1)""")
+        connection.execute("""update run set status = 'interrupted' where setting = 'fix'""")
+        standard = connection.execute("select id from run where setting = 'standard'").fetchone()[0]
+    runs = tmp_path / "runs"
+    at = ["--db", str(db), "--runs-dir", str(runs)]
+    unknown = "run config has unknown keys future_knob: a newer rftbench wrote it"
+    check(
+        [(["resume", *at], unknown), (["evaluate", standard[:8], "--eps", "4/255", *at], unknown)], db, runs
+    )
+    shown = CliRunner().invoke(app, ["report", "--db", str(db)])  # reports name them instead
+    assert shown.exit_code == 2 and "error: no results at ε_g" in shown.output
+
+
+def test_an_earlier_releases_database_is_left_as_it_was_by_bad_input_and_by_readers(tmp_path):
+    """Bad input, a dry run, reports and status against a release-0.1 database: the file stays byte for
+    byte (no upgrade, no copy beside it) until a command that writes opens it."""
+    shutil.copytree(Path(__file__).parent / "fixtures" / "v1_smoke", tmp_path / "v1")
+    db, runs = tmp_path / "v1" / "v1.db", tmp_path / "v1" / "runs"
+    before, files = db.read_bytes(), sorted(p.name for p in db.parent.iterdir())
+    grid = toml(tmp_path, "d.toml", GRID.format(dataset="imagefolder") + "pretrained = false\n")
+    at = ["--db", str(db), "--runs-dir", str(runs)]
+    check([(["run-grid", "--grid", "g", "--experiments", grid, "--root", f"imagefolder={tmp_path}", *at],
+            "no images in its train split")], db, tmp_path / "none")  # fmt: skip
+    dry_run = ["run-grid", "--grid", "smoke", "--experiments", str(EXPERIMENTS), "--dry-run"]
+    for command in (dry_run, ["status"], ["report", "--table", "evaluations"]):
+        result = CliRunner().invoke(app, [*command, "--db", str(db)])
+        assert result.exit_code == 0 and "error" not in result.output, (command, result.output)
+    assert db.read_bytes() == before and sorted(p.name for p in db.parent.iterdir()) == files

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from rftbench.cli import app
 from rftbench.config import RunConfig
 from rftbench.grids import Job
 from rftbench.metrics import EvalProtocol
-from rftbench.report import Results, build, render
+from rftbench.report import Results, Selection, build, render
 from rftbench.store import Store
 
 PAPER_CSV = Path(__file__).resolve().parents[1].parent / "shared" / "paper" / "results.csv"
@@ -298,3 +299,26 @@ def test_report_errors_are_one_line(db, tmp_path):
         )
     missing = CliRunner().invoke(app, ["report", "--db", str(tmp_path / "none.db")])
     assert missing.exit_code == 2 and "not found" in missing.output
+
+
+def test_rows_of_another_protocol_or_budget_never_reach_a_table(db, tmp_path):
+    """Extra rows (another budget of a standard run, a random start, bf16) are shown by `evaluations` only;
+    the tables and the note about missing rows follow one rule."""
+    path = tmp_path / "r.db"
+    shutil.copy(db, path)
+    store = Store.open(str(path))
+    standard = next(r for r in store.runs(grid="sweep") if r.setting == "standard")
+    before = build("main", Results.from_store(store, grid="sweep"))
+    store.add_evaluation(standard.id, evaluation("2/255", 88.1, 5.0, 40.0), kind="extra")  # another budget
+    store.add_evaluation(
+        standard.id, evaluation("4/255", 88.1, 0.0, 1.0, random_start=True, seed=3), kind="extra"
+    )
+    store.add_evaluation(standard.id, evaluation("4/255", 88.1, 0.0, 1.0, precision="bf16"), kind="extra")
+    after = build("main", Results.from_store(store, grid="sweep"))
+    assert [s.title for s in after] == [s.title for s in before]  # no section at 2/255
+    assert all(a.table.equals(b.table) for a, b in zip(after, before))
+    bf16 = Results.from_store(store, grid="sweep", selection=Selection(precision="bf16"))
+    assert (
+        "have no paper bf16 evaluation" in bf16.missing
+        and "--protocol paper --precision bf16" in bf16.missing
+    )

@@ -276,6 +276,8 @@ def schema(path: Path) -> dict:
 
 
 def test_an_upgraded_schema_equals_a_new_one(tmp_path):
+    """Tables, columns (names, types, nullability), unique constraints, indexes and foreign keys; the columns
+    a migration adds keep the server defaults that filled the existing rows."""
     db = v1_copy(tmp_path)
     Store.open(str(db))
     Store.open(str(tmp_path / "new.db"))
@@ -395,6 +397,18 @@ def test_a_database_that_cannot_be_written_is_read_by_readers_only(tmp_path, rea
     assert len(Store.open(str(folder / "r.db"), create=False, write=False).runs()) == 1
     with pytest.raises(StoreError, match="holds changes not yet in it: open it once with write access"):
         Store.open(str(stale / "r.db"), create=False, write=False)  # never a silently stale read
-    old = read_only(v1_copy(tmp_path))  # release 0.1's schema needs one upgrade, which needs write access
-    with pytest.raises(StoreError, match="is read-only and at schema v1: open it once with write access"):
-        Store.open(str(old), create=False, write=False)
+    old = read_only(v1_copy(tmp_path))  # release 0.1's schema: read through an upgraded copy in memory
+    seen = Store.open(str(old), create=False, write=False)
+    assert [r.eval_protocol for r in seen.runs()] == ["monotone", "paper", "paper"] and not seen.writable
+
+
+def test_readers_of_an_earlier_releases_database_never_write_it(tmp_path):
+    """Reports, status and the checks before a run see the upgrade through a copy in memory: the file, its
+    folder and its schema stay as they were until a command that writes opens it."""
+    db = v1_copy(tmp_path)
+    before, files = db.read_bytes(), sorted(p.name for p in db.parent.iterdir())
+    reader = Store.open(str(db), create=False, write=False)
+    assert {e.protocol for r in reader.runs() for e in reader.evaluations(r.id)} == {"monotone"}
+    assert db.read_bytes() == before and sorted(p.name for p in db.parent.iterdir()) == files
+    Store.open(str(db), create=False)  # a writer upgrades it in place
+    assert rows(db)["schema_version"].keys() == {(2,)}

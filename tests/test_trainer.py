@@ -14,6 +14,7 @@ from rftbench import RunConfig, RuntimeOptions, train
 from rftbench.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from rftbench.data import (
     ImageTensorDataset,
+    covering_loader,
     decode_image_folder,
     eval_transform,
     make_loader,
@@ -21,7 +22,6 @@ from rftbench.data import (
 )
 from rftbench.metrics import EvalProtocol
 from rftbench.models import with_normalization
-from rftbench.trainer import adversarial_subset
 
 CONFIG = RunConfig(backbone="test_resnet", dataset="cifar10-jpeg", setting="sched", eps="8/255", t1=0.5, t2=1,
                    schedule_granularity="step", epochs=2, batch_size=32, lr=1e-3, warmup_epochs=0.5,
@@ -182,15 +182,16 @@ def test_gpu_options_run_on_cpu_too(data):
 def test_adversarial_validation_covers_every_class_and_is_fixed_by_the_split_seed(data):
     """The first images of a split sorted by class would cover only some classes (here: 3 of 10)."""
     loader = make_loader(data["val"], 32, shuffle=False)
-    config = RunConfig(**{**CONFIG.to_dict(), "val_adv_samples": 20, "eval_budgets": CONFIG.eval_budgets})
-    labels = lambda cfg: torch.cat([y for _, y in adversarial_subset(loader, cfg)])  # noqa: E731
-    chosen = labels(config)
-    assert len(chosen) == 20 and torch.bincount(chosen, minlength=10).tolist() == [2] * 10
+
+    def drawn(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        batches = list(covering_loader(loader, 20, seed))
+        return torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
+
+    images, labels = drawn(CONFIG.split_seed)
+    assert len(labels) == 20 and torch.bincount(labels, minlength=10).tolist() == [2] * 10
     assert set(data["val"].labels[:20].tolist()) == {0, 1, 2}  # what the old prefix took
-    assert torch.equal(labels(config), chosen)
-    other = RunConfig(**{**config.to_dict(), "split_seed": 1, "eval_budgets": CONFIG.eval_budgets})
-    assert not torch.equal(torch.cat([x for x, _ in adversarial_subset(loader, other)]),
-                           torch.cat([x for x, _ in adversarial_subset(loader, config)]))  # fmt: skip
+    assert torch.equal(drawn(CONFIG.split_seed)[0], images)  # fixed by the split seed
+    assert not torch.equal(drawn(CONFIG.split_seed + 1)[0], images)
 
 
 def test_a_checkpoint_holding_four_gpus_rng_states_resumes(uninterrupted, data, tmp_path):
