@@ -21,6 +21,7 @@ import json
 import os
 import socket
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -710,7 +711,7 @@ def upgrade(engine: Engine, url: str, read_only: bool = False) -> None:
     must already be at SCHEMA_VERSION."""
     with engine.connect() as connection:
         version = stored_version(connection)
-        if version is None and read_only and sa.inspect(connection).get_table_names():
+        if version is None and sa.inspect(connection).get_table_names():
             raise StoreError(f"database {url} holds tables but none of rftbench's: use another --db")
     if version is not None and version > SCHEMA_VERSION:
         raise StoreError(
@@ -725,6 +726,8 @@ def upgrade(engine: Engine, url: str, read_only: bool = False) -> None:
             )
         return
     path = sqlite_path(url)
+    if path is not None:  # ours, or new: readers never block the writer (before any transaction, as required)
+        wal_mode(engine)
     if version is not None and version < SCHEMA_VERSION and path is not None:
         backup = path.with_name(f"{path.name}.schema-v{version}.bak")
         if not backup.exists():
@@ -744,12 +747,26 @@ def upgrade(engine: Engine, url: str, read_only: bool = False) -> None:
                 MIGRATIONS[step](connection)
             if version < SCHEMA_VERSION:
                 connection.execute(sa.update(SchemaVersion.__table__).values(version=SCHEMA_VERSION))
-    if path is not None:  # readers never block the writer; outside any transaction, as SQLite requires
-        raw = engine.raw_connection()
-        try:
-            raw.cursor().execute("PRAGMA journal_mode=WAL")
-        finally:
-            raw.close()
+
+
+def wal_mode(engine: Engine, seconds: float = 60.0) -> None:
+    """Switch a SQLite file to WAL mode (it persists: later calls change nothing). The switch needs an
+    exclusive lock, which SQLite refuses at once, without waiting, while another process's transaction on
+    the still rollback-journalled file could deadlock with it (several processes creating one database):
+    so it is retried."""
+    raw = engine.raw_connection()
+    try:
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                raw.cursor().execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+    finally:
+        raw.close()
 
 
 def stored_version(connection: Connection) -> int | None:
