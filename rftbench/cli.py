@@ -451,7 +451,7 @@ def run_grid(
         source=str(experiments.resolve()),
     )
     if retry_failed:
-        console.print(f"re-queued {runner.store.requeue(ids)} failed run(s)")
+        console.print(f"re-queued {runner.queue.requeue(ids)} failed run(s)")
     done = len(runner.store.completed_ids(ids))
     console.print(f"grid {grid}: {len(jobs)} runs ({new} new), {done} already completed")
     lacking = runner.store.lacking_evaluation(jobs)
@@ -463,7 +463,7 @@ def run_grid(
             f"an earlier release or another grid): `rftbench evaluate --grid {grid} {flags}` adds it",
             highlight=False,
         )
-    if not runner.store.claimable(ids) and not runner.store.reap():
+    if not runner.queue.claimable(ids) and not runner.queue.reap():
         failed = len(runner.store.runs(grid=grid, states=("failed",)))
         console.print(
             "nothing to run" + (f": {failed} failed run(s) wait for --retry-failed" if failed else "")
@@ -575,7 +575,7 @@ def run(
         console.print("nothing to run: it is completed (`rftbench evaluate` scores it again)")
         return
     if stored.status == "failed":  # asked for by name: run it again
-        runner.store.requeue([job.run_id])
+        runner.queue.requeue([job.run_id])
         console.print(f"retrying it (it failed with: {stored.error})", highlight=False)
     execute(runner, [job.run_id])
 
@@ -601,8 +601,8 @@ def resume(
     # the data and weights of every unfinished run first: a problem leaves the database as it was
     unfinished = runner.store.runs(states=("pending", "interrupted", "running"))
     preflight(runner, [(RunConfig.from_json(r.config), r.paths) for r in unfinished])
-    reaped = runner.store.reap()
-    todo = runner.store.claimable()
+    reaped = runner.queue.reap()
+    todo = runner.queue.claimable()
     console.print(f"{len(todo)} run(s) to continue ({reaped} found interrupted now)")
     if todo:
         execute(runner, None)
@@ -687,12 +687,13 @@ def status(
     grid: str | None = typer.Option(None, "--grid", help="only this grid"),
 ) -> None:
     """Runs by state, per-grid progress, and each failed run's error line."""
+    from rftbench.jobqueue import JobQueue
     from rftbench.store import STATES
 
     store = open_store(db, create=False, write=False)
     check_grid(store, grid)
     if store.writable:  # a read-only database shows its runs as stored
-        store.reap()
+        JobQueue(store).reap()
     table = Table(title="grids", box=box.SIMPLE_HEAD)
     for column in ("grid", "runs", *STATES):
         table.add_column(column, no_wrap=True)
@@ -706,7 +707,9 @@ def status(
     for run_ in store.runs(grid=grid, states=("running",)):
         console.print(
             f"[yellow]running[/] {run_.id} {run_.backbone}/{run_.dataset} {run_.setting} {run_.eps} "
-            f"on {run_.host} (pid {run_.pid}), {len(store.epochs(run_.id))}/{run_.epochs} epochs"
+            f"held by {run_.worker or 'a worker'} on {run_.host} (pid {run_.pid}), "
+            f"{len(store.epochs(run_.id))}/{run_.epochs} epochs, lease until "
+            f"{run_.lease_expires_at:%H:%M:%S} UTC"
         )
     for run_ in store.runs(grid=grid, states=("failed",)):
         console.print(

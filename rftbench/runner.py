@@ -19,7 +19,6 @@ import platform
 import subprocess
 import threading
 import traceback
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,15 +30,12 @@ from rftbench.checkpoint import CheckpointError, load_checkpoint
 from rftbench.config import RunConfig, RuntimeOptions
 from rftbench.data import ImageTensorDataset, eval_transform, make_loader, train_transform
 from rftbench.datasets import build_dataset, check_data, env_var, stratified_subsample
+from rftbench.jobqueue import JobQueue, LeaseLost, Worker
 from rftbench.metrics import EvalProtocol, evaluate_budgets
-from rftbench.store import Run, Store, this_process
+from rftbench.store import Run, Store
 from rftbench.trainer import train
 
 LEASE_SECONDS = 120.0
-
-
-class LeaseLost(RuntimeError):
-    """Another runner took this run over (its lease had expired): stop without touching its state."""
 
 
 def resolve_paths(config: RunConfig, stored: dict, roots: dict, weights: dict) -> dict:
@@ -130,17 +126,17 @@ def one_line(exc: BaseException) -> str:
 
 
 class Heartbeat(threading.Thread):
-    """Renews a run's lease every quarter lease; `lost` turns True if the store says we no longer hold it."""
+    """Renews a run's lease every quarter lease; `lost` turns True if the queue says we no longer hold it."""
 
-    def __init__(self, store: Store, run_id: str, owner: str, lease_seconds: float) -> None:
+    def __init__(self, queue: JobQueue, run_id: str, worker: Worker, lease_seconds: float) -> None:
         super().__init__(daemon=True)
-        self.store, self.run_id, self.owner, self.lease_seconds = store, run_id, owner, lease_seconds
+        self.queue, self.run_id, self.worker, self.lease_seconds = queue, run_id, worker, lease_seconds
         self.stop, self.lost = threading.Event(), False
 
     def run(self) -> None:
         while not self.stop.wait(self.lease_seconds / 4):
             try:
-                self.lost = not self.store.heartbeat(self.run_id, self.owner, self.lease_seconds)
+                self.lost = not self.queue.heartbeat(self.run_id, self.worker, self.lease_seconds)
             except Exception:  # a busy database: the next beat retries; the lease has slack for it
                 continue
 
@@ -172,6 +168,15 @@ class Runner:
     prune: bool = False  # delete a finished run's last.pt (final.pt, the final weights, stays)
     progress: Progress = field(default_factory=Progress)
     stopping: threading.Event = field(default_factory=threading.Event)  # set by whoever stops us (Ctrl-C)
+    stop_reason: str = "stopped by the user (Ctrl-C / SIGTERM)"  # stored with the interrupted run
+    worker: Worker = field(default_factory=Worker)  # who claims: `status` shows its label
+    # Wait, once nothing is left to claim, for runs other workers hold, and take over those whose worker
+    # died (its lease expires): what an executor's workers do; `run-grid` alone returns at once.
+    wait_for_others: bool = False
+
+    @property
+    def queue(self) -> JobQueue:
+        return JobQueue(self.store)
 
     def loader(self, data, config: RunConfig, shuffle: bool):
         return make_loader(
@@ -193,34 +198,36 @@ class Runner:
 
     def run(self, run_ids: list[str] | None = None) -> Summary:
         """Claim and execute runs (of `run_ids`, in order; None: all) until none is left to claim."""
-        host, pid = this_process()
-        owner = f"{host}:{pid}:{uuid.uuid4().hex[:8]}"
-        summary, done = Summary(), 0
-        while True:
-            self.store.reap()
-            candidates = self.store.claimable(run_ids)
+        summary, done, queue = Summary(), 0, self.queue
+        while not self.stopping.is_set():
+            queue.reap()
+            candidates = queue.claimable(run_ids)
             if not candidates:
-                return summary
-            run = self.store.claim(owner, candidates, self.lease_seconds)
-            if run is None:  # another runner took them first; look again
+                if not (self.wait_for_others and queue.held_by_others(run_ids)):
+                    break
+                self.stopping.wait(min(5.0, self.lease_seconds / 4))  # their lease expires, or they finish
                 continue
-            total = len(candidates) + done
-            status = self.execute(run, owner, done, total, summary)
+            run = queue.claim(self.worker, candidates, self.lease_seconds)
+            if run is None:  # another worker took them first; look again
+                continue
+            status = self.execute(run, done, len(candidates) + done, summary)
             done += status != "lost"
             if summary.interrupted:
-                return summary
+                break
+        return summary
 
-    def execute(self, run: Run, owner: str, index: int, total: int, summary: Summary) -> str:
+    def execute(self, run: Run, index: int, total: int, summary: Summary) -> str:
         config = RunConfig.from_json(run.config)
         self.progress.start_run(run, config, index, total)
-        heartbeat = Heartbeat(self.store, run.id, owner, self.lease_seconds)
+        queue = self.queue
+        heartbeat = Heartbeat(queue, run.id, self.worker, self.lease_seconds)
         heartbeat.start()
         run_dir = self.runs_dir / run.id
 
         def record(metrics: dict) -> None:
             if heartbeat.lost:
-                raise LeaseLost(f"run {run.id} was taken over by another runner")
-            self.store.upsert_epoch(run.id, metrics)
+                raise LeaseLost(f"run {run.id} was taken over by another worker (its lease had expired)")
+            queue.record_epoch(run.id, self.worker, metrics)  # owner-checked: else LeaseLost
             self.progress.epoch(run, config, metrics)
 
         try:
@@ -245,7 +252,7 @@ class Runner:
                 runtime=self.runtime,
                 evaluation=final_protocol(run, config),
             )
-            self.store.complete(run.id, owner, result, provenance=info)
+            queue.complete(run.id, self.worker, result, provenance=info)  # owner-checked: else LeaseLost
             if self.prune:
                 (run_dir / "last.pt").unlink(missing_ok=True)
             summary.completed.append(run.id)
@@ -255,22 +262,25 @@ class Runner:
             summary.lost.append(run.id)
             self.progress.end_run(run, "lost", str(exc))
             return "lost"
-        except (KeyboardInterrupt, Exception) as exc:
+        except BaseException as exc:
             if isinstance(exc, Exception) and not self.stopping.is_set():
-                return self.fail(run, owner, exc, run_dir, summary)
-            self.store.release(run.id, owner, "interrupted", error="stopped by the user (Ctrl-C / SIGTERM)")
+                return self.fail(run, exc, run_dir, summary)
+            # Ctrl-C, SIGTERM, a scheduler's preemption (submitit exits through SystemExit): continue later
+            queue.release(run.id, self.worker, "interrupted", error=self.stop_reason)
             summary.interrupted = run.id
             self.progress.end_run(run, "interrupted")
+            if not isinstance(exc, KeyboardInterrupt | Exception):
+                raise
             return "interrupted"
         finally:
             heartbeat.stop.set()
 
-    def fail(self, run: Run, owner: str, exc: Exception, run_dir: Path, summary: Summary) -> str:
+    def fail(self, run: Run, exc: Exception, run_dir: Path, summary: Summary) -> str:
         """One job's crash must not stop the grid: the run is failed with one line, the traceback kept."""
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "error.log").write_text(traceback.format_exc())
         line = one_line(exc)
-        self.store.release(run.id, owner, "failed", error=line)
+        self.queue.release(run.id, self.worker, "failed", error=line)
         summary.failed[run.id] = line
         self.progress.end_run(run, "failed", line)
         return "failed"

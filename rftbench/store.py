@@ -2,12 +2,11 @@
 
     store = Store.open("rftbench.db")              # or any SQLAlchemy URL: postgresql://host/db
     store.record_grid("smoke", jobs, adaptation_threshold=0.2)
-    run = store.claim(owner, run_ids)              # atomic: two processes never get the same run
+    store.runs(grid="smoke"), store.epochs(run_id), store.evaluations(run_id)
 
-The only module that speaks SQL (STYLE.md 7). Accuracies are fractions in [0, 1], epochs 0-based
-(CONVENTIONS.md). A claimed run holds a lease that its worker renews (`heartbeat`); a run whose lease
-expired, or whose process on this host is gone, is `interrupted` and can be claimed again. SQLite runs in
-WAL mode with a busy timeout, so several processes can share one file.
+With `rftbench.jobqueue` (claims, leases, heartbeats, reaping: which worker holds which run), the only
+modules that speak SQL (STYLE.md 7). Accuracies are fractions in [0, 1], epochs 0-based (CONVENTIONS.md).
+SQLite runs in WAL mode with a busy timeout, so several processes of one node can share one file.
 
 Stored results are permanent: an evaluation row is keyed by its run, budget and full protocol
 (`EVALUATION_KEY`), so a new protocol adds a row, the same protocol again adds nothing, and a run's `final`
@@ -19,11 +18,10 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -35,9 +33,10 @@ from sqlmodel import Field, Session, SQLModel, create_engine, delete, select
 from rftbench.config import parse_eps
 from rftbench.metrics import EvalProtocol, adaptation_start_epoch
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 STATES = ("pending", "running", "interrupted", "completed", "failed")
 DEFAULT_DB = "rftbench.db"
+ADVISORY_LOCK = 0x5F7B3E  # PostgreSQL's advisory lock key of rftbench's exclusive transactions
 # What makes two evaluation rows the same measurement: a row with this key is never replaced.
 EVALUATION_KEY = (
     "run_id", "budget", "protocol", "attack", "norm", "steps", "restarts", "random_start", "seed",
@@ -76,6 +75,8 @@ class Run(SQLModel, table=True):
     lease_expires_at: datetime | None = None
     host: str | None = None
     pid: int | None = None
+    pid_namespace: str | None = None  # the holder's boot and PID namespace: where its pid means something
+    worker: str | None = None  # who holds (or last held) it: "inline", "local 2/4 cuda:2", "slurm 4242_3"
     attempts: int = 0
     error: str | None = None
     provenance: dict = Field(default_factory=dict, sa_column=Column(JSON))
@@ -197,20 +198,6 @@ def _sqlite_begin(connection) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def this_process() -> tuple[str, int]:
-    return socket.gethostname(), os.getpid()
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
-
-
 class Store:
     def __init__(self, engine: Engine, writable: bool = True) -> None:
         self.engine, self.writable = engine, writable
@@ -277,6 +264,7 @@ class Store:
         stored under any grid is linked, not duplicated. Returns (new runs, runs already stored)."""
         new = 0
         with self.session() as session:
+            exclusive(session.connection())  # check-then-insert: one recorder at a time
             grid = session.get(Grid, name) or Grid(name=name)
             grid.description, grid.adaptation_threshold, grid.source = (
                 description,
@@ -301,140 +289,58 @@ class Store:
     def record_run(self, job) -> bool:
         """A single job outside any grid (`rftbench run` with no grid); True if its run was new."""
         with self.session() as session:
+            exclusive(session.connection())
             if session.get(Run, job.run_id) is not None:
                 return False
             session.add(run_row(job.config, job.paths, job.eval_protocol, job.eval_precision))
             session.commit()
             return True
 
-    def reap(self) -> int:
-        """Mark `interrupted` every running run whose lease expired, or whose process on this host is
-        gone; returns how many. Runs on other hosts are judged by their lease alone."""
-        host, _ = this_process()
-        with self.session() as session:
-            running = session.exec(select(Run).where(Run.status == "running")).all()
-            expired = [r for r in running if r.lease_expires_at is not None and r.lease_expires_at < now()]
-            gone = [r for r in running if r.host == host and r.pid is not None and not pid_alive(r.pid)]
-            stale = {r.id: r for r in expired + gone}.values()
-            count = 0
-            for run in stale:  # conditional on the same owner: never steal a lease renewed meanwhile
-                result = session.exec(
-                    update(Run)
-                    .where(Run.id == run.id, Run.status == "running", Run.lease_owner == run.lease_owner)
-                    .values(status="interrupted", lease_owner=None, lease_expires_at=None)
-                )
-                count += result.rowcount
-            session.commit()
-        return count
-
-    def claim(self, owner: str, run_ids: Sequence[str], lease_seconds: float) -> Run | None:
-        """Atomically take the first of `run_ids` that is pending or interrupted: one UPDATE … WHERE per
-        candidate, so of two processes racing for a run exactly one sees its row change."""
-        host, pid = this_process()
-        for run_id in run_ids:
-            with self.session() as session:
-                t = now()
-                result = session.exec(
-                    update(Run)
-                    .where(Run.id == run_id, Run.status.in_(("pending", "interrupted")))
-                    .values(
-                        status="running",
-                        lease_owner=owner,
-                        lease_expires_at=t + timedelta(seconds=lease_seconds),
-                        heartbeat_at=t,
-                        started_at=func.coalesce(Run.started_at, t),
-                        host=host,
-                        pid=pid,
-                        attempts=Run.attempts + 1,
-                        error=None,
-                    )
-                )
-                session.commit()
-                if result.rowcount == 1:
-                    return session.get(Run, run_id)
-        return None
-
-    def heartbeat(self, run_id: str, owner: str, lease_seconds: float) -> bool:
-        """Renew the lease; False if this owner no longer holds the run (it was reaped or re-claimed)."""
-        with self.session() as session:
-            t = now()
-            result = session.exec(
-                update(Run)
-                .where(Run.id == run_id, Run.lease_owner == owner, Run.status == "running")
-                .values(heartbeat_at=t, lease_expires_at=t + timedelta(seconds=lease_seconds))
-            )
-            session.commit()
-            return result.rowcount == 1
-
-    def release(
-        self,
-        run_id: str,
-        owner: str,
-        status: str,
-        *,
-        error: str | None = None,
-        provenance: dict | None = None,
-    ) -> None:
-        """End this owner's hold on a run: completed, failed (with its one-line error) or interrupted."""
-        values = {"status": status, "lease_owner": None, "lease_expires_at": None, "error": error}
-        if status in ("completed", "failed"):
-            values["finished_at"] = now()
-        if provenance is not None:
-            values["provenance"] = provenance
-        with self.session() as session:
-            session.exec(update(Run).where(Run.id == run_id, Run.lease_owner == owner).values(**values))
-            session.commit()
-
     def set_provenance(self, run_id: str, provenance: dict) -> None:
         with self.session() as session:
             session.exec(update(Run).where(Run.id == run_id).values(provenance=provenance))
             session.commit()
 
-    def requeue(self, run_ids: Iterable[str], states: Sequence[str] = ("failed",)) -> int:
-        """Put runs in `states` back to pending (`--retry-failed`); returns how many."""
-        with self.session() as session:
-            result = session.exec(
-                update(Run)
-                .where(Run.id.in_(list(run_ids)), Run.status.in_(states))
-                .values(status="pending", error=None)
-            )
-            session.commit()
-            return result.rowcount
-
     # -- results ----------------------------------------------------------------------------------
     def upsert_epoch(self, run_id: str, metrics: dict) -> None:
-        """One row per (run, epoch): a re-run epoch replaces its row (CONVENTIONS.md write order); the same
-        metrics again (a resume replaying its checkpoint's history) leave the stored row as it was."""
+        with self.session() as session:
+            self.write_epoch(session, run_id, metrics)
+            session.commit()
+
+    def write_epoch(self, session: Session, run_id: str, metrics: dict) -> None:
+        """One row per (run, epoch), in `session`'s transaction: a re-run epoch replaces its row
+        (CONVENTIONS.md write order); the same metrics again (a resume replaying its checkpoint's history)
+        leave the stored row as it was."""
         values = {k: metrics[k] for k in EpochMetric.model_fields if k in metrics} | {
             "run_id": run_id,
             "recorded_at": now(),
         }
-        with self.session() as session:
-            query = select(EpochMetric).where(
-                EpochMetric.run_id == run_id, EpochMetric.epoch == values["epoch"]
+        query = select(EpochMetric).where(EpochMetric.run_id == run_id, EpochMetric.epoch == values["epoch"])
+        stored = session.exec(query).first()
+        if stored is not None and all(getattr(stored, k) == values[k] for k in values if k != "recorded_at"):
+            return
+        if insert := upsert_insert(self.engine):
+            stmt = insert(EpochMetric).values(**values)
+            update_cols = {k: stmt.excluded[k] for k in values if k not in ("run_id", "epoch")}
+            session.exec(stmt.on_conflict_do_update(index_elements=["run_id", "epoch"], set_=update_cols))
+        else:  # portable fallback
+            session.exec(
+                delete(EpochMetric).where(EpochMetric.run_id == run_id, EpochMetric.epoch == values["epoch"])
             )
-            stored = session.exec(query).first()
-            if stored is not None and all(
-                getattr(stored, k) == v for k, v in values.items() if k != "recorded_at"
-            ):
-                return
-            if insert := upsert_insert(self.engine):
-                stmt = insert(EpochMetric).values(**values)
-                update_cols = {k: stmt.excluded[k] for k in values if k not in ("run_id", "epoch")}
-                session.exec(stmt.on_conflict_do_update(index_elements=["run_id", "epoch"], set_=update_cols))
-            else:  # portable fallback
-                session.exec(
-                    delete(EpochMetric).where(
-                        EpochMetric.run_id == run_id, EpochMetric.epoch == values["epoch"]
-                    )
-                )
-                session.add(EpochMetric(**values))
-            session.commit()
+            session.add(EpochMetric(**values))
 
     def add_evaluation(self, run_id: str, evaluation: dict, *, kind: str = "final") -> int:
-        """Store `evaluate_budgets`' result, one row per budget (an ε_g = 0 run with no budget: one row at
-        0/255), keyed by its protocol. A row already stored under the same key stays as it is (the same
-        measurement again adds nothing; a final row is never relabelled); returns how many rows were new."""
+        """Store `evaluate_budgets`' result (`insert_evaluation`); returns how many rows were new."""
+        with self.session() as session:
+            added = self.insert_evaluation(session, run_id, evaluation, kind=kind)
+            session.commit()
+        return added
+
+    def insert_evaluation(self, session: Session, run_id: str, evaluation: dict, *, kind: str) -> int:
+        """Add `evaluate_budgets`' result to `session`'s transaction, one row per budget (an ε_g = 0 run
+        with no budget: one row at 0/255), keyed by its protocol. A row already stored under the same key
+        stays as it is (the same measurement again adds nothing; a final row is never relabelled); returns
+        how many rows were new."""
         rows = evaluation["budgets"] or [
             {
                 "budget": "0/255",
@@ -447,42 +353,34 @@ class Store:
         ]
         protocol = EvalProtocol(**evaluation["protocol"]).as_dict()
         added = 0
-        with self.session() as session:
-            for row in rows:
-                values = {
-                    "run_id": run_id,
-                    "kind": kind,
-                    "budget": row["budget"],
-                    "budget_value": float(parse_eps(row["budget"])),
-                    "clean": row["clean"],
-                    "adv": row["adv"],
-                    "eadv": row["eadv"],
-                    "eps_grid": row["eps"],
-                    "accuracies": row["accuracies"],
-                    "n": evaluation["n"],
-                    "attacks_run": evaluation.get("attacks_run", 0),
-                    "seconds": evaluation.get("seconds"),
-                    **protocol,
-                }
-                if insert := upsert_insert(self.engine):  # atomic: two evaluators of one run never collide
-                    stmt = (
-                        insert(Evaluation)
-                        .values(**values)
-                        .on_conflict_do_nothing(index_elements=EVALUATION_KEY)
-                        .returning(Evaluation.id)  # (psycopg gives no rowcount for ON CONFLICT)
-                    )
-                    added += len(session.exec(stmt).all())
-                elif (
-                    session.exec(
-                        select(Evaluation.id).where(
-                            *(getattr(Evaluation, k) == values[k] for k in EVALUATION_KEY)
-                        )
-                    ).first()
-                    is None
-                ):
-                    session.add(Evaluation(**values))  # portable fallback
-                    added += 1
-            session.commit()
+        for row in rows:
+            values = {
+                "run_id": run_id,
+                "kind": kind,
+                "budget": row["budget"],
+                "budget_value": float(parse_eps(row["budget"])),
+                "clean": row["clean"],
+                "adv": row["adv"],
+                "eadv": row["eadv"],
+                "eps_grid": row["eps"],
+                "accuracies": row["accuracies"],
+                "n": evaluation["n"],
+                "attacks_run": evaluation.get("attacks_run", 0),
+                "seconds": evaluation.get("seconds"),
+                **protocol,
+            }
+            same_key = [getattr(Evaluation, k) == values[k] for k in EVALUATION_KEY]
+            if insert := upsert_insert(self.engine):  # atomic: two evaluators of one run never collide
+                stmt = (
+                    insert(Evaluation)
+                    .values(**values)
+                    .on_conflict_do_nothing(index_elements=EVALUATION_KEY)
+                    .returning(Evaluation.id)  # (psycopg gives no rowcount for ON CONFLICT)
+                )
+                added += len(session.exec(stmt).all())
+            elif session.exec(select(Evaluation.id).where(*same_key)).first() is None:
+                session.add(Evaluation(**values))  # portable fallback
+                added += 1
         return added
 
     def update_adaptation(self, run_ids: Iterable[str] | None = None) -> None:
@@ -505,11 +403,6 @@ class Store:
                     Adaptation(run_id=run_id, threshold=threshold, start_epoch=start, epochs=epochs)
                 )
             session.commit()
-
-    def complete(self, run_id: str, owner: str, evaluation: dict, *, provenance: dict | None = None) -> None:
-        self.add_evaluation(run_id, evaluation, kind="final")
-        self.release(run_id, owner, "completed", provenance=provenance)
-        self.update_adaptation([run_id])
 
     # -- queries ----------------------------------------------------------------------------------
     def run(self, run_id: str) -> Run | None:
@@ -602,20 +495,17 @@ class Store:
                 lacking.append(job)
         return lacking
 
-    def claimable(self, run_ids: Sequence[str] | None = None) -> list[str]:
-        """Ids of pending or interrupted runs, in the order given (else creation order)."""
-        states = ("pending", "interrupted")
-        if run_ids is None:
-            return [r.id for r in self.runs(states=states)]
-        with self.session() as session:
-            found = set(
-                session.exec(select(Run.id).where(Run.id.in_(list(run_ids)), Run.status.in_(states))).all()
-            )
-        return [r for r in run_ids if r in found]
-
     def status_of(self, run_ids: Iterable[str]) -> dict[str, str]:
         with self.session() as session:
             return dict(session.exec(select(Run.id, Run.status).where(Run.id.in_(list(run_ids)))).all())
+
+
+def exclusive(connection: Connection) -> None:
+    """Make the rest of `connection`'s transaction exclusive among rftbench's writers that ask for it (the
+    schema, grid records): SQLite's transactions already hold the write lock (`BEGIN IMMEDIATE`);
+    PostgreSQL takes a transaction-scoped advisory lock, released at commit or rollback."""
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({ADVISORY_LOCK})")
 
 
 def upsert_insert(engine: Engine):
@@ -733,9 +623,8 @@ def upgrade(engine: Engine, url: str, read_only: bool = False) -> None:
         if not backup.exists():
             with sqlite3.connect(path) as source, sqlite3.connect(backup) as copy:
                 source.backup(copy)
-    with engine.begin() as connection:  # SQLite: BEGIN IMMEDIATE, so one process migrates at a time
-        if connection.dialect.name == "postgresql" and version is not None:
-            connection.exec_driver_sql("LOCK TABLE schema_version IN EXCLUSIVE MODE")
+    with engine.begin() as connection:  # one process creates or migrates at a time
+        exclusive(connection)
         version = stored_version(connection)
         if version is None and sa.inspect(connection).get_table_names():
             raise StoreError(f"database {url} holds tables but none of rftbench's: use another --db")
@@ -842,4 +731,15 @@ def _v1_to_v2(connection: Connection) -> None:
             connection.execute(sa.update(evaluation).where(evaluation.c.id.in_(lost)).values(kind="final"))
 
 
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2}  # from version k to k + 1
+def _v2_to_v3(connection: Connection) -> None:
+    """Schema v2 to v3: who holds a running run (`worker`) and where its process id means something
+    (`pid_namespace`), for `status` and for reaping with several executors."""
+    from alembic.migration import MigrationContext
+    from alembic.operations import Operations
+
+    op = Operations(MigrationContext.configure(connection))
+    op.add_column("run", sa.Column("pid_namespace", sa.String, nullable=True))
+    op.add_column("run", sa.Column("worker", sa.String, nullable=True))
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v3}  # from version k to k + 1

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from rftbench.cli import app
 from rftbench.config import RunConfig
 from rftbench.grids import Job
+from rftbench.jobqueue import JobQueue, Worker
 from rftbench.metrics import EvalProtocol
 from rftbench.report import Results, Selection, build, render
 from rftbench.store import Store
@@ -53,7 +54,8 @@ STANDARD_CLEAN = 88.1
 
 def add_run(store: Store, grid: str, config: RunConfig, accs: list[float], evaluation: dict | None) -> None:
     store.record_grid(grid, [Job(config, grid, 0, {})], adaptation_threshold=0.05)
-    store.claim("test", [config.run_id], 60)
+    queue, worker = JobQueue(store), Worker("test")
+    queue.claim(worker, [config.run_id], 60)
     for epoch, acc in enumerate(accs):
         store.upsert_epoch(
             config.run_id,
@@ -73,7 +75,7 @@ def add_run(store: Store, grid: str, config: RunConfig, accs: list[float], evalu
             },
         )
     if evaluation is not None:
-        store.complete(config.run_id, "test", evaluation)
+        queue.complete(config.run_id, worker, evaluation)
 
 
 def evaluation(budget: str, clean: float, adv: float, eadv: float, **protocol) -> dict:

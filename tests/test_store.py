@@ -8,7 +8,6 @@ import os
 import shutil
 import sqlite3
 import threading
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -18,8 +17,9 @@ from sqlmodel import select
 from rftbench import store as store_module
 from rftbench.config import RunConfig
 from rftbench.grids import Job
+from rftbench.jobqueue import JobQueue, Worker
 from rftbench.metrics import EvalProtocol
-from rftbench.store import SCHEMA_VERSION, Run, SchemaVersion, Store, StoreError, now
+from rftbench.store import SCHEMA_VERSION, SchemaVersion, Store, StoreError
 
 V1 = Path(__file__).parent / "fixtures" / "v1_smoke"
 
@@ -39,18 +39,26 @@ def metrics(epoch: int, val_acc: float) -> dict:
 
 
 @pytest.fixture
-def store(tmp_path) -> Store:
-    return Store.open(str(tmp_path / "s.db"))
+def store(db_url) -> Store:
+    """A new store on each backend: a SQLite file, then a database of a real PostgreSQL server."""
+    return Store.open(db_url)
+
+
+def finish(store: Store, run_id: str, evaluation: dict) -> None:
+    """Claim a run and complete it with `evaluation`, as a worker does."""
+    queue, me = JobQueue(store), Worker("me")
+    assert queue.claim(me, [run_id], 60).id == run_id
+    queue.complete(run_id, me, evaluation)
 
 
 def test_schema_version_is_written_once_and_checked(tmp_path):
     store = Store.open(str(tmp_path / "s.db"))
     Store.open(str(tmp_path / "s.db"))
     with store.session() as session:
-        assert session.exec(select(SchemaVersion.version)).all() == [SCHEMA_VERSION] == [2]
-        session.get(SchemaVersion, 2).version = 99
+        assert session.exec(select(SchemaVersion.version)).all() == [SCHEMA_VERSION] == [3]
+        session.get(SchemaVersion, SCHEMA_VERSION).version = 99
         session.commit()
-    with pytest.raises(StoreError, match=r"schema version 99, this rftbench reads up to 2: upgrade rftbench"):
+    with pytest.raises(StoreError, match=r"schema version 99, this rftbench reads up to 3: upgrade rftbench"):
         Store.open(str(tmp_path / "s.db"))
     with sqlite3.connect(tmp_path / "s.db") as connection:  # a new file is in WAL mode: readers never block
         assert connection.execute("pragma journal_mode").fetchone() == ("wal",)
@@ -74,71 +82,6 @@ def test_epoch_rows_are_upserted(store):
     assert [(e.epoch, e.val_acc) for e in store.epochs(c.run_id)] == [(0, 0.1), (1, 0.3)]
 
 
-def test_concurrent_workers_create_record_and_claim_each_run_once(tmp_path):
-    """Six workers start together on a new database file, as six `run-grid` processes would: each creates
-    the schema, records the grid and claims runs. Without transactions that take SQLite's write lock up
-    front, the check-then-insert of the schema or the grid fails in some worker."""
-    path = str(tmp_path / "s.db")
-    configs = [config(seed=s) for s in range(24)]
-    ids = [c.run_id for c in configs]
-    claimed: dict[str, list[str]] = {}
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(6)
-
-    def worker(name: str) -> None:
-        try:
-            barrier.wait()
-            store = Store.open(path)  # each worker its own engine, as separate processes would
-            store.record_grid("g", jobs(*configs), adaptation_threshold=0.05)
-            mine = claimed.setdefault(name, [])
-            while (run := store.claim(name, store.claimable(ids), 60)) is not None:
-                mine.append(run.id)
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors[0]
-    everything = [run_id for runs in claimed.values() for run_id in runs]
-    assert sorted(everything) == sorted(ids)  # each run claimed exactly once
-    assert all(r.attempts == 1 and r.status == "running" for r in Store.open(path).runs())
-
-
-def test_leases_expire_and_dead_processes_are_reaped(store):
-    a, b = config(seed=0), config(seed=1)
-    store.record_grid("g", jobs(a, b), adaptation_threshold=0.05)
-    run = store.claim("me", [a.run_id], lease_seconds=60)
-    assert run.id == a.run_id and store.claim("other", [a.run_id], 60) is None  # held
-    assert store.reap() == 0 and store.heartbeat(a.run_id, "me", 60)
-    with store.session() as session:  # the lease ran out (its worker stopped beating)
-        session.get(Run, a.run_id).lease_expires_at = now() - timedelta(seconds=1)
-        session.commit()
-    assert store.reap() == 1 and store.run(a.run_id).status == "interrupted"
-    assert not store.heartbeat(a.run_id, "me", 60)  # the old owner learns it lost the run
-    assert store.claim("other", [a.run_id], 60).attempts == 2
-    store.claim("third", [b.run_id], 60)
-    with store.session() as session:  # on this host, a pid that no longer exists
-        session.get(Run, b.run_id).pid = 2**22 + 12345
-        session.commit()
-    assert store.reap() == 1 and store.run(b.run_id).status == "interrupted"
-
-
-def test_completed_runs_are_never_claimed_and_failed_ones_only_when_requeued(store):
-    a, b = config(seed=0), config(seed=1)
-    store.record_grid("g", jobs(a, b), adaptation_threshold=0.05)
-    store.claim("me", [a.run_id], 60)
-    store.release(a.run_id, "me", "completed")
-    store.claim("me", [b.run_id], 60)
-    store.release(b.run_id, "me", "failed", error="ValueError: boom")
-    assert store.claimable([a.run_id, b.run_id]) == []
-    assert store.run(b.run_id).error == "ValueError: boom"
-    assert store.requeue([a.run_id, b.run_id]) == 1
-    assert store.claimable([a.run_id, b.run_id]) == [b.run_id]
-
-
 def evaluation(budget: str = "2/255", adv: float = 0.4, **protocol) -> dict:
     return {
         "n": 100, "clean": 0.8, "attacks_run": 150, "protocol": EvalProtocol(**protocol).as_dict(),
@@ -153,8 +96,7 @@ def test_evaluations_and_adaptation_starts(store):
     store.record_grid("quarter", jobs(c, grid="quarter"), adaptation_threshold=0.25)
     for epoch, acc in enumerate([0.04, 0.05, 0.2, 0.5]):  # > 0.05 first at epoch 2, > 0.25 at epoch 3
         store.upsert_epoch(c.run_id, metrics(epoch, acc))
-    store.claim("me", [c.run_id], 60)
-    store.complete(c.run_id, "me", evaluation(steps=10))
+    finish(store, c.run_id, evaluation(steps=10))
     (row,) = store.evaluations(c.run_id)
     assert (row.budget, row.budget_value, row.clean, row.adv, row.eadv) == ("2/255", 2 / 255, 0.8, 0.4, 0.575)
     assert row.accuracies == [0.8, 0.55, 0.4] and row.kind == "final" and row.n == 100
@@ -169,8 +111,7 @@ def test_evaluations_and_adaptation_starts(store):
 def test_a_final_evaluation_is_never_replaced_and_repeating_one_adds_nothing(store):
     c = config(eps="2/255")
     store.record_run(Job(c, "", 0, {}))
-    store.claim("me", [c.run_id], 60)
-    store.complete(c.run_id, "me", evaluation(steps=10))
+    finish(store, c.run_id, evaluation(steps=10))
     # the same protocol again (what `evaluate` with no flags asks for), even with other numbers: kept as is
     assert store.add_evaluation(c.run_id, evaluation(adv=0.1, steps=10), kind="extra") == 0
     (row,) = store.evaluations(c.run_id)
@@ -192,10 +133,7 @@ def test_an_unreached_threshold_gives_the_epoch_count(store):
     store.record_grid("g", jobs(c), adaptation_threshold=0.9)
     for epoch in range(4):
         store.upsert_epoch(c.run_id, metrics(epoch, 0.5))
-    store.claim("me", [c.run_id], 60)
-    store.complete(
-        c.run_id, "me", {"n": 10, "clean": 0.5, "budgets": [], "protocol": EvalProtocol().as_dict()}
-    )
+    finish(store, c.run_id, {"n": 10, "clean": 0.5, "budgets": [], "protocol": EvalProtocol().as_dict()})
     assert [(a.threshold, a.start_epoch, a.epochs) for a in store.adaptation(c.run_id)] == [(0.9, 4, 4)]
     (row,) = store.evaluations(c.run_id)  # a standard run with no budget: one row at 0/255
     assert (row.budget, row.clean, row.adv, row.eadv) == ("0/255", 0.5, 0.5, 0.5)
@@ -236,7 +174,7 @@ def test_a_v1_database_is_upgraded_in_place_with_nothing_lost(tmp_path):
     store = Store.open(str(db), create=False)
     after = rows(db)
     assert rows(db.with_name("v1.db.schema-v1.bak")) == before  # the copy kept beside it
-    assert list(after["schema_version"]) == [(2,)]
+    assert list(after["schema_version"]) == [(SCHEMA_VERSION,)]
     for table, old in before.items():  # every row and every v1 value is still there
         if table == "schema_version":
             continue
@@ -322,7 +260,7 @@ def test_processes_opening_a_v1_database_together_upgrade_it_once(tmp_path):
         t.join()
     assert not errors, errors[0]
     after = rows(db)
-    assert list(after["schema_version"]) == [(2,)] and len(after["evaluation"]) == evaluations
+    assert list(after["schema_version"]) == [(SCHEMA_VERSION,)] and len(after["evaluation"]) == evaluations
 
 
 # ---- bad databases: one line each, nothing created or changed ---------------------------------------------
@@ -411,4 +349,4 @@ def test_readers_of_an_earlier_releases_database_never_write_it(tmp_path):
     assert {e.protocol for r in reader.runs() for e in reader.evaluations(r.id)} == {"monotone"}
     assert db.read_bytes() == before and sorted(p.name for p in db.parent.iterdir()) == files
     Store.open(str(db), create=False)  # a writer upgrades it in place
-    assert rows(db)["schema_version"].keys() == {(2,)}
+    assert rows(db)["schema_version"].keys() == {(SCHEMA_VERSION,)}

@@ -1,0 +1,86 @@
+"""Real servers for the tests, started here, never mocked: a PostgreSQL server (Debian's `postgresql`
+package; initdb/pg_ctl run as the `postgres` user when the tests run as root, since PostgreSQL refuses to
+run as root) and, in `slurm.py` beside, a one-node SLURM cluster.
+
+A server that cannot start fails the tests that need it: CI must run them, not skip them. Set
+RFTBENCH_TEST_SERVERS=skip to skip them instead on a machine without the packages (`make setup` installs
+them where it runs as root on Debian)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+
+def unavailable(what: str, why: str) -> None:
+    message = f"{what} cannot start here: {why} (`make setup` installs it where it runs as root on Debian)"
+    if os.environ.get("RFTBENCH_TEST_SERVERS") == "skip":
+        pytest.skip(message)
+    pytest.fail(message + "; set RFTBENCH_TEST_SERVERS=skip to skip these tests instead", pytrace=False)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def as_postgres(args: list[str]) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
+
+
+def postgres_bin() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if found:
+        return found[-1].parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+class PostgresServer:
+    """One server for the session on 127.0.0.1, trust authentication; `database()` gives a new empty one."""
+
+    def __init__(self, folder: Path) -> None:
+        bin_dir = postgres_bin()
+        if bin_dir is None:
+            unavailable("PostgreSQL", "no initdb (Debian package postgresql)")
+        self.bin, self.data, self.port = bin_dir, folder / "data", free_port()
+        folder.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(folder, "postgres", "postgres")
+        self.run(["initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8"])
+        options = f"-p {self.port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self.run(["pg_ctl", "-D", str(self.data), "-l", str(folder / "log"), "-o", options, "-w", "start"])
+
+    def run(self, args: list[str]) -> None:
+        done = subprocess.run(
+            as_postgres([str(self.bin / args[0]), *args[1:]]), capture_output=True, text=True, timeout=120
+        )
+        if done.returncode != 0:
+            unavailable("PostgreSQL", f"{args[0]} failed: {(done.stderr or done.stdout).strip()[-300:]}")
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}"
+
+    def database(self) -> str:
+        """A new empty database's URL."""
+        import psycopg
+
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(f"{self.url}/postgres", autocommit=True) as connection:
+            connection.execute(f"CREATE DATABASE {name}")
+        return f"{self.url}/{name}"
+
+    def stop(self) -> None:
+        subprocess.run(
+            as_postgres([str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"]),
+            capture_output=True,
+            timeout=120,
+        )
