@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 # The standard torch + torchvision pair from the registry (a matching pair: a lone CPU torch wheel
 # does not work with the registry's torchvision).
 TORCH_PAIR ?= torch==2.14.1 torchvision==0.29.1
+SERVER_PACKAGES ?= postgresql
 
 .PHONY: setup test test-fast lint format bench demo clean
 
@@ -20,6 +21,11 @@ setup:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ ! -d /usr/share/datasets/fashion-mnist ]; then \
 		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
 		|| echo "note: could not install dataset-fashion-mnist; the fashion_mnist dataset will be missing"; fi
+	# Servers the tests start (never mocked): PostgreSQL, and a one-node SLURM cluster with munge.
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		missing=$$(for p in $(SERVER_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+		if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi; fi
 	$(BIN)/python -c "import rftbench, torch, torchvision, timm, open_clip, torchattacks; print('rftbench', rftbench.__version__, '| torch', torch.__version__)"
 
 test: lint

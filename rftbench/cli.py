@@ -6,7 +6,7 @@ rftbench schedule sched --eps 4/255 --t1 12 --t2 37 --epochs 50
 from __future__ import annotations
 
 import os
-import signal
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import typer
@@ -346,35 +346,148 @@ def existing_statuses(db: str | None, run_ids: list[str]) -> dict[str, str]:
     return open_store(db, create=False, write=False).status_of(run_ids)
 
 
-def execute(runner, run_ids: list[str] | None) -> None:
-    """Run, then exit 0 (all done), 1 (some failed) or 130 (interrupted). Ctrl-C and a scheduler's SIGTERM
-    both stop the current run as interrupted (the runner's `stopping` flag), whatever it raises on the way."""
+@dataclass
+class Launch:
+    """Which executor runs the workers, from the flags (rftbench.executors)."""
 
-    def stop(signum, frame) -> None:
-        runner.stopping.set()
-        raise KeyboardInterrupt
+    executor: str = "inline"
+    gpus: str | None = None
+    processes: int | None = None
+    slurm: dict = field(default_factory=dict)  # --slurm-* flags that were given
+    slurm_folder: Path | None = None
+    wait: bool = False
 
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with runner.progress:
-            summary = runner.run(run_ids)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+
+EXECUTOR = typer.Option(
+    "inline",
+    "--executor",
+    help="inline: this process; local: one process per --gpus/--processes; "
+    "slurm: a SLURM job array through submitit",
+)
+GPUS = typer.Option(None, "--gpus", help="local: one worker per GPU, e.g. 0,1,2,3")
+PROCESSES = typer.Option(None, "--processes", min=1, help="local: N CPU worker processes")
+SLURM_PARTITION = typer.Option(None, "--slurm-partition", help="slurm: partition [experiments' [slurm]]")
+SLURM_TIME = typer.Option(None, "--slurm-time", min=1, help="slurm: minutes per job [1440]")
+SLURM_GPUS = typer.Option(None, "--slurm-gpus", min=0, help="slurm: GPUs per job [1]")
+SLURM_CPUS = typer.Option(None, "--slurm-cpus", min=1, help="slurm: CPUs per job [8]")
+SLURM_MEM = typer.Option(None, "--slurm-mem", min=0.1, help="slurm: memory per job in GB [partition's]")
+SLURM_JOBS = typer.Option(None, "--slurm-jobs", min=1, help="slurm: worker jobs [one per run to do]")
+SLURM_PARALLELISM = typer.Option(None, "--slurm-parallelism", min=1, help="slurm: jobs running at once [8]")
+SLURM_FOLDER = typer.Option(
+    None, "--slurm-folder", help="slurm: submitit's logs and pickles [RUNS_DIR/slurm]"
+)
+WAIT = typer.Option(False, "--wait", help="slurm: wait until the jobs end")
+
+
+def make_launch(executor, gpus, processes, partition, time_min, gpus_per_task, cpus, mem, jobs, parallelism,
+                folder, wait) -> Launch:  # fmt: skip
+    slurm = {"partition": partition, "time_min": time_min, "gpus_per_task": gpus_per_task,
+             "cpus_per_task": cpus, "mem_gb": mem, "jobs": jobs,
+             "array_parallelism": parallelism}  # fmt: skip
+    launch = Launch(
+        executor, gpus, processes, {k: v for k, v in slurm.items() if v is not None}, folder, wait
+    )
+    check_launch(launch)
+    return launch
+
+
+def check_launch(launch: Launch) -> None:
+    if launch.executor not in ("inline", "local", "slurm"):
+        fail(f"--executor {launch.executor}: unknown; choose inline, local or slurm")
+    if launch.executor == "local" and (launch.gpus is None) == (launch.processes is None):
+        fail("--executor local needs --gpus LIST (one worker per GPU) or --processes N (CPU workers)")
+    if launch.executor != "local" and (launch.gpus or launch.processes):
+        fail("--gpus and --processes choose local workers: add --executor local")
+    if launch.executor != "slurm" and (launch.slurm or launch.wait or launch.slurm_folder):
+        fail("--slurm-* and --wait configure SLURM jobs: add --executor slurm")
+    if launch.gpus is not None and not all(g.strip().isdigit() for g in launch.gpus.split(",")):
+        fail(f"--gpus {launch.gpus}: write GPU indices separated by commas, e.g. 0,1,2,3")
+
+
+def execute(runner, run_ids: list[str] | None, launch: Launch | None = None, db: str | None = None,
+            slurm_defaults=None) -> None:  # fmt: skip
+    """Run with the chosen executor, then exit 0 (all done), 1 (some failed) or 130 (interrupted). Ctrl-C
+    and a scheduler's SIGTERM both stop a worker's current run as interrupted, whatever it raises."""
+    from rftbench.config import SlurmOptions
+    from rftbench.executors import InlineExecutor, LocalExecutor, SlurmExecutor, WorkerSpec
+    from rftbench.store import database_url, sqlite_path
+
+    launch = launch or Launch()
+    url = database_url(db)
+    if (path := sqlite_path(url)) is not None:  # workers may start elsewhere: an absolute path
+        url = f"sqlite:///{path.resolve()}"
+    spec = WorkerSpec(
+        db=url,
+        run_ids=run_ids,
+        runs_dir=str(Path(runner.runs_dir).resolve()),
+        runtime=runner.runtime,
+        roots=runner.roots,
+        weights=runner.weights,
+        prune=runner.prune,
+        lease_seconds=runner.lease_seconds,
+    )
+    if launch.executor == "local":
+        gpus = [g.strip() for g in launch.gpus.split(",")] if launch.gpus else []
+        local = LocalExecutor(gpus=gpus, processes=launch.processes or 0)
+        code = local.launch(spec)
+        left = runner.queue.claimable(run_ids) + [r.id for r in runner.queue.held_by_others(run_ids)]
+        killed = [f"{i + 1} ({-c})" for i, c in enumerate(local.codes) if c < 0]
+        if killed:  # its runs were continued by the others, or wait for `resume`
+            console.print(f"[yellow]note:[/] worker(s) {', '.join(killed)} died of a signal", highlight=False)
+        if left and code != 130:
+            console.print(f"{len(left)} run(s) unfinished: `rftbench resume` continues them")
+            code = code or 1
+        console.print(
+            f"local workers ended: {'all done' if code == 0 else f'exit {code}'} (`rftbench status`)"
+        )
+        raise typer.Exit(code=code)
+    if launch.executor == "slurm":
+        options = (slurm_defaults or SlurmOptions()).model_copy(update=launch.slurm)
+        if path is not None:
+            console.print(
+                "[yellow]note:[/] a SQLite file is safe for SLURM workers on one node with local disk only; "
+                "across nodes or on a network filesystem use postgresql://… (README: Scale out)",
+                highlight=False,
+            )
+        todo = len(runner.queue.claimable(run_ids))
+        folder = launch.slurm_folder or Path(runner.runs_dir) / "slurm"
+        slurm = SlurmExecutor(folder.resolve(), options, wait=launch.wait)
+        try:
+            code = slurm.launch(spec, todo)
+        except Exception as exc:  # no sbatch, a refused submission: one line
+            fail(
+                f"SLURM submission failed ({type(exc).__name__}: {first_line_of(exc)}); "
+                f"check the --slurm-* flags"
+            )
+        ids = sorted({job.job_id.split("_")[0] for job in slurm.jobs})
+        console.print(
+            f"submitted {len(slurm.jobs)} SLURM worker(s) as job {', '.join(ids)}; logs in {folder}"
+        )
+        if not launch.wait:
+            console.print("`rftbench status` shows which job holds each run; `squeue` the jobs")
+            return
+        console.print(f"SLURM workers ended: {'all done' if code == 0 else f'exit {code}'}")
+        raise typer.Exit(code=code)
+    inline = InlineExecutor(progress=runner.progress)
+    code = inline.launch(spec)
+    summary = inline.summary
     console.print(
-        f"{len(summary.completed)} completed, {len(summary.failed)} failed"
+        f"{len(summary['completed'])} completed, {len(summary['failed'])} failed"
         + (
-            f", stopped during {summary.interrupted}: `rftbench resume` continues it"
-            if summary.interrupted
+            f", stopped during {summary['interrupted']}: `rftbench resume` continues it"
+            if summary["interrupted"]
             else ""
         )
     )
-    for run_id, line in summary.failed.items():
+    for run_id, line in summary["failed"].items():
         console.print(f"[red]failed[/] {run_id}: {line}", highlight=False)
-    if summary.interrupted:
-        raise typer.Exit(code=130)
-    if summary.failed:
-        raise typer.Exit(code=1)
+    if code:
+        raise typer.Exit(code=code)
+
+
+def first_line_of(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[-1][:200] if lines else ""
 
 
 def estimate_work(configs) -> tuple[float, int]:
@@ -414,10 +527,25 @@ def run_grid(
     weights: list[str] = WEIGHTS,
     prune_checkpoints: bool = PRUNE,
     lease_seconds: float = LEASE,
+    executor: str = EXECUTOR,
+    gpus: str | None = GPUS,
+    processes: int | None = PROCESSES,
+    slurm_partition: str | None = SLURM_PARTITION,
+    slurm_time: int | None = SLURM_TIME,
+    slurm_gpus: int | None = SLURM_GPUS,
+    slurm_cpus: int | None = SLURM_CPUS,
+    slurm_mem: float | None = SLURM_MEM,
+    slurm_jobs: int | None = SLURM_JOBS,
+    slurm_parallelism: int | None = SLURM_PARALLELISM,
+    slurm_folder: Path | None = SLURM_FOLDER,
+    wait: bool = WAIT,
 ) -> None:
-    """Expand a grid into runs, record them, and run every pending or interrupted one in order."""
+    """Expand a grid into runs, record them, and run every pending or interrupted one in order (in this
+    process, or spread over local workers or a SLURM job array: --executor)."""
     from rftbench.grids import GridError
 
+    launch = make_launch(executor, gpus, processes, slurm_partition, slurm_time, slurm_gpus, slurm_cpus,
+                         slurm_mem, slurm_jobs, slurm_parallelism, slurm_folder, wait)  # fmt: skip
     spec = read_experiments(experiments)
     try:
         budgets = [eps_text(e) for e in eps]
@@ -469,7 +597,7 @@ def run_grid(
             "nothing to run" + (f": {failed} failed run(s) wait for --retry-failed" if failed else "")
         )
         return
-    execute(runner, ids)
+    execute(runner, ids, launch, db, spec.slurm)
 
 
 def check_filters(backbone: list[str], dataset: list[str], setting: list[str]) -> None:
@@ -577,7 +705,7 @@ def run(
     if stored.status == "failed":  # asked for by name: run it again
         runner.queue.requeue([job.run_id])
         console.print(f"retrying it (it failed with: {stored.error})", highlight=False)
-    execute(runner, [job.run_id])
+    execute(runner, [job.run_id], db=db)
 
 
 @app.command()
@@ -592,8 +720,23 @@ def resume(
     weights: list[str] = WEIGHTS,
     prune_checkpoints: bool = PRUNE,
     lease_seconds: float = LEASE,
+    executor: str = EXECUTOR,
+    gpus: str | None = GPUS,
+    processes: int | None = PROCESSES,
+    slurm_partition: str | None = SLURM_PARTITION,
+    slurm_time: int | None = SLURM_TIME,
+    slurm_gpus: int | None = SLURM_GPUS,
+    slurm_cpus: int | None = SLURM_CPUS,
+    slurm_mem: float | None = SLURM_MEM,
+    slurm_jobs: int | None = SLURM_JOBS,
+    slurm_parallelism: int | None = SLURM_PARALLELISM,
+    slurm_folder: Path | None = SLURM_FOLDER,
+    wait: bool = WAIT,
 ) -> None:
-    """Continue every pending or interrupted run from its last epoch checkpoint; completed runs are kept."""
+    """Continue every pending or interrupted run from its last epoch checkpoint; completed runs are kept
+    (--executor as for run-grid)."""
+    launch = make_launch(executor, gpus, processes, slurm_partition, slurm_time, slurm_gpus, slurm_cpus,
+                         slurm_mem, slurm_jobs, slurm_parallelism, slurm_folder, wait)  # fmt: skip
     runner = make_runner(
         runs_dir, device, workers, channels_last, compile_, root, weights, prune_checkpoints, lease_seconds
     )
@@ -605,7 +748,7 @@ def resume(
     todo = runner.queue.claimable()
     console.print(f"{len(todo)} run(s) to continue ({reaped} found interrupted now)")
     if todo:
-        execute(runner, None)
+        execute(runner, None, launch, db)
 
 
 @app.command()

@@ -25,6 +25,8 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 
+import pydantic
+
 from rftbench import schedules
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -224,3 +226,22 @@ class RuntimeOptions:
     channels_last: bool = False
     compile: bool = False
     num_workers: int = 0
+
+
+class SlurmOptions(pydantic.BaseModel):
+    """What a SLURM job array of rftbench workers asks for: the `[slurm]` table of an experiments file,
+    overridden by `run-grid --slurm-*` flags. Never part of a run's id."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time_min: int = pydantic.Field(24 * 60, ge=1)  # per job; a job that runs out is requeued
+    gpus_per_task: int = pydantic.Field(1, ge=0)
+    cpus_per_task: int = pydantic.Field(8, ge=1)
+    mem_gb: float | None = pydantic.Field(None, gt=0)  # None: the partition's default
+    jobs: int | None = pydantic.Field(None, ge=1)  # array size; None: one per run to do
+    array_parallelism: int = pydantic.Field(8, ge=1)  # how many run at once
+    max_requeues: int = pydantic.Field(100, ge=0)  # preemptions and timeouts one job may survive
+    additional: dict[str, str | int] = {}  # any other sbatch option, e.g. {constraint = "h100"}

@@ -28,8 +28,10 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pydantic
+
 from rftbench.backbones import BACKBONES
-from rftbench.config import PRECISIONS, PROTOCOLS, RunConfig, eps_text, parse_eps
+from rftbench.config import PRECISIONS, PROTOCOLS, RunConfig, SlurmOptions, eps_text, parse_eps
 from rftbench.datasets import DATASETS
 from rftbench.schedules import SCHEDULES
 
@@ -60,7 +62,7 @@ ANALYSIS_KEYS = {
 EVALUATION_CHOICES = {"eval_protocol": PROTOCOLS, "eval_precision": PRECISIONS}
 GRID_KEYS = {"description", "backbones", "datasets", "pairs", "settings", "eps", "seeds", "overrides"}
 PATH_KEYS = {"backbones": ("weights",), "datasets": ("root", "split_file")}
-TOP_KEYS = {"defaults", "overrides", "backbones", "datasets", "grids"}
+TOP_KEYS = {"defaults", "overrides", "backbones", "datasets", "grids", "slurm"}
 DEFAULT_THRESHOLD = 0.05  # the paper's 5% (CONVENTIONS.md)
 
 
@@ -107,6 +109,7 @@ class Experiments:
     default_seed: int = 0
     standard_eval_budgets: list[str] = field(default_factory=list)
     evaluation: dict[str, str] = field(default_factory=dict)  # the file's eval_protocol, eval_precision
+    slurm: SlurmOptions = field(default_factory=SlurmOptions)  # the [slurm] table
 
     def grid(self, name: str) -> list[Grid]:
         if name not in self.grids:
@@ -229,6 +232,12 @@ def load_experiments(path: str | Path) -> Experiments:
                 check.type(f"{kind}.{name}.{key}", value, str)
                 resolved = (path.parent / Path(value).expanduser()).resolve()
                 paths.setdefault(name, {})["data_root" if key == "root" else key] = str(resolved)
+    try:
+        slurm = SlurmOptions(**check.table("slurm", data.get("slurm", {})))
+    except pydantic.ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in ("slurm", *error["loc"]))
+        raise GridError(f"{path}: {where}: {error['msg']} (got {error.get('input')!r})") from None
     experiments = Experiments(
         path,
         defaults,
@@ -237,6 +246,7 @@ def load_experiments(path: str | Path) -> Experiments:
         default_seed=default_seed,
         standard_eval_budgets=standard_budgets,
         evaluation=evaluation,
+        slurm=slurm,
     )
     for name, table in check.table("grids", data.get("grids", {})).items():
         blocks = table if isinstance(table, list) else [table]  # [[grids.NAME]]: a union of blocks
