@@ -21,8 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 from torch import nn
 
+from rftbench.checkpoint import atomic_write
 from rftbench.models import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -138,16 +140,17 @@ def packaged_weights(name: str) -> Path | None:
     if source is None:
         return None
     cached = cache_dir() / f"{spec.model}.{spec.tag}-from-{source.stem}.safetensors"
-    if not cached.exists():
-        import timm
-        from safetensors.torch import save_file
+    if cached.exists():
+        return cached
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{cached}.lock"):  # N workers on a cold cache: one converts, the others wait and read
+        if not cached.exists():
+            import timm
+            from safetensors.torch import save
 
-        state = torch.load(source, map_location="cpu", weights_only=True)
-        converted = convert_in_order(state, timm.create_model(spec.model, pretrained=False))
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_name(cached.name + ".tmp")
-        save_file(converted, str(tmp))
-        os.replace(tmp, cached)
+            state = torch.load(source, map_location="cpu", weights_only=True)
+            converted = convert_in_order(state, timm.create_model(spec.model, pretrained=False))
+            atomic_write(cached, save(converted))
     return cached
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -47,14 +49,22 @@ def set_rng_state(state: dict, device: str | torch.device = "cpu") -> None:
 
 
 def save_checkpoint(path: str | Path, payload: dict) -> None:
-    """Write to a temporary file of a unique name beside `path`, flush it to disk, then rename it over
-    `path`: a reader sees the old file or the new one, never half of one, even with several writers."""
+    atomic_write(path, lambda f: torch.save(payload, f))
+
+
+def atomic_write(path: str | Path, content: bytes | Callable[[BinaryIO], None]) -> None:
+    """Write `content` (bytes, or a function writing to a file) to a temporary file of a unique name beside
+    `path`, flush it to disk, then rename it over `path`: a reader sees the old file or the new one, never
+    half of one, even with several writers."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            if isinstance(content, bytes):
+                f.write(content)
+            else:
+                content(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

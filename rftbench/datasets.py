@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from filelock import FileLock
 from torch import Tensor
 
 from rftbench.checkpoint import save_checkpoint
@@ -413,14 +414,23 @@ def decoded_cache_path(name: str, split: str, resolution: int, key: str) -> Path
 
 def decode_samples(s: Samples, resolution: int, cache: Path | None) -> Tensor:
     """uint8 N×3×R×R images of `s`, from `cache` when it holds them, else decoded (and cached)."""
-    if cache is not None and cache.exists():
+    if cache is None:
+        return decode_all(s, resolution)
+    if cache.exists():
         return torch.load(cache, map_location="cpu", weights_only=True)["images"]
-    images = torch.stack([decode_image(s.root / p, resolution) for p in s.paths]) if s.paths else None
-    if images is None:
-        raise DataNotFound(f"no images in this split under {s.root}")
-    if cache is not None:
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{cache}.lock"):  # N workers on a cold cache: one decodes, the others wait and read
+        if cache.exists():
+            return torch.load(cache, map_location="cpu", weights_only=True)["images"]
+        images = decode_all(s, resolution)
         save_checkpoint(cache, {"images": images})
     return images
+
+
+def decode_all(s: Samples, resolution: int) -> Tensor:
+    if not s.paths:
+        raise DataNotFound(f"no images in this split under {s.root}")
+    return torch.stack([decode_image(s.root / p, resolution) for p in s.paths])
 
 
 def build_dataset(

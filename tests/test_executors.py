@@ -117,3 +117,35 @@ def test_workers_killed_mid_run_lose_nothing(experiments, one_process, tmp_path,
     runs = store.runs()
     assert all(r.status == "completed" for r in runs) and sum(r.attempts for r in runs) == len(runs) + 2
     assert content(db) == one_process
+
+
+def test_workers_starting_on_a_cold_cache_decode_once_and_never_read_half_a_file(tmp_path, monkeypatch):
+    """Four workers ask for one split's decoded images together: one decodes and writes it (under a unique
+    temporary name, renamed into place), the others wait on the file lock and read the finished file."""
+    import threading
+
+    import torch
+
+    from rftbench import datasets
+
+    calls = []
+
+    def slow_decode(samples, resolution):
+        calls.append(1)
+        time.sleep(0.5)  # the others arrive while the file is being written
+        return torch.full((4, 3, resolution, resolution), 7, dtype=torch.uint8)
+
+    monkeypatch.setattr(datasets, "decode_all", slow_decode)
+    cache, results, barrier = tmp_path / "decoded" / "x.pt", [], threading.Barrier(4)
+
+    def worker() -> None:
+        barrier.wait()
+        results.append(datasets.decode_samples(None, 8, cache))
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(results) == 4 and all(torch.equal(r, results[0]) for r in results)
+    assert sorted(p.name for p in cache.parent.iterdir()) == ["x.pt", "x.pt.lock"]  # no temporary left
