@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
-import shutil
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -307,7 +307,8 @@ def test_rows_of_another_protocol_or_budget_never_reach_a_table(db, tmp_path):
     """Extra rows (another budget of a standard run, a random start, bf16) are shown by `evaluations` only;
     the tables and the note about missing rows follow one rule."""
     path = tmp_path / "r.db"
-    shutil.copy(db, path)
+    with sqlite3.connect(db) as source, sqlite3.connect(path) as copy:  # with what its -wal file holds
+        source.backup(copy)
     store = Store.open(str(path))
     standard = next(r for r in store.runs(grid="sweep") if r.setting == "standard")
     before = build("main", Results.from_store(store, grid="sweep"))
