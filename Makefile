@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 # The standard torch + torchvision pair from the registry (a matching pair: a lone CPU torch wheel
 # does not work with the registry's torchvision).
 TORCH_PAIR ?= torch==2.14.1 torchvision==0.29.1
-SERVER_PACKAGES ?= postgresql
+# (tests/slurm/README.md: SLURM with accounting through slurmdbd and a private MariaDB, all on localhost)
+SERVER_PACKAGES ?= postgresql munge slurmctld slurmd slurm-client slurmdbd mariadb-server-core
 
 .PHONY: setup test test-fast lint format bench demo clean
 

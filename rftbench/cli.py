@@ -371,7 +371,9 @@ SLURM_TIME = typer.Option(None, "--slurm-time", min=1, help="slurm: minutes per 
 SLURM_GPUS = typer.Option(None, "--slurm-gpus", min=0, help="slurm: GPUs per job [1]")
 SLURM_CPUS = typer.Option(None, "--slurm-cpus", min=1, help="slurm: CPUs per job [8]")
 SLURM_MEM = typer.Option(None, "--slurm-mem", min=0.1, help="slurm: memory per job in GB [partition's]")
-SLURM_JOBS = typer.Option(None, "--slurm-jobs", min=1, help="slurm: worker jobs [one per run to do]")
+SLURM_JOBS = typer.Option(
+    None, "--slurm-jobs", min=1, help="slurm: worker jobs [runs to do, at most --slurm-parallelism]"
+)
 SLURM_PARALLELISM = typer.Option(None, "--slurm-parallelism", min=1, help="slurm: jobs running at once [8]")
 SLURM_FOLDER = typer.Option(
     None, "--slurm-folder", help="slurm: submitit's logs and pickles [RUNS_DIR/slurm]"
@@ -450,22 +452,31 @@ def execute(runner, run_ids: list[str] | None, launch: Launch | None = None, db:
                 highlight=False,
             )
         todo = len(runner.queue.claimable(run_ids))
-        folder = launch.slurm_folder or Path(runner.runs_dir) / "slurm"
-        slurm = SlurmExecutor(folder.resolve(), options, wait=launch.wait)
+        if todo == 0:
+            console.print("no run left to claim: nothing submitted (`rftbench status`)")
+            return
+        options = options.model_copy(update={"jobs": options.jobs or min(todo, options.array_parallelism)})
+        folder = (launch.slurm_folder or Path(runner.runs_dir) / "slurm").resolve()
+        slurm = SlurmExecutor(folder, options, wait=launch.wait)
         try:
-            code = slurm.launch(spec, todo)
+            jobs = slurm.submit(spec)
         except Exception as exc:  # no sbatch, a refused submission: one line
-            fail(
-                f"SLURM submission failed ({type(exc).__name__}: {first_line_of(exc)}); "
-                f"check the --slurm-* flags"
-            )
-        ids = sorted({job.job_id.split("_")[0] for job in slurm.jobs})
-        console.print(
-            f"submitted {len(slurm.jobs)} SLURM worker(s) as job {', '.join(ids)}; logs in {folder}"
-        )
+            said = "; ".join(line.removeprefix("sbatch: error: ") for line in str(exc).strip().splitlines())
+            fail(f"SLURM submission failed ({said or type(exc).__name__}); check the --slurm-* flags")
+        ids = sorted({job.job_id.split("_")[0] for job in jobs})
+        submitted = f"submitted {len(jobs)} SLURM worker(s) as job {', '.join(ids)}; logs in {folder}"
+        console.print(submitted, highlight=False)
         if not launch.wait:
             console.print("`rftbench status` shows which job holds each run; `squeue` the jobs")
             return
+        console.print("waiting for the jobs (Ctrl-C stops waiting, not the jobs)")
+        try:
+            code = slurm.collect()
+        except KeyboardInterrupt:
+            console.print(f"stopped waiting; the jobs go on: `squeue -j {','.join(ids)}`, `rftbench status`")
+            raise typer.Exit(code=130) from None
+        for failure in slurm.failures:
+            console.print(f"[red]failed:[/] {failure}", highlight=False)
         console.print(f"SLURM workers ended: {'all done' if code == 0 else f'exit {code}'}")
         raise typer.Exit(code=code)
     inline = InlineExecutor(progress=runner.progress)

@@ -241,7 +241,7 @@ class SlurmOptions(pydantic.BaseModel):
     gpus_per_task: int = pydantic.Field(1, ge=0)
     cpus_per_task: int = pydantic.Field(8, ge=1)
     mem_gb: float | None = pydantic.Field(None, gt=0)  # None: the partition's default
-    jobs: int | None = pydantic.Field(None, ge=1)  # array size; None: one per run to do
+    jobs: int | None = pydantic.Field(None, ge=1)  # array size; None: runs to do, at most array_parallelism
     array_parallelism: int = pydantic.Field(8, ge=1)  # how many run at once
-    max_requeues: int = pydantic.Field(100, ge=0)  # preemptions and timeouts one job may survive
+    max_requeues: int = pydantic.Field(100, ge=0)  # time-outs one job may survive (preemption: always)
     additional: dict[str, str | int] = {}  # any other sbatch option, e.g. {constraint = "h100"}

@@ -19,7 +19,9 @@ restarts.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 import os
 import signal
@@ -126,7 +128,7 @@ def work(spec: WorkerSpec, label: str) -> dict:
 
 
 def exit_code(summary: dict) -> int:
-    return 130 if summary["interrupted"] else 1 if summary["failed"] else 0
+    return 130 if summary["interrupted"] or summary["stopped"] else 1 if summary["failed"] else 0
 
 
 # -- the executors --------------------------------------------------------------------------------------
@@ -203,8 +205,9 @@ class LocalExecutor:
 
 @dataclass
 class SlurmExecutor:
-    """A submitit job array of `options.jobs` claim-loop workers (default: one per run to do, at most
-    `array_parallelism` at once), each with `gpus_per_task` GPUs; `wait` blocks until they end."""
+    """A submitit job array of `options.jobs` claim-loop workers (the CLI's default: as many as runs to do,
+    at most `array_parallelism`), each with `gpus_per_task` GPUs; `launch` with `wait` blocks until they
+    end (`submit`, then `collect`)."""
 
     folder: Path
     options: SlurmOptions = SlurmOptions()
@@ -214,39 +217,61 @@ class SlurmExecutor:
         import submitit
 
         o = self.options
-        executor = submitit.AutoExecutor(folder=self.folder / "%j", cluster="slurm")
-        executor.update_parameters(
+        executor = submitit.AutoExecutor(
+            folder=self.folder / "%j", cluster="slurm", slurm_max_num_timeout=o.max_requeues
+        )
+        parameters = dict(
             name="rftbench",
             timeout_min=o.time_min,
+            mem_gb=o.mem_gb,
             slurm_partition=o.partition,
             slurm_account=o.account,
             slurm_qos=o.qos,
             slurm_gpus_per_task=o.gpus_per_task or None,
             slurm_cpus_per_task=o.cpus_per_task,
-            slurm_mem_gb=o.mem_gb,
             slurm_array_parallelism=o.array_parallelism,
             slurm_additional_parameters=dict(o.additional),
-            slurm_max_num_timeout=o.max_requeues,
             slurm_ntasks_per_node=1,
         )
-        return executor  # (submitit leaves out what is None: the partition's default)
+        executor.update_parameters(**{k: v for k, v in parameters.items() if v is not None})
+        return executor  # what is None is left out: the partition's default
 
-    def launch(self, spec: WorkerSpec, todo: int) -> int:
-        count = self.options.jobs or max(1, todo)
+    def submit(self, spec: WorkerSpec) -> list:
+        """Submit the array (`options.jobs` tasks, one if unset); its submitit jobs."""
         device = "cuda" if self.options.gpus_per_task else spec.runtime.device
         spec = dataclasses.replace(spec, runtime=dataclasses.replace(spec.runtime, device=device))
-        self.jobs = self.executor().map_array(SlurmWorker(spec), list(range(count)))
-        if not self.wait:
-            return 0
-        self.summaries = [job.result() for job in self.jobs]
-        return max((exit_code(s) for s in self.summaries), default=0)
+        executor, tasks = self.executor(), list(range(self.options.jobs or 1))
+        with contextlib.redirect_stderr(io.StringIO()):  # submitit prints sbatch's refusal, then raises it
+            self.jobs = executor.map_array(SlurmWorker(spec), tasks)
+        return self.jobs
+
+    def collect(self) -> int:
+        """Wait for every job (a requeued one included) to end; the worst exit code. `failures` names the
+        jobs that ended without a summary (killed, out of memory, an error before the claim loop)."""
+        self.summaries, self.failures = [], []
+        for job in self.jobs:
+            try:
+                self.summaries.append(job.result())
+            except Exception as exc:  # submitit's FailedJobError / UncompletedJobError
+                lines = str(exc).strip().splitlines() or [type(exc).__name__]
+                self.failures.append(f"job {job.job_id}: {lines[-1]} (log: {job.paths.stderr})")
+        codes = [exit_code(s) for s in self.summaries] + [1] * len(self.failures)
+        return 130 if 130 in codes else max(codes, default=0)
+
+    def launch(self, spec: WorkerSpec) -> int:
+        self.submit(spec)
+        return self.collect() if self.wait else 0
 
 
 class SlurmWorker:
-    """A SLURM array task's claim loop. submitit calls `checkpoint` on the preemption or time-out signal
-    (USR2) before it requeues the task and exits: the current run is then released as `interrupted` on the
-    way out (the runner's `stopping`), and continued from its last epoch checkpoint when a worker claims it
-    again. A plain SIGTERM (scancel, `scontrol requeue`) does the same."""
+    """A SLURM array task's claim loop. Two ways a task is stopped, both leaving its run `interrupted` (never
+    failed) and continued from its last epoch checkpoint by whichever worker claims it next:
+
+    - SLURM's warning before the time limit, or a preemption, sends USR2: submitit calls `checkpoint`
+      (which sets the runner's `stopping`), requeues the task and exits through SystemExit;
+    - a plain SIGTERM (`scontrol requeue`, `scancel`, a preemption without warning): the task exits through
+      SystemExit too, leaving no result behind, so a launcher waiting on it (`--wait`) waits for the
+      requeued task, or reports a cancelled one."""
 
     def __init__(self, spec: WorkerSpec) -> None:
         self.spec, self.runner = spec, None
@@ -265,6 +290,8 @@ class SlurmWorker:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+        if summary.stopped:  # no result: the launcher waits for the requeued task (or sees it cancelled)
+            raise SystemExit(f"[{self.runner.worker.label}] {summary.stopped}")
         return dataclasses.asdict(summary)
 
     def checkpoint(self, index: int):

@@ -154,6 +154,7 @@ class Summary:
     completed: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # run id -> its error line
     interrupted: str | None = None  # the run Ctrl-C stopped
+    stopped: str | None = None  # why a signal stopped this worker (with or without a run in hand)
     lost: list[str] = field(default_factory=list)
 
 
@@ -199,21 +200,27 @@ class Runner:
     def run(self, run_ids: list[str] | None = None) -> Summary:
         """Claim and execute runs (of `run_ids`, in order; None: all) until none is left to claim."""
         summary, done, queue = Summary(), 0, self.queue
-        while not self.stopping.is_set():
-            queue.reap()
-            candidates = queue.claimable(run_ids)
-            if not candidates:
-                if not (self.wait_for_others and queue.held_by_others(run_ids)):
+        try:
+            while not self.stopping.is_set():
+                queue.reap()
+                candidates = queue.claimable(run_ids)
+                if not candidates:
+                    if not (self.wait_for_others and queue.held_by_others(run_ids)):
+                        break
+                    self.stopping.wait(min(5.0, self.lease_seconds / 4))  # their lease expires, or they end
+                    continue
+                run = queue.claim(self.worker, candidates, self.lease_seconds)
+                if run is None:  # another worker took them first; look again
+                    continue
+                status = self.execute(run, done, len(candidates) + done, summary)
+                done += status != "lost"
+                if summary.interrupted:
                     break
-                self.stopping.wait(min(5.0, self.lease_seconds / 4))  # their lease expires, or they finish
-                continue
-            run = queue.claim(self.worker, candidates, self.lease_seconds)
-            if run is None:  # another worker took them first; look again
-                continue
-            status = self.execute(run, done, len(candidates) + done, summary)
-            done += status != "lost"
-            if summary.interrupted:
-                break
+        except KeyboardInterrupt:  # a stop signal between two runs: none to release
+            if not self.stopping.is_set():
+                raise
+        if self.stopping.is_set():
+            summary.stopped = self.stop_reason
         return summary
 
     def execute(self, run: Run, index: int, total: int, summary: Summary) -> str:

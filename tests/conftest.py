@@ -103,6 +103,21 @@ def postgres():
     shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def slurm():
+    """A real one-node SLURM cluster for the session (tests/servers.py); SLURM_CONF is set for the session,
+    so sbatch, sacct, submitit and the rftbench processes the tests start all reach it."""
+    from servers import SlurmCluster
+
+    cluster = SlurmCluster()
+    previous = {name: os.environ.get(name) for name in cluster.env}
+    os.environ.update(cluster.env)
+    yield cluster
+    cluster.stop()
+    for name, value in previous.items():
+        os.environ.pop(name) if value is None else os.environ.update({name: value})
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request, tmp_path) -> str:
     """A new results database on each backend: a SQLite file, then a PostgreSQL database."""

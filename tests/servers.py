@@ -1,6 +1,7 @@
 """Real servers for the tests, started here, never mocked: a PostgreSQL server (Debian's `postgresql`
 package; initdb/pg_ctl run as the `postgres` user when the tests run as root, since PostgreSQL refuses to
-run as root) and, in `slurm.py` beside, a one-node SLURM cluster.
+run as root) and a one-node SLURM cluster with accounting (tests/slurm/start.sh: munged, a private
+MariaDB, slurmdbd, slurmctld and slurmd, all as root, everything under one folder).
 
 A server that cannot start fails the tests that need it: CI must run them, not skip them. Set
 RFTBENCH_TEST_SERVERS=skip to skip them instead on a machine without the packages (`make setup` installs
@@ -12,6 +13,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -84,3 +86,40 @@ class PostgresServer:
             capture_output=True,
             timeout=120,
         )
+
+
+SLURM_SCRIPTS = Path(__file__).parent / "slurm"
+
+
+class SlurmCluster:
+    """A one-node SLURM cluster on 127.0.0.1 for the session (tests/slurm/README.md). Its folder is a
+    short path under /tmp: slurmd's unix sockets live there (107 bytes at most), and munged wants every
+    parent folder world-executable, which pytest's 0700 tmp folder is not. `env` is what a client needs
+    (SLURM_CONF)."""
+
+    def __init__(self) -> None:
+        if os.geteuid() != 0:
+            unavailable("SLURM", "munged, slurmctld and slurmd run as root here; run the tests as root")
+        if shutil.which("slurmctld") is None or shutil.which("slurmdbd") is None:
+            unavailable("SLURM", "no slurmctld/slurmdbd (Debian packages slurmctld, slurmd, slurmdbd, munge)")
+        self.folder = Path(tempfile.mkdtemp(prefix="slurm.", dir="/tmp"))
+        for _ in range(3):  # three consecutive ports from a free one: retried if one of them is taken
+            env = os.environ | {"SLURM_LOCAL_PORT_BASE": str(free_port())}
+            done = subprocess.run([SLURM_SCRIPTS / "start.sh", self.folder], env=env, capture_output=True,
+                                  text=True, timeout=180)  # fmt: skip
+            if done.returncode == 0 or "already in use" not in done.stderr:
+                break
+        if done.returncode != 0:
+            self.stop()
+            unavailable("SLURM", f"start.sh failed: {done.stderr.strip()[-500:]}")
+        exports = [line[len("export ") :] for line in done.stdout.splitlines() if line.startswith("export ")]
+        self.env = dict(line.split("=", 1) for line in exports)
+
+    def run(self, *args: str) -> str:
+        done = subprocess.run(args, env=os.environ | self.env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, f"{' '.join(args)}: {done.stderr}"
+        return done.stdout
+
+    def stop(self) -> None:
+        subprocess.run([SLURM_SCRIPTS / "stop.sh", self.folder], capture_output=True, timeout=180)
+        shutil.rmtree(self.folder, ignore_errors=True)

@@ -124,6 +124,33 @@ def test_flags(db, tmp_path):
     check(cases, db, runs)
 
 
+def test_executor_flags(db, tmp_path):
+    runs = tmp_path / "runs"
+    smoke = [*SMOKE, "--runs-dir", str(runs), "--db", str(db)]
+    cases = [
+        ([*smoke, "--executor", "ray"], "--executor ray: unknown; choose inline, local or slurm"),
+        (
+            [*smoke, "--executor", "local"],
+            "--executor local needs --gpus LIST (one worker per GPU) or --processes",
+        ),
+        (
+            [*smoke, "--executor", "local", "--gpus", "0,x"],
+            "--gpus 0,x: write GPU indices separated by commas",
+        ),
+        ([*smoke, "--processes", "2"], "--gpus and --processes choose local workers: add --executor local"),
+        (
+            [*smoke, "--slurm-partition", "gpu"],
+            "--slurm-* and --wait configure SLURM jobs: add --executor slurm",
+        ),
+        ([*smoke, "--wait"], "--slurm-* and --wait configure SLURM jobs: add --executor slurm"),
+        (
+            ["resume", "--db", str(db), "--executor", "slurm", "--slurm-time", "0"],
+            "Invalid value for '--slurm-time': Input should be greater than or equal to 1",
+        ),
+    ]
+    check(cases, db, runs)
+
+
 def test_weights_files_that_do_not_load_or_do_not_fit(db, tmp_path):
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(os.urandom(2048))

@@ -4,8 +4,10 @@ killed with SIGKILL mid-run lose nothing."""
 
 from __future__ import annotations
 
+import functools
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -149,3 +151,119 @@ def test_workers_starting_on_a_cold_cache_decode_once_and_never_read_half_a_file
         t.join()
     assert len(calls) == 1 and len(results) == 4 and all(torch.equal(r, results[0]) for r in results)
     assert sorted(p.name for p in cache.parent.iterdir()) == ["x.pt", "x.pt.lock"]  # no temporary left
+
+
+def wait_for(probe, process: subprocess.Popen, seconds: float = 120):
+    """`probe()`'s first truthy answer, polled while `process` runs (None when it ends or time runs out);
+    errors count as no answer (a database not created yet)."""
+    deadline = time.monotonic() + seconds
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            if answer := probe():
+                return answer
+        except Exception:
+            pass
+        time.sleep(0.2)
+    return None
+
+
+def task_of(run) -> str:
+    return run.worker.split()[1]  # "slurm <job>_<task> on <host>"
+
+
+def sacct_history(slurm, job: str) -> list[str]:
+    """Every state a SLURM job went through (`sacct -D`: requeues too), steps left out."""
+    out = slurm.run("sacct", "-D", "-X", "-n", "-P", "-o", "JobID,State", "-j", job)
+    return [line for line in out.splitlines() if line]
+
+
+@pytest.mark.slow
+def test_slurm_array_runs_the_grid_into_postgres_through_a_requeue_and_a_preemption(
+    experiments, one_process, tmp_path, postgres, slurm
+):
+    """`run-grid --executor slurm --wait`: a submitit array of two claim-loop workers on the real one-node
+    cluster, results in PostgreSQL. While they run, one task is requeued by `scontrol requeue` (SIGTERM)
+    and the other preempted the way SLURM warns (USR2 to the step: submitit's checkpoint, then its own
+    requeue). Each stopped run is `interrupted`, never failed; the requeued tasks continue it from its
+    checkpoint; the database ends equal to one process's, row for row."""
+    db = postgres.database()
+    args = ["--experiments", str(experiments), "--db", db, "--runs-dir", str(tmp_path / "runs")]
+    slurm_flags = ["--executor", "slurm", "--slurm-cpus", "1", "--slurm-gpus", "0", "--slurm-jobs", "2"]
+    grid = subprocess.Popen([*RFTBENCH, "run-grid", "--grid", "smoke_seeds", *slurm_flags, "--wait", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=os.environ | {"OMP_NUM_THREADS": "1"})  # fmt: skip
+    store = wait_for(lambda: Store.open(db, create=False), grid)
+    holder = re.compile(r"held by slurm \d+_\d+ on")
+    named = wait_for(lambda: holder.search(rftbench("status", "--db", db).stdout), grid)
+    assert named, "rftbench status never named the SLURM task holding a run"
+    stopped = {}  # run id -> the task stopped while it held that run (one epoch of three done)
+
+    def one_epoch_in():  # a running run of a task not stopped yet, with two epochs to go
+        tasks = set(stopped.values())
+        running = store.runs(states=("running",))
+        return next((r for r in running if task_of(r) not in tasks and len(store.epochs(r.id)) == 1), None)
+
+    def let_go(run_id):  # the stopped task released the run (or another worker already took it over)
+        run = store.find_run(run_id)
+        return run.status == "interrupted" or run.attempts > 1
+
+    for stop in (["scontrol", "requeue"], ["scancel", "--signal=USR2"]):  # USR2: submitit's _interrupt()
+        run = wait_for(one_epoch_in, grid)
+        assert run is not None, "no run to stop"
+        stopped[run.id] = task_of(run)
+        slurm.run(*stop, stopped[run.id])
+        assert wait_for(functools.partial(let_go, run.id), grid)
+    output = grid.communicate(timeout=600)[0]
+    assert len(stopped) == 2, output
+    assert grid.returncode == 0 and "SLURM workers ended: all done" in output, output
+    runs = {r.id: r for r in store.runs()}
+    assert all(r.status == "completed" for r in runs.values())
+    assert [runs[i].attempts for i in stopped] == [2, 2] and sum(r.attempts for r in runs.values()) == 11
+    assert content(db) == one_process
+    for task in stopped.values():
+        states = [line.split("|")[1] for line in sacct_history(slurm, task)]
+        assert states[0] == "REQUEUED" and states[-1] == "COMPLETED", states
+    logs = "".join(p.read_text() for p in (tmp_path / "runs" / "slurm").glob("*/*_log.err"))
+    assert "Caught signal SIGUSR2" in logs and "this job is preempted" in logs
+
+
+def test_a_submission_slurm_refuses_is_one_line(experiments, tmp_path, slurm):
+    """sbatch's refusal (here a partition the cluster does not have) is one line and exit 2; no job is
+    left queued."""
+    args = ["--experiments", str(experiments), "--db", str(tmp_path / "s.db"), "--runs-dir", str(tmp_path)]
+    done = rftbench(
+        "run-grid",
+        "--grid",
+        "smoke",
+        "--executor",
+        "slurm",
+        "--slurm-partition",
+        "nosuch",
+        "--slurm-gpus",
+        "0",
+        *args,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.startswith("error: SLURM submission failed") and done.stderr.count("\n") == 1
+    assert "invalid partition specified: nosuch; Batch job submission failed" in done.stderr, done.stderr
+    assert slurm.run("squeue", "-h") == ""
+
+
+def test_slurm_options_reach_the_sbatch_script(tmp_path):
+    """Every [slurm] option / --slurm-* flag lands in the script submitit writes (a wrong submitit parameter
+    name fails here, not at a user's first submission)."""
+    from rftbench.config import SlurmOptions
+    from rftbench.executors import SlurmExecutor
+
+    options = SlurmOptions(partition="gpu", account="lab", qos="high", time_min=90, gpus_per_task=2,
+                           cpus_per_task=6, mem_gb=40, jobs=5, array_parallelism=3, max_requeues=7,
+                           additional={"constraint": "h100"})  # fmt: skip
+    executor = SlurmExecutor(tmp_path, options).executor()
+    script = executor._executor._make_submission_file_text("python -m x", "0")
+    for line in ["--partition=gpu", "--account=lab", "--qos=high", "--time=90", "--gpus-per-task=2",
+                 "--cpus-per-task=6", "--mem=40GB", "--constraint=h100", "--ntasks-per-node=1"]:  # fmt: skip
+        assert f"#SBATCH {line}\n" in script, script
+    assert executor._executor.max_num_timeout == 7 and executor._executor.parameters["array_parallelism"] == 3
+    defaults = SlurmExecutor(tmp_path, SlurmOptions()).executor()._executor
+    script = defaults._make_submission_file_text("python -m x", "0")
+    assert "--partition" not in script and "--mem" not in script and "--gpus-per-task=1" in script
