@@ -188,18 +188,17 @@ class LocalExecutor:
                     child.send_signal(signum)
 
         previous = signal.signal(signal.SIGTERM, forward)
-        try:
-            codes = []
-            for child in children:
-                while True:
-                    try:
-                        codes.append(child.wait())
+        try:  # poll them all, so that a worker killed by a signal is reaped (no zombie) at once
+            while True:
+                try:
+                    if all(child.poll() is not None for child in children):
                         break
-                    except KeyboardInterrupt:  # the workers got it too: wait for them to stop their runs
-                        continue
+                    time.sleep(0.5)
+                except KeyboardInterrupt:  # the workers got it too: wait for them to stop their runs
+                    continue
         finally:
             signal.signal(signal.SIGTERM, previous)
-        self.codes = codes
+        codes = self.codes = [child.returncode for child in children]
         return 130 if 130 in codes else max(codes, default=0)
 
 

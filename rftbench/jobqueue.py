@@ -50,13 +50,19 @@ def pid_namespace() -> str | None:
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether process `pid` (of this PID namespace) still runs. A zombie does not: a worker killed by a
+    signal stays one until its parent waits for it, and its run must be taken over at once."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # someone else's live process
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # no /proc (or it just ended): kill() said it exists
+        return True
+    return stat[stat.rindex(")") + 2 :].split()[0] != "Z"  # the state field follows "(command) "
 
 
 @dataclass(frozen=True)

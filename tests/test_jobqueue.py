@@ -3,14 +3,16 @@ concurrent workers, leases that expire, owner-checked writes, and reaping that a
 
 from __future__ import annotations
 
+import os
 import threading
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
 from rftbench.config import RunConfig
 from rftbench.grids import Job
-from rftbench.jobqueue import JobQueue, LeaseLost, Worker
+from rftbench.jobqueue import JobQueue, LeaseLost, Worker, pid_alive
 from rftbench.metrics import EvalProtocol
 from rftbench.store import Run, Store, now
 
@@ -105,6 +107,24 @@ def test_leases_expire_and_dead_processes_are_reaped(queue):
         session.get(Run, b.run_id).pid = 2**22 + 12345
         session.commit()
     assert queue.reap() == 1 and queue.store.run(b.run_id).status == "interrupted"
+
+
+def test_a_killed_worker_not_yet_waited_for_is_dead():
+    """A local worker killed by SIGKILL stays a zombie until its parent waits for it: its run must be taken
+    over at once, not when its lease expires."""
+    import signal
+    import subprocess
+    import time
+
+    child = subprocess.Popen(["sleep", "60"])
+    assert pid_alive(child.pid)
+    os.kill(child.pid, signal.SIGKILL)
+    stat = Path(f"/proc/{child.pid}/stat")
+    while stat.read_text().rsplit(")", 1)[1].split()[0] != "Z":  # not waited for: a zombie
+        time.sleep(0.01)
+    assert not pid_alive(child.pid)
+    child.wait()
+    assert not pid_alive(child.pid) and pid_alive(os.getpid())
 
 
 def test_a_process_id_from_another_pid_namespace_is_never_asked(queue):
