@@ -201,7 +201,9 @@ def test_slurm_array_runs_the_grid_into_postgres_through_a_requeue_and_a_preempt
     def one_epoch_in():  # a running run of a task not stopped yet, with two epochs to go
         tasks = set(stopped.values())
         running = store.runs(states=("running",))
-        return next((r for r in running if task_of(r) not in tasks and len(store.epochs(r.id)) == 1), None)
+        # (a run stopped once may be continued by the other task: it is no new target)
+        fresh = [r for r in running if r.id not in stopped and task_of(r) not in tasks]
+        return next((r for r in fresh if len(store.epochs(r.id)) == 1), None)
 
     def let_go(run_id):  # the stopped task released the run (or another worker already took it over)
         run = store.find_run(run_id)
