@@ -496,11 +496,6 @@ def execute(runner, run_ids: list[str] | None, launch: Launch | None = None, db:
         raise typer.Exit(code=code)
 
 
-def first_line_of(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[-1][:200] if lines else ""
-
-
 def estimate_work(configs) -> tuple[float, int]:
     """Training forward-backward passes (images × epochs × (attack steps + 1)); runs of unknown size."""
     from rftbench.datasets import DATASETS
