@@ -51,6 +51,7 @@ class BackboneSpec:
     size: int  # default input resolution
     normalization: tuple[tuple[float, ...], tuple[float, ...]]  # the backbone's own (mean, std)
     head: str  # where the fresh linear head goes, as a submodule path of the unnormalised model
+    convnet: bool = False  # runs channels-last on CUDA by default
 
     @property
     def env_var(self) -> str:
@@ -64,13 +65,13 @@ B = BackboneSpec
 BACKBONES: dict[str, BackboneSpec] = {s.name: s for s in [
     B("ViT", "timm", "vit_base_patch16_224", "augreg_in1k", 224, INCEPTION, "head"),
     B("SWIN", "timm", "swin_base_patch4_window7_224", "ms_in22k_ft_in1k", 224, IMNET, "head.fc"),
-    B("CNX", "timm", "convnext_base", "fb_in22k_ft_in1k", 224, IMNET, "head.fc"),
-    B("R50", "timm", "resnet50", "a1_in1k", 224, IMNET, "fc"),
+    B("CNX", "timm", "convnext_base", "fb_in22k_ft_in1k", 224, IMNET, "head.fc", True),
+    B("R50", "timm", "resnet50", "a1_in1k", 224, IMNET, "fc", True),
     B("ClipViT", "timm", "vit_base_patch16_clip_224", "laion2b", 224, CLIP, "head"),
-    B("ClipCNX", "open_clip", "convnext_base_w", "laion2b_s13b_b82k", 224, CLIP, "head"),
-    B("tf_efficientnet_lite0", "timm", "tf_efficientnet_lite0", "in1k", 224, INCEPTION, "classifier"),
-    B("mobilenetv2_100", "timm", "mobilenetv2_100", "ra_in1k", 224, IMNET, "classifier"),
-    B("cifar_resnet20", "rftbench", "cifar_resnet20", "resnet20-12fca82f.th", 32, IMNET, "linear"),
+    B("ClipCNX", "open_clip", "convnext_base_w", "laion2b_s13b_b82k", 224, CLIP, "head", True),
+    B("tf_efficientnet_lite0", "timm", "tf_efficientnet_lite0", "in1k", 224, INCEPTION, "classifier", True),
+    B("mobilenetv2_100", "timm", "mobilenetv2_100", "ra_in1k", 224, IMNET, "classifier", True),
+    B("cifar_resnet20", "rftbench", "cifar_resnet20", "resnet20-12fca82f.th", 32, IMNET, "linear", True),
 ]}  # fmt: skip
 
 # Registry packages that ship ImageNet weights offline: (pip name, module, file inside the module).

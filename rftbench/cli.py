@@ -209,8 +209,11 @@ RUNS_DIR = typer.Option(
 )
 DEVICE = typer.Option(None, "--device", help="cuda, cuda:1, mps, cpu [default: cuda if available]")
 WORKERS = typer.Option(None, "--workers", min=0, help="data-loader workers [default: 4 on a GPU, 0 on CPU]")
-CHANNELS_LAST = typer.Option(False, "--channels-last", help="channels-last memory format (convnets on GPU)")
+CHANNELS_LAST = typer.Option(
+    None, "--channels-last/--no-channels-last", help="channels-last memory format (default: convnets on CUDA)"
+)
 COMPILE = typer.Option(False, "--compile", help="torch.compile the model (never part of a run's id)")
+TF32 = typer.Option(True, "--tf32/--no-tf32", help="let fp32 use TF32 on CUDA (recorded with each run)")
 ROOTS = typer.Option([], "--root", help="NAME=PATH: a dataset's data root (repeatable)")
 WEIGHTS = typer.Option([], "--weights", help="NAME=FILE: a backbone's weights file (repeatable)")
 PRUNE = typer.Option(False, "--prune-checkpoints", help="delete a finished run's last.pt (final.pt stays)")
@@ -242,7 +245,9 @@ def read_experiments(path: Path):
         fail(str(exc))
 
 
-def runtime_options(device: str | None, workers: int | None, channels_last: bool, compile_: bool):
+def runtime_options(
+    device: str | None, workers: int | None, channels_last: bool | None, compile_: bool, tf32: bool = True
+):
     import torch
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -255,10 +260,12 @@ def runtime_options(device: str | None, workers: int | None, channels_last: bool
             f"device {device!r} is not usable here ({str(exc).splitlines()[0][:100]}); pick another --device"
         )
     workers = workers if workers is not None else (0 if device == "cpu" else min(4, os.cpu_count() or 1))
-    return RuntimeOptions(device=device, channels_last=channels_last, compile=compile_, num_workers=workers)
+    return RuntimeOptions(
+        device=device, channels_last=channels_last, compile=compile_, num_workers=workers, tf32=tf32
+    )
 
 
-def make_runner(runs_dir, device, workers, channels_last, compile_, roots, weights, prune, lease):
+def make_runner(runs_dir, device, workers, channels_last, compile_tf32, roots, weights, prune, lease):
     """A runner without its store: flags are checked first, and the database is opened only once the jobs
     passed their preflight (bad input leaves the database untouched)."""
     from rftbench.backbones import BACKBONES
@@ -267,7 +274,7 @@ def make_runner(runs_dir, device, workers, channels_last, compile_, roots, weigh
 
     return Runner(
         store=None,
-        runtime=runtime_options(device, workers, channels_last, compile_),
+        runtime=runtime_options(device, workers, channels_last, *compile_tf32),
         runs_dir=runs_dir,
         roots=parse_pairs("--root", roots, "Cub=/data/CUB", DATASETS, "dataset"),
         weights=parse_pairs("--weights", weights, "SWIN=swin.safetensors", BACKBONES, "backbone"),
@@ -527,8 +534,9 @@ def run_grid(
     runs_dir: Path = RUNS_DIR,
     device: str | None = DEVICE,
     workers: int | None = WORKERS,
-    channels_last: bool = CHANNELS_LAST,
+    channels_last: bool | None = CHANNELS_LAST,
     compile_: bool = COMPILE,
+    tf32: bool = TF32,
     root: list[str] = ROOTS,
     weights: list[str] = WEIGHTS,
     prune_checkpoints: bool = PRUNE,
@@ -571,7 +579,15 @@ def run_grid(
         show_jobs(grid, jobs, db)
         return
     runner = make_runner(
-        runs_dir, device, workers, channels_last, compile_, root, weights, prune_checkpoints, lease_seconds
+        runs_dir,
+        device,
+        workers,
+        channels_last,
+        (compile_, tf32),
+        root,
+        weights,
+        prune_checkpoints,
+        lease_seconds,
     )
     ids = [job.run_id for job in jobs]
     statuses = existing_statuses(db, ids)
@@ -665,8 +681,9 @@ def run(
     runs_dir: Path = RUNS_DIR,
     device: str | None = DEVICE,
     workers: int | None = WORKERS,
-    channels_last: bool = CHANNELS_LAST,
+    channels_last: bool | None = CHANNELS_LAST,
     compile_: bool = COMPILE,
+    tf32: bool = TF32,
     root: list[str] = ROOTS,
     weights: list[str] = WEIGHTS,
     prune_checkpoints: bool = PRUNE,
@@ -686,7 +703,15 @@ def run(
         fail(str(exc))
     print_notes([job.config])
     runner = make_runner(
-        runs_dir, device, workers, channels_last, compile_, root, weights, prune_checkpoints, lease_seconds
+        runs_dir,
+        device,
+        workers,
+        channels_last,
+        (compile_, tf32),
+        root,
+        weights,
+        prune_checkpoints,
+        lease_seconds,
     )
     if existing_statuses(db, [job.run_id]).get(job.run_id) != "completed":
         preflight(runner, [(job.config, job.paths)])
@@ -720,8 +745,9 @@ def resume(
     runs_dir: Path = RUNS_DIR,
     device: str | None = DEVICE,
     workers: int | None = WORKERS,
-    channels_last: bool = CHANNELS_LAST,
+    channels_last: bool | None = CHANNELS_LAST,
     compile_: bool = COMPILE,
+    tf32: bool = TF32,
     root: list[str] = ROOTS,
     weights: list[str] = WEIGHTS,
     prune_checkpoints: bool = PRUNE,
@@ -744,7 +770,15 @@ def resume(
     launch = make_launch(executor, gpus, processes, slurm_partition, slurm_time, slurm_gpus, slurm_cpus,
                          slurm_mem, slurm_jobs, slurm_parallelism, slurm_folder, wait)  # fmt: skip
     runner = make_runner(
-        runs_dir, device, workers, channels_last, compile_, root, weights, prune_checkpoints, lease_seconds
+        runs_dir,
+        device,
+        workers,
+        channels_last,
+        (compile_, tf32),
+        root,
+        weights,
+        prune_checkpoints,
+        lease_seconds,
     )
     runner.store = open_store(db, create=False)
     # the data and weights of every unfinished run first: a problem leaves the database as it was

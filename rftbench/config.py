@@ -42,6 +42,7 @@ IDENTITY_V1 = (
 RENAMED: dict[str, str] = {}  # stored key -> the field that replaced it (same meaning, new name)
 RETIRED: dict[str, object] = {}  # removed field -> the only value a stored config may hold for it
 ATTACK_MODES = ("eval", "train")
+AUGMENTATIONS = ("loader", "device")  # where the training augmentation runs (rftbench.data)
 
 
 class ConfigError(ValueError):
@@ -106,6 +107,10 @@ class RunConfig:
     test_subset: int = 0  # > 0: the same for the scored test split
     eval_budgets: tuple[str, ...] = ()  # empty: (eps,) for adversarial runs
     val_adv_samples: int = 500  # per-epoch validation APGD: a fixed subset covering every class (split_seed)
+    # Added after release 0.1, hashed only off their defaults (which compute what 0.1 computed):
+    augmentation: str = "loader"  # "device": the same augmentation on the whole batch, on the run's device
+    decay_norm_and_bias: bool = True  # False: no weight decay on normalisation weights, biases, embeddings
+    head_lr_scale: float = 1.0  # the fresh head's learning rate is lr × this
 
     def __post_init__(self) -> None:
         spec = schedules.ScheduleSpec(
@@ -129,6 +134,8 @@ class RunConfig:
         set_("eval_budgets", tuple(sorted(set(budgets), key=lambda b: parse_eps(b))))
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision {self.precision!r} unknown: choose one of {', '.join(PRECISIONS)}")
+        if self.augmentation not in AUGMENTATIONS:
+            raise ValueError(f"augmentation {self.augmentation!r} unknown: choose one of {AUGMENTATIONS}")
         if self.attack_mode not in ATTACK_MODES:
             raise ValueError(f"attack_mode {self.attack_mode!r} unknown: choose one of {ATTACK_MODES}")
         for name in ("epochs", "batch_size", "train_attack_steps", "eval_attack_steps", "resolution"):
@@ -143,6 +150,8 @@ class RunConfig:
             )
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if not (math.isfinite(self.head_lr_scale) and self.head_lr_scale > 0):
+            raise ValueError(f"head_lr_scale must be a positive number, got {self.head_lr_scale}")
         for name in ("weight_decay", "warmup_epochs", "min_lr"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
@@ -223,9 +232,11 @@ class RuntimeOptions:
     """How a run executes, not what it computes: never part of the run id."""
 
     device: str = "cpu"
-    channels_last: bool = False
+    channels_last: bool | None = None  # None: for convnets on CUDA
     compile: bool = False
+    compile_mode: str | None = None  # torch.compile's mode ("reduce-overhead": CUDA graphs)
     num_workers: int = 0
+    tf32: bool = True  # fp32 matmuls and convolutions may use TF32 on CUDA
 
 
 class SlurmOptions(pydantic.BaseModel):

@@ -5,23 +5,33 @@
     loader = make_loader(train, batch_size=64, shuffle=True)
 
 Decoding and resizing are the expensive part of an epoch, so images are decoded once into a uint8
-tensor (N×3×H×W at the run's resolution) and augmentation runs on those tensors.
+tensor (N×3×H×W at the run's resolution) and augmentation runs on those tensors: per image in the loader
+(`train_transform`, the run config's `augmentation = "loader"`), or on the run's device for the whole
+batch (`augment_params` + `augment_batch`, `augmentation = "device"`), where loaders ship uint8 batches:
+
+    params = augment_params(len(x), generator)        # on the CPU, from (seed, epoch): any device agrees
+    x = augment_batch(x.to("cuda", non_blocking=True), params.to("cuda", non_blocking=True))
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 import signal
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.transforms import v2
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp")
+JITTER = 0.25  # ColorJitter's brightness, contrast and saturation
+DEGREES = 2.0  # RandomRotation's range, ±
 
 
 def decode_image(path: str | Path, resolution: int) -> Tensor:
@@ -70,12 +80,69 @@ def eval_transform() -> Callable[[Tensor], Tensor]:
     return v2.ToDtype(torch.float32, scale=True)
 
 
+def to_unit_float(x: Tensor) -> Tensor:
+    """uint8 images to float32 in [0, 1] exactly as `eval_transform` computes them; float images as given."""
+    return v2.functional.to_dtype(x, torch.float32, scale=True) if x.dtype == torch.uint8 else x
+
+
+# The six orders of (brightness, contrast, saturation): torchvision's ColorJitter draws one per image.
+JITTER_ORDERS = torch.tensor(list(itertools.permutations(range(3))))
+
+
+def augment_params(n: int, generator: torch.Generator) -> Tensor:
+    """`n` images' draws of the training augmentation, n×6 float32 on the CPU: flip (0 or 1), brightness,
+    contrast and saturation factors in [1 - JITTER, 1 + JITTER], the jitter order (0-5, an index into
+    JITTER_ORDERS) and the rotation in degrees in [-DEGREES, DEGREES]. Drawn on the CPU so that every device
+    augments alike."""
+    u = torch.rand(n, 5, generator=generator, dtype=torch.float64)
+    order = torch.randint(len(JITTER_ORDERS), (n, 1), generator=generator, dtype=torch.float64)
+    params = torch.cat([(u[:, :1] < 0.5), 1 - JITTER + 2 * JITTER * u[:, 1:4], order,
+                        -DEGREES + 2 * DEGREES * u[:, 4:]], dim=1)  # fmt: skip
+    return params.float()
+
+
+def _grayscale(x: Tensor) -> Tensor:
+    r, g, b = x.unbind(dim=-3)
+    return r.mul(0.2989).add_(g, alpha=0.587).add_(b, alpha=0.114).unsqueeze(-3)
+
+
+def _blend(x: Tensor, other: Tensor, factor: Tensor) -> Tensor:
+    return (factor * x + (1 - factor) * other).clamp(0, 1)
+
+
+def augment_batch(x: Tensor, params: Tensor) -> Tensor:
+    """`train_transform` on a whole batch where it lives (uint8 or [0, 1] float B×3×H×W; `params` from
+    `augment_params`, on the same device): horizontal flip, ColorJitter (brightness, contrast, saturation
+    in each image's own order, torchvision's formulas on floats) and a nearest-neighbour rotation about the
+    centre with zero fill. Returns float32 in [0, 1]. Unlike the loader path, the jitter is computed on
+    floats and not rounded back to uint8 between its steps."""
+    x = to_unit_float(x)
+    per_image = (-1, 1, 1, 1)
+    flip, factors, order, degrees = params[:, 0], params[:, 1:4], params[:, 4].long(), params[:, 5]
+    x = torch.where(flip.view(per_image) > 0, x.flip(-1), x)
+    orders = JITTER_ORDERS.to(x.device)[order]  # B×3: which operation comes at each position
+    for position in range(3):
+        op = orders[:, position].view(per_image)
+        factor = factors.gather(1, orders[:, position : position + 1]).view(per_image)
+        brightness = (factor * x).clamp(0, 1)
+        contrast = _blend(x, _grayscale(x).mean(dim=(-3, -2, -1), keepdim=True), factor)
+        saturation = _blend(x, _grayscale(x), factor)
+        x = torch.where(op == 0, brightness, torch.where(op == 1, contrast, saturation))
+    angle = degrees * (math.pi / 180)
+    cos, sin, zero = angle.cos(), angle.sin(), torch.zeros_like(angle)
+    height, width = x.shape[-2:]
+    theta = torch.stack([torch.stack([cos, -sin * height / width, zero], 1),
+                         torch.stack([sin * width / height, cos, zero], 1)], 1)  # fmt: skip
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+
+
 class ImageTensorDataset(Dataset):
     def __init__(
         self,
         images: Tensor,
         labels: Tensor,
-        transform: Callable[[Tensor], Tensor],
+        transform: Callable[[Tensor], Tensor] | None,
         classes: list[str] | None = None,
     ) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
@@ -87,7 +154,8 @@ class ImageTensorDataset(Dataset):
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        return self.transform(self.images[index]), self.labels[index]
+        image = self.images[index]  # transform None: uint8, for the device to convert (`to_unit_float`)
+        return (self.transform(image) if self.transform is not None else image), self.labels[index]
 
 
 def apportion(sizes: np.ndarray, n: int) -> np.ndarray:
@@ -124,7 +192,8 @@ def covering_loader(loader: DataLoader, n: int, seed: int) -> DataLoader:
         raise ValueError("the dataset needs a `labels` tensor to draw a subset covering every class")
     subset = Subset(loader.dataset, covering_subsample(labels.tolist(), n, seed))
     return DataLoader(subset, batch_size=loader.batch_size, num_workers=loader.num_workers,
-                      pin_memory=loader.pin_memory, worker_init_fn=loader.worker_init_fn)  # fmt: skip
+                      pin_memory=loader.pin_memory, worker_init_fn=loader.worker_init_fn,
+                      persistent_workers=loader.persistent_workers)  # fmt: skip
 
 
 def ignore_stop_signals(worker_id: int) -> None:
@@ -137,9 +206,12 @@ def ignore_stop_signals(worker_id: int) -> None:
 def make_loader(
     dataset: Dataset, batch_size: int, *, shuffle: bool, num_workers: int = 0, device: str = "cpu"
 ) -> DataLoader:
-    """A loader that keeps an accelerator fed (workers, pinned memory off the CPU). Workers are not
-    persistent: the trainer reseeds the global RNG per epoch, and fresh workers draw their seeds from it,
-    so an epoch's shuffle and augmentation are the same whether or not the run was resumed."""
+    """A loader that keeps an accelerator fed: workers, and pinned memory off the CPU so that copies to
+    the device are asynchronous. Workers persist across epochs only where they draw no random numbers (a
+    dataset without a transform, which ships uint8 images): the trainer reseeds the global RNG per epoch
+    and fresh workers draw their seeds from it, so an epoch's loader-side augmentation is the same whether
+    or not the run was resumed. The shuffle is drawn in the main process either way."""
+    random_in_workers = getattr(dataset, "transform", None) is not None
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -148,4 +220,5 @@ def make_loader(
         pin_memory=not str(device).startswith("cpu"),
         drop_last=False,
         worker_init_fn=ignore_stop_signals if num_workers else None,
+        persistent_workers=num_workers > 0 and not random_in_workers,
     )

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from rftbench.attacks import apgd, module_modes
 from rftbench.config import PRECISIONS, PROTOCOLS, eps_text, parse_eps
+from rftbench.data import to_unit_float
 
 
 def adaptation_start_epoch(
@@ -165,7 +166,7 @@ def robustness_curve(
 
     with module_modes(model, training=False):
         for batch_index, (x, y) in enumerate(batches):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x, y = to_unit_float(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
             if random_start:
                 gen = torch.Generator().manual_seed(seed * 1_000_003 + batch_index)
                 noise = (2 * torch.rand(x.shape, generator=gen) - 1).to(x.device, x.dtype)

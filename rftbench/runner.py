@@ -28,7 +28,7 @@ from rftbench import __version__
 from rftbench.backbones import build_backbone, check_weights, get_backbone_spec
 from rftbench.checkpoint import CheckpointError, load_checkpoint
 from rftbench.config import RunConfig, RuntimeOptions
-from rftbench.data import ImageTensorDataset, eval_transform, make_loader, train_transform
+from rftbench.data import ImageTensorDataset, make_loader, train_transform
 from rftbench.datasets import build_dataset, check_data, env_var, stratified_subsample
 from rftbench.jobqueue import JobQueue, LeaseLost, Worker
 from rftbench.metrics import EvalProtocol, evaluate_budgets
@@ -93,7 +93,7 @@ def build_model(config: RunConfig, paths: dict, num_classes: int) -> torch.nn.Mo
 
 
 def provenance(runtime: RuntimeOptions) -> dict:
-    """What produced a run's numbers, stored with it: versions, commit, device."""
+    """What produced a run's numbers, stored with it: versions, commit, device, math modes."""
     import open_clip
     import timm
 
@@ -107,6 +107,10 @@ def provenance(runtime: RuntimeOptions) -> dict:
         "python": platform.python_version(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
         "host": platform.node(),
+        # how fp32 math ran: TF32 matmuls and cuDNN's per-shape kernel choice change the last bits
+        "tf32": device.type == "cuda" and runtime.tf32,
+        "cudnn_benchmark": device.type == "cuda",
+        "compile": runtime.compile_mode or "default" if runtime.compile else None,
     }
 
 
@@ -241,8 +245,10 @@ class Runner:
             info = provenance(self.runtime)
             self.store.set_provenance(run.id, info)
             paths = self.paths(run)
-            train_set = build_data(config, paths, "train", train_transform())
-            val_set, test_set = (build_data(config, paths, s, eval_transform()) for s in ("val", "test"))
+            # uint8 batches travel to the device, which converts them (and augments them, for "device")
+            augment = train_transform() if config.augmentation == "loader" else None
+            train_set = build_data(config, paths, "train", augment)
+            val_set, test_set = (build_data(config, paths, s, None) for s in ("val", "test"))
             model = build_model(config, paths, len(train_set.classes))
             train_loader, val_loader, test_loader = (
                 self.loader(data, config, shuffle=data is train_set)
@@ -338,7 +344,7 @@ class Runner:
             )
         config, paths = RunConfig.from_json(run.config), self.paths(run)
         check_data(config.dataset, paths["data_root"], paths["split_file"])
-        test_set = build_data(config, paths, "test", eval_transform())
+        test_set = build_data(config, paths, "test", None)
         model = build_backbone(
             config.backbone, len(test_set.classes), pretrained=False, size=config.resolution
         )

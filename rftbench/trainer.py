@@ -8,6 +8,13 @@ run whose `last.pt` exists continues after its last finished epoch; every epoch 
 attacks a fixed subset of the validation split that covers every class (`split_seed`); the final
 evaluation follows an explicit `EvalProtocol` (default: the paper's, in fp32). Imports nothing from the
 CLI, the store or the terminal UI.
+
+Speed on a GPU (none of it changes what a run computes beyond floating-point rounding, and `provenance`
+records it): loaders may ship uint8 batches, converted (and for `augmentation = "device"` augmented) on
+the device; AdamW is fused on CUDA; fp32 matmuls may use TF32 there (`RuntimeOptions.tf32`) and cuDNN
+picks its kernels per shape (`cudnn.benchmark`); convnets run channels-last on CUDA; `--compile` compiles
+the model once per mode with a dynamic batch dimension, so ragged last batches, APGD's iterations and
+train/eval flips reuse compiled graphs.
 """
 
 from __future__ import annotations
@@ -21,12 +28,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from rftbench.attacks import apgd
+from rftbench.backbones import get_backbone_spec
 from rftbench.checkpoint import resume_training, save_checkpoint, training_state
 from rftbench.config import RunConfig, RuntimeOptions, eps_text, parse_eps
-from rftbench.data import covering_loader
+from rftbench.data import augment_batch, augment_params, covering_loader, to_unit_float
 from rftbench.metrics import AUTOCAST, EvalProtocol, evaluate_budgets
 
 
@@ -40,8 +48,71 @@ def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float) -> Call
     return factor
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
+    """The seed of one epoch's random numbers; `stream` > 0 gives independent ones (1: the device-side
+    augmentation's draws)."""
+    entropy = [seed, epoch] + ([stream] if stream else [])
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
+
+def no_decay_names(model: nn.Module) -> set[str]:
+    """Parameters without weight decay when `decay_norm_and_bias` is off: every parameter of at most one
+    dimension (normalisation weights, biases) and those a module names in `no_weight_decay()` (timm's
+    position embeddings, class tokens, relative position tables)."""
+    names = {name for name, p in model.named_parameters() if p.ndim <= 1}
+    for prefix, module in model.named_modules():
+        if callable(getattr(module, "no_weight_decay", None)):
+            names |= {f"{prefix}.{n}" if prefix else n for n in module.no_weight_decay()}
+    return names
+
+
+def param_groups(model: nn.Module, config: RunConfig) -> list[dict]:
+    """AdamW's parameter groups under `config`: one group of every parameter by default (as release 0.1);
+    `decay_norm_and_bias = False` moves `no_decay_names` to a group without weight decay, `head_lr_scale`
+    the fresh head (the backbone registry's `head` path) to a group with lr × that scale."""
+    no_decay = set() if config.decay_norm_and_bias else no_decay_names(model)
+    head = f"1.{get_backbone_spec(config.backbone).head}." if config.head_lr_scale != 1 else None
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            is_head = head is not None and name.startswith(head)
+            groups.setdefault((name not in no_decay, is_head), []).append(p)
+    if head is not None and not any(is_head for _, is_head in groups):
+        raise ValueError(f"head_lr_scale: the model has no parameters under {head[:-1]!r}")
+    return [
+        {"params": params, "weight_decay": config.weight_decay if decay else 0.0,
+         "lr": config.lr * (config.head_lr_scale if is_head else 1.0)}
+        for (decay, is_head), params in groups.items()
+    ]  # fmt: skip
+
+
+class DynamicBatch(nn.Module):
+    """`torch.compile(model)` whose inputs' batch dimension is dynamic from the first call, so a ragged
+    last batch reuses the graph instead of compiling another."""
+
+    def __init__(self, model: nn.Module, mode: str | None = None) -> None:
+        super().__init__()
+        self.compiled = torch.compile(model, mode=mode)
+
+    def forward(self, x: Tensor) -> Tensor:
+        torch._dynamo.maybe_mark_dynamic(x, 0)
+        return self.compiled(x)
+
+
+def configure_device(device: torch.device, runtime: RuntimeOptions) -> None:
+    """CUDA's math and kernel choices for this process (recorded by the runner's `provenance`)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = runtime.tf32
+        torch.backends.cudnn.allow_tf32 = runtime.tf32
+        torch.backends.cudnn.benchmark = True  # shapes are fixed within a run
+
+
+def memory_format(config: RunConfig, runtime: RuntimeOptions) -> torch.memory_format:
+    """channels-last where asked, by default for convnets on CUDA (where cuDNN prefers it)."""
+    wanted = runtime.channels_last
+    if wanted is None:
+        wanted = torch.device(runtime.device).type == "cuda" and get_backbone_spec(config.backbone).convnet
+    return torch.channels_last if wanted else torch.contiguous_format
 
 
 def val_adv_budget(config: RunConfig) -> float:
@@ -51,12 +122,18 @@ def val_adv_budget(config: RunConfig) -> float:
     return float(parse_eps(config.eval_budgets[0]))
 
 
-def train_one_epoch(net, loader, optimizer, scheduler, scaler, eps_at, config, device, amp, fmt) -> dict:
+def train_one_epoch(
+    net, loader, optimizer, scheduler, scaler, eps_at, config, device, amp, fmt, augment=None
+) -> dict:
+    """One epoch; `augment` (a CPU generator) draws the device-side augmentation of every batch."""
     net.train()
     loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device)
     seen, start = 0, time.perf_counter()
     for step, (x, y) in enumerate(loader):
-        x = x.to(device, non_blocking=True).contiguous(memory_format=fmt)
+        x = x.to(device, non_blocking=True)
+        if augment is not None:
+            x = augment_batch(x, augment_params(len(y), augment).to(device, non_blocking=True))
+        x = to_unit_float(x).contiguous(memory_format=fmt)
         y = y.to(device, non_blocking=True)
         eps = eps_at(step=step)
         x = apgd(net, x, y, eps, config.train_attack_steps, random_start=config.attack_random_start,
@@ -88,7 +165,7 @@ def validate(net, loader, adv_loader, eps, steps, device, amp, fmt) -> dict:
     sums, n, n_adv = torch.zeros(4, device=device), 0, 0  # clean loss, clean correct, adv loss, adv correct
     for slot, batches in ((0, loader), (2, adv_loader if eps > 0 else ())):
         for x, y in batches:
-            x = x.to(device, non_blocking=True).contiguous(memory_format=fmt)
+            x = to_unit_float(x.to(device, non_blocking=True)).contiguous(memory_format=fmt)
             y = y.to(device, non_blocking=True)
             if slot:
                 x = apgd(net, x, y, eps, steps, returned="misclassified", autocast_dtype=amp)
@@ -117,9 +194,12 @@ def train(
     """Fine-tune `model` under `config`, then evaluate it on `test_loader` under `evaluation` (default: the
     paper protocol with the run's `eval_attack_steps`, fp32); returns the final evaluation."""
     device, amp = torch.device(runtime.device), AUTOCAST[config.precision]
-    fmt = torch.channels_last if runtime.channels_last else torch.contiguous_format
+    configure_device(device, runtime)
+    fmt = memory_format(config, runtime)
     model.to(device=device, memory_format=fmt)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    fused = device.type == "cuda"  # CPU keeps the foreach kernels, and release 0.1's exact numbers
+    optimizer = torch.optim.AdamW(param_groups(model, config), config.lr, weight_decay=config.weight_decay,
+                                  fused=fused)  # fmt: skip
     steps = len(train_loader)
     lr_factor = warmup_cosine(
         round(config.warmup_epochs * steps), config.epochs * steps, config.min_lr / config.lr
@@ -132,7 +212,7 @@ def train(
     for metrics in history:  # idempotent upserts: repairs a row the store may have lost
         metrics.setdefault("val_adv_subset", "prefix" if metrics["val_adv_acc"] is not None else None)  # v0.1
         callback(metrics)
-    net = torch.compile(model) if runtime.compile else model
+    net = DynamicBatch(model, runtime.compile_mode) if runtime.compile else model
     val_eps = val_adv_budget(config)
     val_adv_loader = covering_loader(val_loader, config.val_adv_samples, config.split_seed)
 
@@ -147,8 +227,11 @@ def train(
             val_accuracies=[m["val_acc"] for m in history],
         )
         lr, start = scheduler.get_last_lr()[0], time.perf_counter()
+        augment = None
+        if config.augmentation == "device":
+            augment = torch.Generator().manual_seed(epoch_seed(config.seed, epoch, stream=1))
         trained = train_one_epoch(
-            net, train_loader, optimizer, scheduler, scaler, eps_at, config, device, amp, fmt
+            net, train_loader, optimizer, scheduler, scaler, eps_at, config, device, amp, fmt, augment
         )
         val = validate(net, val_loader, val_adv_loader, val_eps, config.eval_attack_steps, device, amp, fmt)
         metrics = {
