@@ -17,6 +17,7 @@ it (`rftbench evaluate` adds one).
 from __future__ import annotations
 
 import io
+import json
 import math
 from dataclasses import dataclass, field
 from importlib.resources import files
@@ -127,6 +128,7 @@ class Results:
         for row in data["adaptation"]:
             thresholds.setdefault(row.run_id, row.threshold)
         runs, values, pending, selected, unread = [], [], [], [], []
+        data["runs"], aside = newest_per_cell(data["runs"])
         without: dict[str, set] = {}  # completed run id -> the protocols it does have
         rows: dict[str, list] = {}  # run id -> its evaluation rows
         for ev in data["evaluations"]:
@@ -198,8 +200,9 @@ class Results:
         frame = pd.DataFrame(values, columns=[*KEYS, "seed", "metric", "value", "run_id"])
         selected = pd.DataFrame(selected)
         label = selection.label(set(selected.steps) if len(selected) else set())
+        notes = "; ".join(n for n in (missing_note(without, unread, selection), aside) if n)
         return cls(frame, pending, epochs, pd.DataFrame(runs), evaluations, selected, "database", label,
-                   missing_note(without, unread, selection))  # fmt: skip
+                   notes)  # fmt: skip
 
     @classmethod
     def paper(cls, table: str) -> Results:
@@ -210,6 +213,29 @@ class Results:
         frame = frame[frame["table"].isin(PAPER_TABLES[table])].drop(columns="table")
         frame = frame.drop_duplicates([*KEYS, "metric"])  # Tables 4 and 8 repeat fix and sched
         return cls(frame.assign(seed=0, run_id=""), source="paper")
+
+
+def newest_per_cell(runs: list) -> tuple[list, str]:
+    """One run per table cell and seed: where a grid holds several (its definition changed, e.g. from
+    fp32 to bf16, and both were run), the newest, and a note naming what the others differ in. Averaging
+    them would mix two experiments into one number."""
+    newest: dict[tuple, object] = {}
+    for run in sorted(runs, key=lambda r: r.created_at):
+        newest[(run.backbone, run.dataset, run.setting, run.eps, run.t1, run.t2, run.seed)] = run
+    kept = {run.id for run in newest.values()}
+    aside = [run for run in runs if run.id not in kept]
+    if not aside:
+        return runs, ""
+    differ: set[str] = set()
+    for run in aside:
+        shown = newest[(run.backbone, run.dataset, run.setting, run.eps, run.t1, run.t2, run.seed)]
+        old, new = json.loads(run.config), json.loads(shown.config)
+        differ |= {key for key in old.keys() | new.keys() if old.get(key) != new.get(key)}
+    return [run for run in runs if run.id in kept], (
+        f"{len(aside)} older run(s) set aside ({', '.join(r.id for r in aside[:5])}"
+        f"{', …' if len(aside) > 5 else ''}): a newer run of the same cell differs in "
+        f"{', '.join(sorted(differ))}; each cell shows its newest run"
+    )
 
 
 def missing_note(without: dict[str, set], unread: list[str], selection: Selection) -> str:

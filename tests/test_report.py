@@ -325,3 +325,21 @@ def test_rows_of_another_protocol_or_budget_never_reach_a_table(db, tmp_path):
         "have no paper bf16 evaluation" in bf16.missing
         and "--protocol paper --precision bf16" in bf16.missing
     )
+
+
+def test_a_cell_run_twice_under_two_grid_definitions_shows_its_newest_run_and_says_so(tmp_path):
+    """A grid whose definition changed (release 0.2 made the paper grids bf16) holds two runs of a cell:
+    the table shows the newest one's numbers, never their mean, and the note names what differs."""
+    store = Store.open(str(tmp_path / "r.db"))
+    fp32 = RunConfig(backbone="SWIN", dataset="Cars", setting="fix", eps="4/255", epochs=2, precision="fp32")
+    bf16 = RunConfig(**{**fp32.to_dict(), "precision": "bf16", "augmentation": "device"})
+    add_run(store, "paper", fp32, [0.1, 0.2], evaluation("4/255", 50.0, 10.0, 30.0))
+    add_run(store, "paper", bf16, [0.1, 0.2], evaluation("4/255", 70.0, 20.0, 40.0))
+    results = Results.from_store(store, grid="paper")
+    assert sorted(results.values.query("metric == 'clean'").value) == [70.0]
+    assert set(results.values.run_id) == {bf16.run_id}
+    assert f"1 older run(s) set aside ({fp32.run_id})" in results.missing
+    assert "differs in augmentation, precision;" in results.missing
+    lone = Store.open(str(tmp_path / "lone.db"))
+    add_run(lone, "paper", fp32, [0.1, 0.2], evaluation("4/255", 50.0, 10.0, 30.0))
+    assert "set aside" not in Results.from_store(lone, grid="paper").missing
