@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rftbench.attacks import apgd
-from rftbench.backbones import get_backbone_spec
+from rftbench.backbones import BACKBONES, get_backbone_spec
 from rftbench.checkpoint import resume_training, save_checkpoint, training_state
 from rftbench.config import RunConfig, RuntimeOptions, eps_text, parse_eps
 from rftbench.data import augment_batch, augment_params, covering_loader, to_unit_float
@@ -110,8 +110,9 @@ def configure_device(device: torch.device, runtime: RuntimeOptions) -> None:
 def memory_format(config: RunConfig, runtime: RuntimeOptions) -> torch.memory_format:
     """channels-last where asked, by default for convnets on CUDA (where cuDNN prefers it)."""
     wanted = runtime.channels_last
-    if wanted is None:
-        wanted = torch.device(runtime.device).type == "cuda" and get_backbone_spec(config.backbone).convnet
+    if wanted is None:  # a model outside the registry (the library's users) keeps the default layout
+        spec = BACKBONES.get(config.backbone)
+        wanted = torch.device(runtime.device).type == "cuda" and spec is not None and spec.convnet
     return torch.channels_last if wanted else torch.contiguous_format
 
 
