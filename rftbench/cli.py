@@ -5,6 +5,7 @@ rftbench schedule sched --eps 4/255 --t1 12 --t2 37 --epochs 50
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1037,3 +1038,139 @@ def plot(
 
 if __name__ == "__main__":
     app()
+
+
+@app.command()
+def bench(
+    backbone: list[str] = typer.Option(..., "--backbone", help="a registry backbone (repeatable)"),
+    resolution: int = typer.Option(224, "--resolution", min=8),
+    batch_size: int = typer.Option(64, "--batch-size", min=1),
+    precision: list[str] = typer.Option(
+        [], "--precision", help="fp32, bf16, fp16 (repeatable) [default: bf16 on CUDA, fp32 elsewhere]"
+    ),
+    compile_: list[str] = typer.Option(
+        ["off"], "--compile", help="off, default, reduce-overhead (CUDA graphs), max-autotune (repeatable)"
+    ),
+    attack_steps: int = typer.Option(7, "--attack-steps", min=1, help="APGD steps of the training attack"),
+    eval_steps: int = typer.Option(10, "--eval-steps", min=1, help="APGD steps of the evaluation"),
+    eps: str = typer.Option("4/255", "--eps", help="the attack's ε, as k/255"),
+    batches: int = typer.Option(8, "--batches", min=1, help="timed batches per measurement"),
+    grid: str | None = typer.Option(None, "--grid", help="project this grid's hours from the measurements"),
+    experiments: Path = EXPERIMENTS,
+    device: str | None = DEVICE,
+    workers: int | None = WORKERS,
+    tf32: bool = TF32,
+    torchattacks: bool = typer.Option(
+        True, "--torchattacks/--no-torchattacks", help="time torchattacks' APGD beside ours"
+    ),
+    as_json: bool = typer.Option(False, "--json", help="print the rows as JSON instead of a table"),
+) -> None:
+    """Training and evaluation throughput of backbones on this device (random init), MFU, and a grid's
+    projected hours. A benchmark: run it on the machine you will train on."""
+    import json
+
+    from rftbench.backbones import BACKBONES
+    from rftbench.bench import COMPILE_MODES, BenchCase, grid_hours, measure
+    from rftbench.config import PRECISIONS
+
+    unknown = sorted(set(backbone) - set(BACKBONES))
+    if unknown:
+        fail(f"--backbone {', '.join(unknown)}: unknown; valid ones are {', '.join(BACKBONES)}")
+    for value, valid, flag in [(p, PRECISIONS, "--precision") for p in precision] + [
+        (c, COMPILE_MODES, "--compile") for c in compile_
+    ]:
+        if value not in valid:
+            fail(f"{flag} {value!r}: choose one of {', '.join(valid)}")
+    try:
+        eps = eps_text(eps)
+    except ValueError as exc:
+        fail(str(exc))
+    configs = []
+    if grid is not None:
+        from rftbench.grids import GridError, load_experiments
+
+        try:
+            configs = [job.config for job in load_experiments(experiments).jobs(grid)]
+        except GridError as exc:
+            fail(str(exc))
+    runtime = runtime_options(device, workers, None, False, tf32)
+    precision = precision or (["bf16"] if runtime.device.startswith("cuda") else ["fp32"])
+    rows = []
+    for name, prec, mode in itertools.product(backbone, precision, compile_):
+        case = BenchCase(name, resolution, batch_size, prec, mode, attack_steps, eval_steps, eps, batches)
+        if not as_json:
+            console.print(f"measuring {name} {prec} compile={mode} on {runtime.device} …", highlight=False)
+        rows.append(measure(case, runtime.device, num_workers=runtime.num_workers, tf32=tf32,
+                            torchattacks=torchattacks))  # fmt: skip
+    if grid is not None:
+        for row in rows:
+            projected = grid_hours(configs, {row["backbone"]: row})
+            row[f"{grid}_hours"] = projected["hours"].get(row["backbone"])
+            row[f"{grid}_runs"] = projected["runs"].get(row["backbone"], 0)
+        for prec, mode in itertools.product(precision, compile_):
+            chosen = {r["backbone"]: r for r in rows if (r["precision"], r["compile"]) == (prec, mode)}
+            total = grid_hours(configs, chosen)
+            runs, unprojected = sum(total["runs"].values()), total["unprojected"]
+            rows.append({"grid": grid, "precision": prec, "compile": mode, "hours": total["total"],
+                         "runs": runs, "unprojected": unprojected})  # fmt: skip
+    if as_json:
+        print(json.dumps(rows, indent=1))
+        return
+    print_bench(rows, grid)
+
+
+BENCH_ROWS = [  # (label, row key, format, scale, suffix): one table row per measurement
+    ("clean training img/s", "clean_img_s", ".1f", 1, ""),
+    ("APGD training img/s", "apgd_img_s", ".1f", 1, ""),
+    ("APGD/clean time", "ratio", ".2f", 1, "×"),
+    ("APGD/clean FLOPs (limit)", "gradient_limit", ".2f", 1, "×"),
+    ("time over limit", "overhead", ".2f", 1, "×"),
+    ("TFLOP/s (APGD training)", "tflops", ".2f", 1, ""),
+    ("MFU", "mfu", ".1f", 100, "%"),
+    ("peak memory GiB", "peak_memory_gib", ".1f", 1, ""),
+    ("data stall (clean epoch)", "data_stall", ".1f", 100, "%"),
+    ("eval clean img/s", "eval_clean_img_s", ".1f", 1, ""),
+    ("eval APGD img/s (one ε)", "eval_attack_img_s", ".1f", 1, ""),
+    ("eval img/s, paper protocol", "eval_paper_img_s", ".1f", 1, ""),
+    ("eval img/s, monotone protocol", "eval_monotone_img_s", ".1f", 1, ""),
+    ("APGD, parameters frozen", "frozen_speedup", ".2f", 1, "×"),
+    ("our APGD over torchattacks'", "speedup_vs_torchattacks", ".2f", 1, "×"),
+    ("robust acc. ours / torchattacks", None, "", 1, ""),
+]
+
+
+def print_bench(rows: list[dict], grid: str | None) -> None:
+    measured = [r for r in rows if "grid" not in r]
+    first = measured[0]
+    table = Table(
+        title=f"{first['device']}, torch {first['torch']}: {first['resolution']} px, batch "
+        f"{first['batch_size']}, APGD-{first['attack_steps']} training, APGD-{first['eval_steps']} "
+        f"evaluation at {first['eps']}"
+    )
+    table.add_column("")
+    for r in measured:
+        table.add_column(f"{r['backbone']} {r['precision']} compile {r['compile']}", justify="right")
+    for label, key, spec, scale, suffix in BENCH_ROWS:
+        if key is None:
+            cells = [
+                f"{100 * r['robust_ours']:.1f}% / {100 * r['robust_torchattacks']:.1f}%"
+                if "robust_ours" in r else "—"
+                for r in measured
+            ]  # fmt: skip
+        else:
+            cells = ["—" if r.get(key) is None else f"{scale * r[key]:{spec}}{suffix}" for r in measured]
+        table.add_row(label, *cells)
+    if grid:
+        table.add_row(f"{grid} grid hours (its runs)", *[
+            "—" if r[f"{grid}_hours"] is None else f"{r[f'{grid}_hours']:.2f} ({r[f'{grid}_runs']})"
+            for r in measured
+        ])  # fmt: skip
+    console.print(table)
+    for total in (r for r in rows if "grid" in r):
+        unprojected = total["unprojected"]
+        note = f", {unprojected} runs not projected (backbone not measured)" * bool(unprojected)
+        console.print(
+            f"{total['grid']}: {total['hours']:.2f} hours for {total['runs']} runs in {total['precision']}, "
+            f"compile {total['compile']}{note}",
+            highlight=False,
+        )

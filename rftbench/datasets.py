@@ -278,6 +278,8 @@ class DatasetSpec:
     load: Callable[[Path, str, int], Samples] | None  # None: not image files (see build_dataset)
     default_root: str
     train_images: int | None = None  # for work estimates (`run-grid --dry-run`); None: depends on the data
+    val_images: int | None = None  # the same for the validation split and the scored test split
+    test_images: int | None = None
 
 
 LAYOUTS = {
@@ -294,15 +296,17 @@ LAYOUTS = {
 
 # One line per dataset (STYLE.md 4).
 DATASETS: dict[str, DatasetSpec] = {s.name: s for s in [
-    DatasetSpec("Aircraft", 100, "3,334 / 3,333 / 1,000 of 3,333", _aircraft, "data/aircraft", 3334),
-    DatasetSpec("Cars", 196, "≈6,922 / 1,222 / 1,000 of 8,041", _cars, "data/cars", 6922),
-    DatasetSpec("Caltech", 257, "14,649 / 771 / 15,187", _caltech256, "data/caltech256", 14649),
-    DatasetSpec("Cub", 200, "5,394 / 600 / 5,794", _cub, "data/cub", 5394),
-    DatasetSpec("Dogs", 120, "10,800 / 1,200 / 8,580", _dogs, "data/dogs", 10800),
+    DatasetSpec("Aircraft", 100, "3,334 / 3,333 / 1,000 of 3,333", _aircraft, "data/aircraft", 3334, 3333,
+                1000),
+    DatasetSpec("Cars", 196, "≈6,922 / 1,222 / 1,000 of 8,041", _cars, "data/cars", 6922, 1222, 1000),
+    DatasetSpec("Caltech", 257, "14,649 / 771 / 15,187", _caltech256, "data/caltech256", 14649, 771,
+                15187),
+    DatasetSpec("Cub", 200, "5,394 / 600 / 5,794", _cub, "data/cub", 5394, 600, 5794),
+    DatasetSpec("Dogs", 120, "10,800 / 1,200 / 8,580", _dogs, "data/dogs", 10800, 1200, 8580),
     DatasetSpec("imagefolder", 0, "folders, or 80 / 10 / 10 per class", _imagefolder, "data/imagefolder"),
     DatasetSpec("fashion_mnist", 10, "55,000 / 5,000 / 10,000", None, "/usr/share/datasets/fashion-mnist",
-                55000),
-    DatasetSpec("synthetic", 10, "400 / 100 / 100 generated", None, "", 400),
+                55000, 5000, 10000),
+    DatasetSpec("synthetic", 10, "400 / 100 / 100 generated", None, "", 400, 100, 100),
 ]}  # fmt: skip
 
 
