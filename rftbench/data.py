@@ -120,7 +120,7 @@ def augment_batch(x: Tensor, params: Tensor) -> Tensor:
     per_image = (-1, 1, 1, 1)
     flip, factors, order, degrees = params[:, 0], params[:, 1:4], params[:, 4].long(), params[:, 5]
     x = torch.where(flip.view(per_image) > 0, x.flip(-1), x)
-    orders = JITTER_ORDERS.to(x.device)[order]  # B×3: which operation comes at each position
+    orders = JITTER_ORDERS.to(x.device, non_blocking=True)[order]  # B×3: the operation at each position
     for position in range(3):
         op = orders[:, position].view(per_image)
         factor = factors.gather(1, orders[:, position : position + 1]).view(per_image)
