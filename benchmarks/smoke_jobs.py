@@ -3,7 +3,7 @@
     python benchmarks/smoke_jobs.py [--device cuda]
 
 Runs `rftbench run-grid --grid smoke` in process into a fresh SQLite file, timing every
-`Store.upsert_epoch` call (the per-epoch database write) next to the epochs themselves.
+`JobQueue.record_epoch` call (the per-epoch database write, owner-checked) next to the epochs themselves.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from rftbench.cli import app
+from rftbench.jobqueue import JobQueue
 from rftbench.store import Store
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments.toml"
@@ -25,14 +26,14 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     writes: list[float] = []
-    upsert = Store.upsert_epoch
+    record = JobQueue.record_epoch
 
-    def timed_upsert(self, run_id, metrics):
+    def timed_record(self, *args, **kwargs):
         start = time.perf_counter()
-        upsert(self, run_id, metrics)
+        record(self, *args, **kwargs)
         writes.append(time.perf_counter() - start)
 
-    Store.upsert_epoch = timed_upsert
+    JobQueue.record_epoch = timed_record
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "smoke.db"
         start = time.perf_counter()

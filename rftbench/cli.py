@@ -826,7 +826,7 @@ def evaluate(
         EvalProtocol(protocol=protocol, precision=precision, random_start=random_start, seed=seed)
     except ValueError as exc:
         fail(str(exc))
-    runner = make_runner(runs_dir, device, workers, False, False, root, [], False, 120.0)
+    runner = make_runner(runs_dir, device, workers, None, (False, True), root, [], False, 120.0)
     runner.store = open_store(db, create=False)
     check_grid(runner.store, grid)
     if run_id is not None:

@@ -33,7 +33,7 @@ from rftbench.datasets import build_dataset, check_data, env_var, stratified_sub
 from rftbench.jobqueue import JobQueue, LeaseLost, Worker
 from rftbench.metrics import EvalProtocol, evaluate_budgets
 from rftbench.store import Run, Store
-from rftbench.trainer import train
+from rftbench.trainer import configure_device, train
 
 LEASE_SECONDS = 120.0
 
@@ -349,6 +349,7 @@ class Runner:
             config.backbone, len(test_set.classes), pretrained=False, size=config.resolution
         )
         model.load_state_dict(state["model"])
+        configure_device(torch.device(self.runtime.device), self.runtime)  # the math of training's own
         return model.to(torch.device(self.runtime.device)).eval(), self.loader(
             test_set, config, shuffle=False
         )
