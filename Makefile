@@ -48,7 +48,7 @@ bench:
 
 # The demo: run-grid + report + plot on the demo grid (offline; finished runs are reused).
 DEMO_DIR ?= demo
-DEMO_EXPERIMENTS ?= experiments.toml
+DEMO_EXPERIMENTS ?= rftbench/experiments.toml
 DEMO_FLAGS = --db $(DEMO_DIR)/demo.db --grid demo
 demo:
 	@mkdir -p $(DEMO_DIR)

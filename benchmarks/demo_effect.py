@@ -23,7 +23,7 @@ from rftbench.report import Results
 from rftbench.runner import Runner
 from rftbench.store import Store
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments.toml"
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "rftbench" / "experiments.toml"
 PROBE = {
     "epochs": int,
     "train_subset": int,

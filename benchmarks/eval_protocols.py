@@ -15,7 +15,8 @@ import statistics
 from pathlib import Path
 
 from rftbench.config import RunConfig, RuntimeOptions
-from rftbench.metrics import EvalProtocol, evaluate_budgets
+from rftbench.evaluation import evaluate_budgets
+from rftbench.metrics import EvalProtocol
 from rftbench.runner import Runner
 from rftbench.store import Store
 

@@ -18,7 +18,7 @@ from rftbench.cli import app
 from rftbench.jobqueue import JobQueue
 from rftbench.store import Store
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments.toml"
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "rftbench" / "experiments.toml"
 
 
 def main() -> None:

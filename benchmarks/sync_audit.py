@@ -19,7 +19,7 @@ import torch
 from rftbench.backbones import build_backbone
 from rftbench.config import RunConfig, RuntimeOptions
 from rftbench.data import ImageTensorDataset, make_loader
-from rftbench.metrics import AUTOCAST
+from rftbench.evaluation import AUTOCAST
 from rftbench.trainer import configure_device, memory_format, param_groups, train_one_epoch, warmup_cosine
 
 

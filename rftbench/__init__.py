@@ -1,40 +1,113 @@
-"""rftbench: robust fine-tuning of non-robust pretrained image models, with ε-scheduling.
+"""rftbench: adversarial fine-tuning of non-robust pretrained image models, with ε-scheduling
+(Ngnawé et al., ICLR 2026, arXiv 2509.23325).
 
-import rftbench
-x_adv = rftbench.apgd(model, x, y, eps=4 / 255, steps=10)
+    import rftbench
+    model = rftbench.build_backbone("cifar_resnet20", num_classes=10, pretrained=False)
+    x_adv = rftbench.apgd(model, x, y, eps=4 / 255, steps=10)
+
+The public API, by task (each name is imported on first use, so `import rftbench` and the command line
+start without torch):
+- Models and data: `build_backbone`, `BACKBONES` (the registry), `build_dataset`, `DATASETS`,
+  `fetch_dataset` (download a paper dataset with its split lists).
+- The attack and the schedules: `apgd` (APGD-CE, ℓ∞), `ScheduleSpec`, `SCHEDULES`, `get_schedule`,
+  `hinge_alpha`.
+- The metrics: `eps_grid`, `expected_robustness`, `adaptation_start_epoch`, `EvalProtocol`, and measuring
+  them: `robustness_curve`, `evaluate_budgets`.
+- Runs: `RunConfig` (one frozen config; its hash is the run id), `RuntimeOptions`, `train`,
+  `load_experiments` (the named grids of an experiments file), `parse_eps`, `eps_text`.
+
+The command line (`rftbench --help`) runs grids of such runs into a results database and reports them.
 """
 
-from rftbench.attacks import apgd, step_size_checkpoints
-from rftbench.config import RunConfig, RuntimeOptions, eps_text, parse_eps
-from rftbench.metrics import (
-    RobustnessCurve,
-    adaptation_start_epoch,
-    eps_grid,
-    evaluate_budgets,
-    expected_robustness,
-    robustness_curve,
-)
-from rftbench.schedules import SCHEDULES, ScheduleSpec, get_schedule, hinge_alpha
-from rftbench.trainer import train
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "SCHEDULES",
+_EXPORTS = {  # public name -> the module that defines it
+    "build_backbone": "rftbench.backbones",
+    "BACKBONES": "rftbench.backbones",
+    "build_dataset": "rftbench.datasets",
+    "DATASETS": "rftbench.datasets",
+    "fetch_dataset": "rftbench.fetch",
+    "apgd": "rftbench.attacks",
+    "step_size_checkpoints": "rftbench.attacks",
+    "ScheduleSpec": "rftbench.schedules",
+    "SCHEDULES": "rftbench.schedules",
+    "get_schedule": "rftbench.schedules",
+    "hinge_alpha": "rftbench.schedules",
+    "eps_grid": "rftbench.metrics",
+    "expected_robustness": "rftbench.metrics",
+    "adaptation_start_epoch": "rftbench.metrics",
+    "EvalProtocol": "rftbench.metrics",
+    "RobustnessCurve": "rftbench.metrics",
+    "robustness_curve": "rftbench.evaluation",
+    "evaluate_budgets": "rftbench.evaluation",
+    "RunConfig": "rftbench.config",
+    "RuntimeOptions": "rftbench.config",
+    "parse_eps": "rftbench.config",
+    "eps_text": "rftbench.config",
+    "train": "rftbench.trainer",
+    "load_experiments": "rftbench.grids",
+}
+_RENAMED = {"fetch_dataset": "fetch"}  # exported under a clearer name than its module's
+
+__all__ = [  # the keys of _EXPORTS (a literal, for linters and `from rftbench import *`)
+    "BACKBONES",
+    "DATASETS",
+    "EvalProtocol",
     "RobustnessCurve",
     "RunConfig",
     "RuntimeOptions",
+    "SCHEDULES",
     "ScheduleSpec",
     "adaptation_start_epoch",
     "apgd",
+    "build_backbone",
+    "build_dataset",
     "eps_grid",
     "eps_text",
     "evaluate_budgets",
     "expected_robustness",
+    "fetch_dataset",
     "get_schedule",
     "hinge_alpha",
+    "load_experiments",
     "parse_eps",
     "robustness_curve",
     "step_size_checkpoints",
     "train",
 ]
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'rftbench' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), _RENAMED.get(name, name))
+    globals()[name] = value  # once imported, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:  # what type checkers and editors see
+    from rftbench.attacks import apgd, step_size_checkpoints
+    from rftbench.backbones import BACKBONES, build_backbone
+    from rftbench.config import RunConfig, RuntimeOptions, eps_text, parse_eps
+    from rftbench.datasets import DATASETS, build_dataset
+    from rftbench.evaluation import evaluate_budgets, robustness_curve
+    from rftbench.fetch import fetch as fetch_dataset
+    from rftbench.grids import load_experiments
+    from rftbench.metrics import (
+        EvalProtocol,
+        RobustnessCurve,
+        adaptation_start_epoch,
+        eps_grid,
+        expected_robustness,
+    )
+    from rftbench.schedules import SCHEDULES, ScheduleSpec, get_schedule, hinge_alpha
+    from rftbench.trainer import train

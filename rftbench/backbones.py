@@ -19,20 +19,17 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from filelock import FileLock
-from torch import nn
 
-from rftbench.checkpoint import atomic_write
-from rftbench.models import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    cifar_resnet20,
-    load_cifar_resnet20_weights,
-    with_normalization,
-)
+if TYPE_CHECKING:
+    from torch import nn
 
+# The registry and where weights are is torch-free (`rftbench backbones` lists it at once); building a
+# model imports torch, timm or open_clip inside the functions that build it.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 INCEPTION_MEAN = INCEPTION_STD = (0.5, 0.5, 0.5)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -57,6 +54,13 @@ class BackboneSpec:
     def env_var(self) -> str:
         return "RFTBENCH_WEIGHTS_" + self.name.upper()
 
+    @property
+    def hub(self) -> str:
+        """The hub repository its pretrained weights come from ("" for none)."""
+        if self.source == "timm":
+            return f"timm/{self.model}.{self.tag}"
+        return OPEN_CLIP_HUB.get(self.name, "")
+
 
 IMNET, INCEPTION, CLIP = (IMAGENET_MEAN, IMAGENET_STD), (INCEPTION_MEAN, INCEPTION_STD), (CLIP_MEAN, CLIP_STD)
 
@@ -73,6 +77,10 @@ BACKBONES: dict[str, BackboneSpec] = {s.name: s for s in [
     B("mobilenetv2_100", "timm", "mobilenetv2_100", "ra_in1k", 224, IMNET, "classifier", True),
     B("cifar_resnet20", "rftbench", "cifar_resnet20", "resnet20-12fca82f.th", 32, IMNET, "linear", True),
 ]}  # fmt: skip
+
+# open_clip's hub repository of each open_clip backbone's pretrained tag (`open_clip.get_pretrained_cfg(model,
+# tag)["hf_hub"]`, checked by a test), so that finding cached weights needs no open_clip import.
+OPEN_CLIP_HUB = {"ClipCNX": "laion/CLIP-convnext_base_w-laion2B-s13B-b82K"}
 
 # Registry packages that ship ImageNet weights offline: (pip name, module, file inside the module).
 WEIGHT_PACKAGES = {
@@ -116,22 +124,9 @@ def package_file(name: str) -> Path | None:
     return path if path.exists() else None
 
 
-def convert_in_order(source: dict[str, torch.Tensor], target: nn.Module) -> dict[str, torch.Tensor]:
-    """Map a state dict onto `target`'s keys by position. Both layouts list the same tensors in the same
-    order (stem, blocks, head); every shape must match, so a wrong pairing fails loudly."""
-    target_state = target.state_dict()
-    if len(source) != len(target_state):
-        raise ValueError(
-            f"cannot convert: {len(source)} source tensors for {len(target_state)} target tensors"
-        )
-    converted = {}
-    for (src_key, tensor), (dst_key, dst) in zip(source.items(), target_state.items()):
-        if tensor.shape != dst.shape:
-            raise ValueError(
-                f"cannot convert {src_key} {tuple(tensor.shape)} to {dst_key} {tuple(dst.shape)}"
-            )
-        converted[dst_key] = tensor.clone().contiguous()
-    return converted
+def converted_path(name: str, source: Path) -> Path:
+    spec = BACKBONES[name]
+    return cache_dir() / f"{spec.model}.{spec.tag}-from-{source.stem}.safetensors"
 
 
 def packaged_weights(name: str) -> Path | None:
@@ -140,14 +135,18 @@ def packaged_weights(name: str) -> Path | None:
     spec, source = BACKBONES[name], package_file(name)
     if source is None:
         return None
-    cached = cache_dir() / f"{spec.model}.{spec.tag}-from-{source.stem}.safetensors"
+    cached = converted_path(name, source)
     if cached.exists():
         return cached
     cached.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{cached}.lock"):  # N workers on a cold cache: one converts, the others wait and read
         if not cached.exists():
             import timm
+            import torch
             from safetensors.torch import save
+
+            from rftbench.checkpoint import atomic_write
+            from rftbench.models import convert_in_order
 
             state = torch.load(source, map_location="cpu", weights_only=True)
             converted = convert_in_order(state, timm.create_model(spec.model, pretrained=False))
@@ -208,21 +207,11 @@ def _timm_model(spec: BackboneSpec, num_classes: int, pretrained: bool, file: Pa
         raise unavailable(spec, f"the hub download failed: {type(exc).__name__}") from exc
 
 
-class ClipImageClassifier(nn.Module):
-    """open_clip's image tower (with its projection) and a fresh linear head; no text tower is built."""
-
-    def __init__(self, visual: nn.Module, embed_dim: int, num_classes: int) -> None:
-        super().__init__()
-        self.visual = visual
-        self.head = nn.Linear(embed_dim, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.visual(x))
-
-
 def _open_clip_model(spec: BackboneSpec, num_classes: int, pretrained: bool, file: Path | None, size: int):
     import open_clip
     from open_clip.model import CLIPVisionCfg, _build_vision_tower
+
+    from rftbench.models import ClipImageClassifier, load_visual_state
 
     cfg = open_clip.get_model_config(spec.model)
     vision_cfg = CLIPVisionCfg(**{**cfg["vision_cfg"], "image_size": size})
@@ -240,21 +229,6 @@ def _open_clip_model(spec: BackboneSpec, num_classes: int, pretrained: bool, fil
     return model
 
 
-def load_visual_state(path: Path) -> dict[str, torch.Tensor]:
-    """The image-tower tensors of an open_clip checkpoint (full CLIP `visual.*` keys, or a tower alone)."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state)
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    if any(k.startswith("visual.") for k in state):
-        state = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
-    return state
-
-
 def build_backbone(
     name: str,
     num_classes: int,
@@ -268,6 +242,10 @@ def build_backbone(
 
     `pretrained=False` builds a random init; `imagenet_normalization` forces ImageNet mean/std (as the
     ancestor code did for every non-CLIP model) instead of the backbone's own."""
+    from torch import nn
+
+    from rftbench.models import cifar_resnet20, load_cifar_resnet20_weights, with_normalization
+
     spec = get_backbone_spec(name)
     size = size or spec.size
     file = resolve_weights(name, weights) if pretrained else None
@@ -284,30 +262,28 @@ def build_backbone(
 
 
 def weights_available(name: str) -> str:
-    """Where this backbone's weights would come from without a download, or "" if nowhere."""
+    """Where this backbone's weights would come from without a download, or "" if nowhere. Converts
+    nothing and imports no model library (`rftbench backbones` calls it for every entry)."""
     spec = get_backbone_spec(name)
-    try:
-        file = resolve_weights(name)
-    except WeightsUnavailable:
+    chosen = os.environ.get(spec.env_var)
+    if chosen:
+        return chosen if Path(chosen).expanduser().is_file() else ""
+    if name in WEIGHT_PACKAGES:
+        source = package_file(name)
+        if source is None:
+            return ""
+        cached = converted_path(name, source)
+        return str(cached) if cached.exists() else f"{source} (converted to timm's layout on first use)"
+    if not spec.hub:
         return ""
-    if file is not None:
-        return str(file)
-    if spec.source == "timm":
-        from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import try_to_load_from_cache
 
-        for filename in ("model.safetensors", "pytorch_model.bin"):
-            hit = try_to_load_from_cache(f"timm/{spec.model}.{spec.tag}", filename)
-            if isinstance(hit, str):
-                return hit
-    elif spec.source == "open_clip":
-        import open_clip
-        from huggingface_hub import try_to_load_from_cache
-
-        repo = open_clip.get_pretrained_cfg(spec.model, spec.tag).get("hf_hub", "").rstrip("/")
-        for filename in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
-            hit = try_to_load_from_cache(repo, filename) if repo else None
-            if isinstance(hit, str):
-                return hit
+    names = ("model.safetensors", "pytorch_model.bin") if spec.source == "timm" else (
+        "open_clip_model.safetensors", "open_clip_pytorch_model.bin")  # fmt: skip
+    for filename in names:
+        hit = try_to_load_from_cache(spec.hub, filename)
+        if isinstance(hit, str):
+            return hit
     return ""
 
 
@@ -325,9 +301,9 @@ def fetch_hub_weights(name: str) -> str:
         from huggingface_hub.errors import EntryNotFoundError
 
         try:
-            return hf_hub_download(f"timm/{spec.model}.{spec.tag}", "model.safetensors")
+            return hf_hub_download(spec.hub, "model.safetensors")
         except EntryNotFoundError:
-            return hf_hub_download(f"timm/{spec.model}.{spec.tag}", "pytorch_model.bin")
+            return hf_hub_download(spec.hub, "pytorch_model.bin")
     except Exception as exc:  # offline hub clients raise many types; all mean the same to the user
         raise unavailable(
             spec, f"not in the local cache and the hub is unreachable ({type(exc).__name__})"

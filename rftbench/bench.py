@@ -29,7 +29,8 @@ from rftbench.backbones import build_backbone
 from rftbench.config import RunConfig, RuntimeOptions, parse_eps
 from rftbench.data import ImageTensorDataset, make_loader
 from rftbench.datasets import DATASETS
-from rftbench.metrics import AUTOCAST, EvalProtocol, eps_grid, evaluate_budgets
+from rftbench.evaluation import AUTOCAST, evaluate_budgets
+from rftbench.metrics import EvalProtocol, eps_grid
 from rftbench.trainer import DynamicBatch, configure_device, memory_format, param_groups, train_one_epoch
 
 # Dense peak TFLOP/s per device name fragment and math mode (vendor data sheets, SXM parts).

@@ -5,6 +5,7 @@ rftbench schedule sched --eps 4/255 --t1 12 --t2 37 --epochs 50
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from rftbench import __version__
-from rftbench.config import RunConfig, RuntimeOptions, eps_text, parse_eps
+from rftbench.config import PLOTS, TABLES, RunConfig, RuntimeOptions, eps_text, parse_eps
 from rftbench.schedules import SCHEDULES, ScheduleSpec
 
 console = Console(soft_wrap=True)  # log lines stay whole in files and narrow terminals
@@ -31,6 +32,7 @@ EXPECTED = {
     "rftbench.backbones": ("WeightsUnavailable",),
     "rftbench.checkpoint": ("CheckpointError",),
     "rftbench.config": ("ConfigError",),
+    "rftbench.fetch": ("FetchError",),
 }
 
 
@@ -81,6 +83,66 @@ app = typer.Typer(
 )
 
 
+# -- shell completion (`rftbench --install-completion`): names from the registries, the experiments file and
+# the database; fast (no torch) and silent: a completion never prints an error --------------------------
+def matching(values, incomplete: str) -> list[str]:
+    return [str(v) for v in values if str(v).startswith(incomplete)]
+
+
+def complete_backbone(incomplete: str) -> list[str]:
+    from rftbench.backbones import BACKBONES
+
+    return matching(BACKBONES, incomplete)
+
+
+def complete_dataset(incomplete: str) -> list[str]:
+    from rftbench.datasets import DATASETS
+
+    return matching(DATASETS, incomplete)
+
+
+def complete_fetchable(incomplete: str) -> list[str]:
+    from rftbench.fetch import SOURCES
+
+    return matching(SOURCES, incomplete)
+
+
+def complete_setting(incomplete: str) -> list[str]:
+    return matching(SCHEDULES, incomplete)
+
+
+def complete_table(incomplete: str) -> list[str]:
+    return matching(TABLES, incomplete)
+
+
+def complete_plot(incomplete: str) -> list[str]:
+    return matching(PLOTS, incomplete)
+
+
+def completion_store(ctx: typer.Context):
+    from rftbench.store import Store
+
+    return Store.open(ctx.params.get("db"), create=False, write=False)
+
+
+def complete_grid(ctx: typer.Context, incomplete: str) -> list[str]:
+    """The grids of the experiments file a command would read, then those of its database."""
+    names = []
+    with contextlib.suppress(Exception):
+        from rftbench.grids import find_experiments, load_experiments
+
+        names += list(load_experiments(find_experiments(ctx.params.get("experiments"))).grids)
+    with contextlib.suppress(Exception):
+        names += [g.name for g in completion_store(ctx).grids()]
+    return matching(dict.fromkeys(names), incomplete)
+
+
+def complete_run_id(ctx: typer.Context, incomplete: str) -> list[str]:
+    with contextlib.suppress(Exception):
+        return matching((r.id for r in completion_store(ctx).runs()), incomplete)
+    return []
+
+
 def print_notes(configs) -> None:
     """What a user should know about valid but perhaps unintended schedules (T2 at the last epoch, …)."""
     notes = dict.fromkeys(note for c in configs for note in c.schedule.notes(c.epochs))
@@ -101,7 +163,9 @@ def version() -> None:
 
 @app.command()
 def schedule(
-    setting: str = typer.Argument(..., help=f"one of: {', '.join(SCHEDULES)}"),
+    setting: str = typer.Argument(
+        ..., help=f"one of: {', '.join(SCHEDULES)}", autocompletion=complete_setting
+    ),
     eps: str = typer.Option("4/255", help="ε_g, written as k/255"),
     epochs: int = typer.Option(50, min=1),
     t1: float | None = typer.Option(None, help="sched: first epoch of the ramp (0-based)"),
@@ -144,7 +208,10 @@ def parse_pairs(flag: str, items: list[str], example: str, valid: dict, kind: st
 @app.command()
 def backbones(
     weights: list[str] = typer.Option(
-        [], "--weights", help="NAME=FILE: check a local weights file (repeatable)"
+        [],
+        "--weights",
+        help="NAME=FILE: check a local weights file (repeatable)",
+        autocompletion=complete_backbone,
     ),
 ) -> None:
     """List the backbone registry and whether each backbone's weights are available locally."""
@@ -178,17 +245,36 @@ def backbones(
 def datasets(
     root: list[str] = typer.Option([], "--root", help="NAME=PATH: a dataset's data root (repeatable)"),
 ) -> None:
-    """List the dataset registry and whether each dataset's data is found locally."""
-    from rftbench.datasets import DATASETS, LAYOUTS, check_data, env_var, resolve_root
+    """List the dataset registry, whether each dataset's layout is found locally, and whether the paper's
+    split lists are there (`rftbench data fetch` gets both)."""
+    from rftbench.datasets import (
+        DATASETS,
+        LAYOUTS,
+        PAPER_SPLITS,
+        SPLIT_FOLDER,
+        check_layout,
+        env_var,
+        paper_split_dir,
+        resolve_root,
+    )
 
     roots = parse_pairs("--root", root, "Cub=/data/CUB", DATASETS, "dataset")
     table = Table(title="datasets")
-    for column in ("name", "classes", "train / val / test (protocol)", "root", "found", "layout"):
+    columns = ("name", "classes", "train / val / test (protocol)", "root", "found", "paper splits", "layout")
+    for column in columns:
         table.add_column(column, overflow="fold")
     for spec in DATASETS.values():
         path = resolve_root(spec.name, roots.get(spec.name))
+        splits = "-"
+        if spec.name in PAPER_SPLITS:
+            splits = (
+                "[green]yes[/]"
+                if paper_split_dir(spec.name, path)
+                else f"[red]no[/] (not in {escape(str(path / SPLIT_FOLDER))}: `rftbench data fetch "
+                f"{spec.name} --splits-only`)"
+            )
         try:
-            check_data(spec.name, path)
+            check_layout(spec.name, path)
             found = "[green]yes[/]"
         except (OSError, ValueError, RuntimeError) as exc:
             reason = escape(str(exc).split(";")[0].removeprefix(f"dataset {spec.name}: "))
@@ -196,13 +282,18 @@ def datasets(
                 "" if spec.name in roots else f" (or set {env_var(spec.name)})"
             )
         where = str(path) if spec.default_root else "-"
-        table.add_row(spec.name, str(spec.classes or "any"), spec.sizes, where, found, LAYOUTS[spec.name])
+        table.add_row(
+            spec.name, str(spec.classes or "any"), spec.sizes, where, found, splits, LAYOUTS[spec.name]
+        )
     console.print(table)
 
 
 # -- grids, runs and the results database ---------------------------------------------------------------
 EXPERIMENTS = typer.Option(
-    Path("experiments.toml"), "--experiments", envvar="RFTBENCH_EXPERIMENTS", help="the grids file"
+    None,
+    "--experiments",
+    envvar="RFTBENCH_EXPERIMENTS",
+    help="the grids file [default: ./experiments.toml if there, else the one bundled with rftbench]",
 )
 DB = typer.Option(None, "--db", help="SQLite file or SQLAlchemy URL [env RFTBENCH_DB; default rftbench.db]")
 RUNS_DIR = typer.Option(
@@ -237,11 +328,12 @@ def check_grid(store, grid: str | None) -> None:
         fail(f"no grid {grid!r} in this database; it has {', '.join(names) or 'none'}")
 
 
-def read_experiments(path: Path):
-    from rftbench.grids import GridError, load_experiments
+def read_experiments(path: Path | None, roots: dict[str, str] | None = None):
+    """The experiments file a command reads (`find_experiments`), loaded, or one line and exit 2."""
+    from rftbench.grids import GridError, find_experiments, load_experiments
 
     try:
-        return load_experiments(path)
+        return load_experiments(find_experiments(path), roots)
     except GridError as exc:
         fail(str(exc))
 
@@ -522,15 +614,23 @@ def estimate_work(configs) -> tuple[float, int]:
 
 @app.command("run-grid")
 def run_grid(
-    grid: str = typer.Option("paper", "--grid", help="a grid named in the experiments file"),
-    backbone: list[str] = typer.Option([], "--backbone", help="only these backbones (repeatable)"),
-    dataset: list[str] = typer.Option([], "--dataset", help="only these datasets (repeatable)"),
-    setting: list[str] = typer.Option([], "--setting", help="only these settings (repeatable)"),
+    grid: str = typer.Option(
+        "paper", "--grid", help="a grid named in the experiments file", autocompletion=complete_grid
+    ),
+    backbone: list[str] = typer.Option(
+        [], "--backbone", help="only these backbones (repeatable)", autocompletion=complete_backbone
+    ),
+    dataset: list[str] = typer.Option(
+        [], "--dataset", help="only these datasets (repeatable)", autocompletion=complete_dataset
+    ),
+    setting: list[str] = typer.Option(
+        [], "--setting", help="only these settings (repeatable)", autocompletion=complete_setting
+    ),
     eps: list[str] = typer.Option([], "--eps", help="only these ε_g, as k/255 (repeatable)"),
     seed: list[int] = typer.Option([], "--seed", help="only these seeds (repeatable)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="list the jobs and the work; run nothing"),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="re-queue this grid's failed runs"),
-    experiments: Path = EXPERIMENTS,
+    experiments: Path | None = EXPERIMENTS,
     db: str | None = DB,
     runs_dir: Path = RUNS_DIR,
     device: str | None = DEVICE,
@@ -557,11 +657,12 @@ def run_grid(
 ) -> None:
     """Expand a grid into runs, record them, and run every pending or interrupted one in order (in this
     process, or spread over local workers or a SLURM job array: --executor)."""
+    from rftbench.datasets import DATASETS
     from rftbench.grids import GridError
 
     launch = make_launch(executor, gpus, processes, slurm_partition, slurm_time, slurm_gpus, slurm_cpus,
                          slurm_mem, slurm_jobs, slurm_parallelism, slurm_folder, wait)  # fmt: skip
-    spec = read_experiments(experiments)
+    spec = read_experiments(experiments, parse_pairs("--root", root, "Cub=/data/CUB", DATASETS, "dataset"))
     try:
         budgets = [eps_text(e) for e in eps]
     except ValueError as exc:
@@ -577,6 +678,7 @@ def run_grid(
         fail(f"grid {grid!r} has no job matching these filters; drop a filter or check its values")
     print_notes(job.config for job in jobs)
     if dry_run:
+        print_source(spec, jobs)
         show_jobs(grid, jobs, db)
         return
     runner = make_runner(
@@ -599,11 +701,12 @@ def run_grid(
         jobs,
         description=spec.description(grid),
         adaptation_threshold=spec.threshold(grid),
-        source=str(experiments.resolve()),
+        source=str(spec.path.resolve()),
     )
     if retry_failed:
         console.print(f"re-queued {runner.queue.requeue(ids)} failed run(s)")
     done = len(runner.store.completed_ids(ids))
+    print_source(spec, jobs)
     console.print(f"grid {grid}: {len(jobs)} runs ({new} new), {done} already completed")
     lacking = runner.store.lacking_evaluation(jobs)
     for protocol, precision in dict.fromkeys((j.eval_protocol, j.eval_precision) for j in lacking):
@@ -621,6 +724,15 @@ def run_grid(
         )
         return
     execute(runner, ids, launch, db, spec.slurm)
+
+
+def print_source(spec, jobs) -> None:
+    """Which experiments file the jobs came from, and which split lists their datasets use."""
+    from rftbench.grids import describe_experiments
+
+    console.print(f"experiments: {describe_experiments(spec.path)}", highlight=False)
+    for note in spec.split_notes(jobs):
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
 
 
 def check_filters(backbone: list[str], dataset: list[str], setting: list[str]) -> None:
@@ -669,15 +781,19 @@ def show_jobs(grid: str, jobs, db: str | None) -> None:
 
 @app.command()
 def run(
-    backbone: str = typer.Option(..., "--backbone"),
-    dataset: str = typer.Option(..., "--dataset"),
-    setting: str = typer.Option("fix", "--setting", help=f"one of: {', '.join(SCHEDULES)}"),
+    backbone: str = typer.Option(..., "--backbone", autocompletion=complete_backbone),
+    dataset: str = typer.Option(..., "--dataset", autocompletion=complete_dataset),
+    setting: str = typer.Option(
+        "fix", "--setting", help=f"one of: {', '.join(SCHEDULES)}", autocompletion=complete_setting
+    ),
     eps: str = typer.Option("4/255", "--eps", help="ε_g as k/255"),
     t1: float | None = typer.Option(None, "--t1", help="sched: first epoch of the ramp"),
     t2: float | None = typer.Option(None, "--t2", help="sched/linear: epoch at which ε reaches ε_g"),
     seed: int | None = typer.Option(None, "--seed"),
-    grid: str | None = typer.Option(None, "--grid", help="take this grid's defaults and overrides"),
-    experiments: Path = EXPERIMENTS,
+    grid: str | None = typer.Option(
+        None, "--grid", help="take this grid's defaults and overrides", autocompletion=complete_grid
+    ),
+    experiments: Path | None = EXPERIMENTS,
     db: str | None = DB,
     runs_dir: Path = RUNS_DIR,
     device: str | None = DEVICE,
@@ -691,9 +807,10 @@ def run(
     lease_seconds: float = LEASE,
 ) -> None:
     """Run one job with a grid's defaults (or the file's [defaults]); a finished identical run is reused."""
+    from rftbench.datasets import DATASETS
     from rftbench.grids import GridError
 
-    spec = read_experiments(experiments)
+    spec = read_experiments(experiments, parse_pairs("--root", root, "Cub=/data/CUB", DATASETS, "dataset"))
     check_filters([backbone], [dataset], [setting])
     entry = (
         {"setting": setting} | ({"t1": t1} if t1 is not None else {}) | ({"t2": t2} if t2 is not None else {})
@@ -723,11 +840,12 @@ def run(
             [job],
             description=spec.description(grid),
             adaptation_threshold=spec.threshold(grid),
-            source=str(experiments.resolve()),
+            source=str(spec.path.resolve()),
         )
     else:
         runner.store.record_run(job)
     stored = runner.store.run(job.run_id)
+    print_source(spec, [job])
     console.print(
         f"run {job.run_id}: {backbone}/{dataset} {job.config.setting} {job.config.eps} ({stored.status})"
     )
@@ -794,8 +912,12 @@ def resume(
 
 @app.command()
 def evaluate(
-    run_id: str | None = typer.Argument(None, help="a run id or a unique prefix of one"),
-    grid: str | None = typer.Option(None, "--grid", help="every completed run of this grid instead of one"),
+    run_id: str | None = typer.Argument(
+        None, help="a run id or a unique prefix of one", autocompletion=complete_run_id
+    ),
+    grid: str | None = typer.Option(
+        None, "--grid", help="every completed run of this grid instead of one", autocompletion=complete_grid
+    ),
     eps: list[str] = typer.Option([], "--eps", help="budgets as k/255 (repeatable) [default: the run's]"),
     protocol: str = typer.Option(
         "paper",
@@ -868,9 +990,12 @@ def evaluate(
 @app.command()
 def status(
     db: str | None = DB,
-    grid: str | None = typer.Option(None, "--grid", help="only this grid"),
+    grid: str | None = typer.Option(None, "--grid", help="only this grid", autocompletion=complete_grid),
+    experiments: Path | None = EXPERIMENTS,
 ) -> None:
-    """Runs by state, per-grid progress, and each failed run's error line."""
+    """Runs by state, per-grid progress and the file each grid came from, each failed run's error line,
+    and the experiments file `run-grid` reads here."""
+    from rftbench.grids import describe_experiments, find_experiments, source_label
     from rftbench.jobqueue import JobQueue
     from rftbench.store import STATES
 
@@ -879,12 +1004,16 @@ def status(
     if store.writable:  # a read-only database shows its runs as stored
         JobQueue(store).reap()
     table = Table(title="grids", box=box.SIMPLE_HEAD)
-    for column in ("grid", "runs", *STATES):
-        table.add_column(column, no_wrap=True)
+    for column in ("grid", "runs", *STATES, "from"):
+        table.add_column(
+            column, no_wrap=column != "from", overflow="fold", min_width=7 if column == "from" else None
+        )
     for g in store.grids():
         if grid is None or g.name == grid:
             counts = store.counts(g.name)
-            table.add_row(g.name, str(sum(counts.values())), *(str(counts[s]) for s in STATES))
+            table.add_row(
+                g.name, str(sum(counts.values())), *(str(counts[s]) for s in STATES), source_label(g.source)
+            )
     console.print(table)
     counts = store.counts()
     console.print("all runs: " + ", ".join(f"{counts[s]} {s}" for s in STATES))
@@ -901,6 +1030,9 @@ def status(
             f"{run_.error}",
             highlight=False,
         )
+    console.print(
+        f"experiments file here: {describe_experiments(find_experiments(experiments))}", highlight=False
+    )
 
 
 # -- reports and plots ------------------------------------------------------------------------------------
@@ -924,9 +1056,7 @@ def load_results(db: str | None, grid: str | None, threshold: float | None, sele
 
 @app.command()
 def report(
-    table: str = typer.Option(
-        "main", "--table", help="main, averages, ttest, delay, ablation, baselines, evaluations"
-    ),
+    table: str = typer.Option("main", "--table", help=", ".join(TABLES), autocompletion=complete_table),
     eps: list[str] = typer.Option([], "--eps", help="only these ε_g (repeatable) [default: all present]"),
     format_: str = typer.Option(
         "md", "--format", help="md (terminal + Markdown), csv (long format) or latex"
@@ -936,8 +1066,12 @@ def report(
         "ours", "--results", help="ours (the database) or paper (its published numbers)"
     ),
     compare: str | None = typer.Option(None, "--compare", help="paper: put the paper's value beside ours"),
-    grid: str | None = typer.Option(None, "--grid", help="only this grid's runs"),
-    run_id: str | None = typer.Option(None, "--run", help="evaluations: only this run (id prefix)"),
+    grid: str | None = typer.Option(
+        None, "--grid", help="only this grid's runs", autocompletion=complete_grid
+    ),
+    run_id: str | None = typer.Option(
+        None, "--run", help="evaluations: only this run (id prefix)", autocompletion=complete_run_id
+    ),
     threshold: float | None = typer.Option(None, "--threshold", help="delay: adaptation threshold [grid's]"),
     include_standard: bool = typer.Option(
         False, "--include-standard", help="delay: correlate ε = 0 runs too"
@@ -995,12 +1129,14 @@ def report(
 
 @app.command()
 def plot(
-    kind: str = typer.Argument(..., help="curves, robustness, sweep or schedule"),
+    kind: str = typer.Argument(..., help=", ".join(PLOTS), autocompletion=complete_plot),
     out: Path = typer.Option(..., "--out", help="the PNG to write"),
-    backbone: str | None = typer.Option(None, "--backbone"),
-    dataset: str | None = typer.Option(None, "--dataset"),
+    backbone: str | None = typer.Option(None, "--backbone", autocompletion=complete_backbone),
+    dataset: str | None = typer.Option(None, "--dataset", autocompletion=complete_dataset),
     eps: str | None = typer.Option(None, "--eps", help="ε_g as k/255"),
-    grid: str | None = typer.Option(None, "--grid", help="only this grid's runs"),
+    grid: str | None = typer.Option(
+        None, "--grid", help="only this grid's runs", autocompletion=complete_grid
+    ),
     epochs: int = typer.Option(50, "--epochs", help="schedule: number of epochs"),
     t1: float = typer.Option(12, "--t1", help="schedule: sched's T1"),
     t2: float = typer.Option(37, "--t2", help="schedule: sched's and linear's T2"),
@@ -1014,8 +1150,8 @@ def plot(
     from rftbench.report import ReportError, Selection
 
     check_out(out)
-    if kind not in plots.KINDS:
-        fail(f"unknown plot {kind!r}: choose one of {', '.join(plots.KINDS)}")
+    if kind not in PLOTS:
+        fail(f"unknown plot {kind!r}: choose one of {', '.join(PLOTS)}")
     try:
         budget = eps_text(eps) if eps else None
         if kind == "schedule":
@@ -1036,13 +1172,11 @@ def plot(
     console.print(f"wrote {written}")
 
 
-if __name__ == "__main__":
-    app()
-
-
 @app.command()
 def bench(
-    backbone: list[str] = typer.Option(..., "--backbone", help="a registry backbone (repeatable)"),
+    backbone: list[str] = typer.Option(
+        ..., "--backbone", help="a registry backbone (repeatable)", autocompletion=complete_backbone
+    ),
     resolution: int = typer.Option(224, "--resolution", min=8),
     batch_size: int = typer.Option(64, "--batch-size", min=1),
     precision: list[str] = typer.Option(
@@ -1055,8 +1189,10 @@ def bench(
     eval_steps: int = typer.Option(10, "--eval-steps", min=1, help="APGD steps of the evaluation"),
     eps: str = typer.Option("4/255", "--eps", help="the attack's ε, as k/255"),
     batches: int = typer.Option(8, "--batches", min=1, help="timed batches per measurement"),
-    grid: str | None = typer.Option(None, "--grid", help="project this grid's hours from the measurements"),
-    experiments: Path = EXPERIMENTS,
+    grid: str | None = typer.Option(
+        None, "--grid", help="project this grid's hours from the measurements", autocompletion=complete_grid
+    ),
+    experiments: Path | None = EXPERIMENTS,
     device: str | None = DEVICE,
     workers: int | None = WORKERS,
     tf32: bool = TF32,
@@ -1087,10 +1223,10 @@ def bench(
         fail(str(exc))
     configs = []
     if grid is not None:
-        from rftbench.grids import GridError, load_experiments
+        from rftbench.grids import GridError
 
         try:
-            configs = [job.config for job in load_experiments(experiments).jobs(grid)]
+            configs = [job.config for job in read_experiments(experiments).jobs(grid)]
         except GridError as exc:
             fail(str(exc))
     runtime = runtime_options(device, workers, None, False, tf32)
@@ -1174,3 +1310,138 @@ def print_bench(rows: list[dict], grid: str | None) -> None:
             f"compile {total['compile']}{note}",
             highlight=False,
         )
+
+
+@app.command()
+def init(
+    directory: Path = typer.Argument(Path("."), help="the folder to write experiments.toml into"),
+    force: bool = typer.Option(False, "--force", help="replace an experiments.toml already there"),
+) -> None:
+    """Write a commented copy of the bundled grids, to edit: commands run in that folder read it."""
+    from rftbench.checkpoint import atomic_write
+    from rftbench.grids import BUNDLED, load_experiments
+
+    target = directory / "experiments.toml"
+    if target.exists() and not force:
+        fail(f"{target} exists: edit it, or add --force to replace it with the bundled grids")
+    if directory.exists() and not directory.is_dir():
+        fail(f"{directory} is a file, not a folder: give the folder to write experiments.toml into")
+    header = (
+        f"# Written by `rftbench init` from the grids bundled with rftbench {__version__}.\n"
+        f"# rftbench commands run in this folder read this file; elsewhere, pass\n"
+        f"# --experiments {target.resolve()}. Edit a grid or add your own [grids.NAME];\n"
+        "# `rftbench run-grid --grid NAME --dry-run` shows the runs a grid expands to.\n#\n"
+    )
+    atomic_write(target, (header + BUNDLED.read_text()).encode())
+    grids = ", ".join(load_experiments(target).grids)
+    console.print(f"wrote {target} with the grids {grids}", highlight=False)
+
+
+data_app = typer.Typer(
+    help="The paper's datasets and split lists, fetched from their sources.", no_args_is_help=True
+)
+app.add_typer(data_app, name="data")
+
+
+class RichFetchProgress:
+    """A download bar per file (size, speed, time left) and a line per step (`rftbench.fetch.Progress`)."""
+
+    def __init__(self) -> None:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                   TimeRemainingColumn())  # fmt: skip
+        self.bar = Progress(*columns, console=console)
+        self.task = None
+
+    def __enter__(self) -> RichFetchProgress:
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.stop()
+
+    def start(self, label: str, total: int | None, completed: int) -> None:
+        self.task = self.bar.add_task(label, total=total, completed=completed)
+
+    def advance(self, amount: int) -> None:
+        self.bar.advance(self.task, amount)
+
+    def note(self, text: str) -> None:
+        self.bar.console.print(text, highlight=False)
+
+
+@data_app.command("fetch")
+def data_fetch(
+    names: list[str] = typer.Argument(
+        ...,
+        help="datasets to fetch: Aircraft, Cars, Caltech, Cub, Dogs, fashion_mnist",
+        autocompletion=complete_fetchable,
+    ),
+    root: list[str] = typer.Option(
+        [],
+        "--root",
+        help="DIR: each dataset into DIR/<its folder>; NAME=PATH: that dataset's root "
+        "[default: where run-grid reads it: $RFTBENCH_DATA_<NAME>, else data/<folder>]",
+    ),
+    splits_only: bool = typer.Option(
+        False,
+        "--splits-only",
+        help="only the paper's split lists (Caltech, Cub, Dogs), into the root as it is",
+    ),
+    keep_archives: bool = typer.Option(False, "--keep-archives", help="keep the downloaded archives"),
+) -> None:
+    """Download datasets from their sources, check their checksums and unpack them where `run-grid` reads
+    them, with the paper's split lists; an interrupted download resumes when run again."""
+    from rftbench.datasets import DATASETS, DataNotFound, env_var, resolve_root
+    from rftbench.fetch import SOURCES, FetchError, fetch
+
+    unknown = [n for n in names if n not in SOURCES]
+    if unknown:
+        fail(f"no source for {', '.join(unknown)}: fetchable datasets are {', '.join(SOURCES)}")
+    parents = [item for item in root if "=" not in item]
+    if len(parents) > 1:
+        fail(f"--root {parents[1]}: give one DIR for all datasets (and NAME=PATH for single ones)")
+    own = parse_pairs("--root", [item for item in root if "=" in item], "Cub=/data/CUB", DATASETS, "dataset")
+    failed = []
+    with RichFetchProgress() as progress:
+        for name in dict.fromkeys(names):
+            folder = Path(DATASETS[name].default_root).name
+            target = (
+                Path(own[name])
+                if name in own
+                else Path(parents[0]) / folder
+                if parents
+                else resolve_root(name)
+            )
+            try:
+                done = fetch(
+                    name, target, splits_only=splits_only, keep_archives=keep_archives, progress=progress
+                )
+            except (FetchError, DataNotFound) as exc:
+                progress.note(f"[red]error:[/] {name}: {escape(str(exc).splitlines()[0])}")
+                failed.append(name)
+                continue
+            except KeyboardInterrupt:
+                progress.note(f"stopped during {name}: run the same command again to resume its download")
+                raise typer.Exit(code=130) from None
+            what = "already complete" if done.already and not done.downloaded else "fetched"
+            splits = f", the paper's split lists in {done.splits}" if done.splits else ""
+            progress.note(f"[green]{name}[/]: {what} in {done.root}{splits}")
+            if done.root.resolve() != resolve_root(name).resolve():
+                progress.note(
+                    f"  run-grid reads it with --root {name}={done.root} or {env_var(name)}={done.root}"
+                )
+    if failed:
+        raise typer.Exit(code=2)
+
+
+if __name__ == "__main__":
+    app()

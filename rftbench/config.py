@@ -31,6 +31,8 @@ from rftbench import schedules
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 PROTOCOLS = ("paper", "monotone")  # per-ε evaluation protocols (rftbench.metrics)
+TABLES = ("main", "averages", "ttest", "delay", "ablation", "baselines", "evaluations")  # rftbench.report
+PLOTS = ("curves", "robustness", "sweep", "schedule")  # rftbench.plots
 # Every field of release 0.1 (database schema v1), hashed always and in this form: stored ids depend on it.
 IDENTITY_V1 = (
     "backbone", "dataset", "pretrained", "setting", "eps", "t1", "t2", "patience", "tolerance",
@@ -43,6 +45,10 @@ RENAMED: dict[str, str] = {}  # stored key -> the field that replaced it (same m
 RETIRED: dict[str, object] = {}  # removed field -> the only value a stored config may hold for it
 ATTACK_MODES = ("eval", "train")
 AUGMENTATIONS = ("loader", "device")  # where the training augmentation runs (rftbench.data)
+SPLIT_SOURCES = (
+    "rules",
+    "paper",
+)  # the registry's seeded rules, or the paper's split lists (rftbench.datasets)
 
 
 class ConfigError(ValueError):
@@ -111,6 +117,9 @@ class RunConfig:
     augmentation: str = "loader"  # "device": the same augmentation on the whole batch, on the run's device
     decay_norm_and_bias: bool = True  # False: no weight decay on normalisation weights, biases, embeddings
     head_lr_scale: float = 1.0  # the fresh head's learning rate is lr × this
+    # "paper": the paper's split lists (Caltech, Cub, Dogs); "rules": the registry's seeded rules, or the
+    # grid's own split file (a path, not hashed, as before). Grids choose "auto": paper where present.
+    splits: str = "rules"
 
     def __post_init__(self) -> None:
         spec = schedules.ScheduleSpec(
@@ -136,6 +145,8 @@ class RunConfig:
             raise ValueError(f"precision {self.precision!r} unknown: choose one of {', '.join(PRECISIONS)}")
         if self.augmentation not in AUGMENTATIONS:
             raise ValueError(f"augmentation {self.augmentation!r} unknown: choose one of {AUGMENTATIONS}")
+        if self.splits not in SPLIT_SOURCES:
+            raise ValueError(f"splits {self.splits!r} unknown: choose one of {', '.join(SPLIT_SOURCES)}")
         if self.attack_mode not in ATTACK_MODES:
             raise ValueError(f"attack_mode {self.attack_mode!r} unknown: choose one of {ATTACK_MODES}")
         for name in ("epochs", "batch_size", "train_attack_steps", "eval_attack_steps", "resolution"):

@@ -29,7 +29,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.transforms import v2
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp")
+from rftbench.datasets import IMAGE_SUFFIXES, apportion
+
 JITTER = 0.25  # ColorJitter's brightness, contrast and saturation
 DEGREES = 2.0  # RandomRotation's range, ±
 
@@ -156,15 +157,6 @@ class ImageTensorDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         image = self.images[index]  # transform None: uint8, for the device to convert (`to_unit_float`)
         return (self.transform(image) if self.transform is not None else image), self.labels[index]
-
-
-def apportion(sizes: np.ndarray, n: int) -> np.ndarray:
-    """`n` split across groups in proportion to `sizes`, by the largest remainder (ties: earlier group)."""
-    quota = sizes * n / sizes.sum()
-    take = np.floor(quota).astype(int)
-    for i in np.argsort(-(quota - take), kind="stable")[: n - take.sum()]:
-        take[i] += 1
-    return take
 
 
 def covering_subsample(labels: list[int], n: int, seed: int) -> list[int]:

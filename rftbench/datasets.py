@@ -8,9 +8,17 @@ rules are seeded and deterministic (`seed`, default SPLIT_SEED, kept in each run
 `split_seed`), and images are decoded once per
 (dataset, split, resolution, sample list) into a uint8 tensor cached on disk under $RFTBENCH_CACHE.
 
-Split files (`split_file=`): JSON `{"classes": [...], "train": [["rel/path.jpg", label], ...], "val": [...],
-"test": [...]}`, paths relative to the dataset root, labels 0-based. Hua et al.'s RoLI split files were not
-reachable to check their exact schema; convert them to this one (a list of [path, label] per split).
+The paper's own split lists for Caltech-256, CUB and Dogs (`splits="paper"`; `PAPER_SPLITS`) are Hua et
+al.'s (CVPR 2024) files from their repository DongXzz/RoLI, read as they are: a folder holding
+`{train,val,test}.json`, each one JSON object mapping an image path (relative to the dataset's image folder)
+to its class, labelled per dataset (Caltech 0-256, Dogs 1-120, CUB "001"-"200"). `rftbench data fetch`
+puts them in ROOT/paper_splits/; a `split_file` that names a folder points elsewhere. Every label is
+checked against its image's class folder.
+
+Split files of your own (`split_file=` a file): JSON `{"classes": [...], "train": [["rel/path.jpg", label],
+...], "val": [...], "test": [...]}`, paths relative to the dataset root, labels 0-based.
+
+This module imports no torch until it decodes images (the CLI lists the registry at once).
 """
 
 from __future__ import annotations
@@ -22,18 +30,21 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from filelock import FileLock
-from torch import Tensor
 
-from rftbench.checkpoint import save_checkpoint
-from rftbench.data import IMAGE_SUFFIXES, ImageTensorDataset, apportion, decode_image, eval_transform
+from rftbench.config import SPLIT_SOURCES
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from rftbench.data import ImageTensorDataset
 
 SPLIT_SEED = 0  # default seed of every split rule and test subsample (RunConfig.split_seed stores it)
 SPLITS = ("train", "val", "test", "test_full")
+SPLIT_FOLDER = "paper_splits"  # ROOT/paper_splits/{train,val,test}.json: where `data fetch` puts them
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp")
 
 
 class DataNotFound(FileNotFoundError):
@@ -51,6 +62,15 @@ class Samples:
         return Samples(
             self.root, [self.paths[i] for i in index], [self.labels[i] for i in index], self.classes
         )
+
+
+def apportion(sizes: np.ndarray, n: int) -> np.ndarray:
+    """`n` split across groups in proportion to `sizes`, by the largest remainder (ties: earlier group)."""
+    quota = sizes * n / sizes.sum()
+    take = np.floor(quota).astype(int)
+    for i in np.argsort(-(quota - take), kind="stable")[: n - take.sum()]:
+        take[i] += 1
+    return take
 
 
 def stratified_subsample(labels: list[int], n: int, seed: int = SPLIT_SEED) -> list[int]:
@@ -259,6 +279,9 @@ def synthetic_arrays(split: str, resolution: int, seed: int = SPLIT_SEED) -> tup
     """A generated 10-class task for smoke tests and pipeline checks (no files, no download): each class is
     a smooth random colour pattern, each image that pattern shifted, rescaled in brightness and noised.
     The patterns depend on `seed` alone, the samples on `seed` and the split, so splits never overlap."""
+    import torch
+    import torch.nn.functional as F
+
     patterns = torch.rand(10, 3, 4, 4, generator=torch.Generator().manual_seed(seed)) * 0.6 + 0.2
     patterns = F.interpolate(patterns, size=resolution, mode="bicubic", align_corners=False)
     g = torch.Generator().manual_seed(seed * 1000 + 1 + SPLITS.index(split.replace("_full", "")))
@@ -310,6 +333,22 @@ DATASETS: dict[str, DatasetSpec] = {s.name: s for s in [
 ]}  # fmt: skip
 
 
+@dataclass(frozen=True)
+class PaperSplits:
+    """Where a dataset's paper split lists come from and how they read (module docstring)."""
+
+    roli_folder: str  # data_splits/<folder>/ in DongXzz/RoLI
+    image_dirs: tuple[str, ...]  # the folder its paths start from, relative to the root (first that exists)
+    label_offset: int  # the label RoLI gives the first class
+
+
+PAPER_SPLITS: dict[str, PaperSplits] = {
+    "Caltech": PaperSplits("caltech256", ("caltech256/256_ObjectCategories", "256_ObjectCategories"), 0),
+    "Cub": PaperSplits("cub", ("CUB_200_2011/images", "images"), 1),
+    "Dogs": PaperSplits("stanforddogs", ("Images",), 1),
+}
+
+
 def get_dataset_spec(name: str) -> DatasetSpec:
     try:
         return DATASETS[name]
@@ -325,6 +364,12 @@ def resolve_root(name: str, root: str | Path | None = None) -> Path:
     """The argument, else $RFTBENCH_DATA_<NAME>, else the registry's default root."""
     spec = get_dataset_spec(name)
     return Path(root or os.environ.get(env_var(name)) or spec.default_root).expanduser()
+
+
+def data_root(name: str, flag: str | Path | None = None, configured: str | Path | None = None) -> str | None:
+    """Which root a run reads (None: the registry's default): a --root flag, else $RFTBENCH_DATA_<NAME>,
+    else the experiments file's `root`."""
+    return flag or (None if os.environ.get(env_var(name)) else configured)
 
 
 def load_split_file(path: str | Path, root: Path, split: str) -> Samples:
@@ -349,29 +394,151 @@ def load_split_file(path: str | Path, root: Path, split: str) -> Samples:
     return Samples(root, paths, labels, list(classes))
 
 
+def paper_split_dir(name: str, root: str | Path | None, split_file: str | Path | None = None) -> Path | None:
+    """The folder of a dataset's paper split lists (a `split_file` folder, else ROOT/paper_splits) when it
+    holds all three; None otherwise, or for a dataset without such lists."""
+    if name not in PAPER_SPLITS:
+        return None
+    if split_file is not None and Path(split_file).is_dir():
+        folder = Path(split_file).expanduser()
+    else:
+        folder = resolve_root(name, root) / SPLIT_FOLDER
+    return folder if all((folder / f"{s}.json").is_file() for s in ("train", "val", "test")) else None
+
+
+def read_paper_splits(name: str, folder: str | Path) -> tuple[dict[str, list[tuple[str, int]]], list[str]]:
+    """RoLI's three lists of `name` in `folder`: per split the (path, 0-based label) pairs sorted by path,
+    and the class names (each class's image folder). One line (`DataNotFound`) for a file that is not such
+    a list, a label outside the dataset's classes, or a class whose images sit in two folders."""
+    info, folder = PAPER_SPLITS[name], Path(folder)
+    lists, folder_of = {}, {}
+    for split in ("train", "val", "test"):
+        path = folder / f"{split}.json"
+        try:
+            data = json.loads(path.read_text())
+        except OSError as exc:
+            raise DataNotFound(f"split file {path}: {exc.strerror}") from None
+        except ValueError as exc:
+            raise DataNotFound(f"split file {path} is not JSON ({str(exc)[:80]})") from None
+        if not isinstance(data, dict) or not data:
+            raise DataNotFound(
+                f"split file {path}: expected a non-empty JSON object mapping image paths to classes "
+                f"(RoLI's format), got {type(data).__name__}"
+            )
+        pairs = []
+        for image, label in sorted(data.items()):
+            try:
+                y = int(label) - info.label_offset
+            except (TypeError, ValueError):
+                y = -1
+            if not 0 <= y < DATASETS[name].classes:
+                raise DataNotFound(
+                    f"split file {path}: {image} has label {label!r}, not a class of {name} (RoLI numbers "
+                    f"its {DATASETS[name].classes} classes from {info.label_offset}); is it {name}'s file?"
+                )
+            if folder_of.setdefault(y, image.split("/")[0]) != image.split("/")[0]:
+                raise DataNotFound(
+                    f"split file {path}: class {label!r} holds images of two folders "
+                    f"({folder_of[y]}, {image.split('/')[0]}); is it {name}'s file?"
+                )
+            pairs.append((image, y))
+        lists[split] = pairs
+    if len(set(folder_of.values())) != len(folder_of):
+        raise DataNotFound(f"split files in {folder}: one image folder holds two classes; is it {name}'s?")
+    classes = [folder_of.get(y, f"class {y + info.label_offset}") for y in range(max(folder_of) + 1)]
+    return lists, classes
+
+
+def paper_samples(name: str, root: Path, split: str, folder: Path) -> Samples:
+    lists, classes = read_paper_splits(name, folder)
+    base = next((d for d in PAPER_SPLITS[name].image_dirs if (root / d).is_dir()), None)
+    if base is None:
+        folders = " or ".join(PAPER_SPLITS[name].image_dirs)
+        raise DataNotFound(
+            f"dataset {name}: no image folder {folders} under {root}; expected {LAYOUTS[name]}"
+        )
+    pairs = lists["test" if split == "test_full" else split]
+    return Samples(root, [f"{base}/{p}" for p, _ in pairs], [y for _, y in pairs], classes)
+
+
 def samples(
     name: str,
     root: str | Path | None,
     split: str,
     split_file: str | Path | None = None,
     seed: int = SPLIT_SEED,
+    splits: str = "rules",
 ) -> Samples:
-    """The (path, label) list of a split, without decoding anything; `seed` drives the split rules."""
+    """The (path, label) list of a split, without decoding anything: by the paper's split lists
+    (`splits="paper"`), else a split file of your own, else the registry's rules (seeded by `seed`)."""
     spec, root = get_dataset_spec(name), resolve_root(name, root)
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
+    if splits not in SPLIT_SOURCES:
+        raise ValueError(f"splits {splits!r} unknown: choose one of {', '.join(SPLIT_SOURCES)}")
     if not root.is_dir():
         problem = "is a file, not a folder" if root.exists() else "not found"
         raise DataNotFound(f"dataset {name}: data root {root} {problem}; expected {LAYOUTS[name]} "
                            f"(set it with {env_var(name)}=PATH)")  # fmt: skip
+    if splits == "paper":
+        if name not in PAPER_SPLITS:
+            raise ValueError(f"dataset {name} has no paper split lists (only {', '.join(PAPER_SPLITS)} do)")
+        folder = paper_split_dir(name, root, split_file)
+        if folder is None:
+            where = split_file if split_file is not None else root / SPLIT_FOLDER
+            raise DataNotFound(
+                f"dataset {name}: the paper's split lists (train.json, val.json, test.json) are not in "
+                f"{where}; `rftbench data fetch {name} --splits-only --root {name}={root}` downloads them"
+            )
+        return paper_samples(name, root, split, folder)
     if split_file is not None:
+        if Path(split_file).is_dir():
+            raise DataNotFound(
+                f"split file {split_file} is a folder, which holds the paper's lists: set splits = "
+                f'"paper" (or "auto") to use them'
+            )
         return load_split_file(split_file, root, split)
     if spec.load is None:
         raise ValueError(f"dataset {name} is not made of image files")
     return spec.load(root, split, seed)
 
 
-def check_data(name: str, root: str | Path | None = None, split_file: str | Path | None = None) -> None:
+def check_layout(name: str, root: str | Path | None = None) -> None:
+    """A quick look for `rftbench datasets`: the layout's files are where the registry reads them (each
+    split listed and non-empty where that needs no model library; no image opened). `DataNotFound` if not."""
+    root = resolve_root(name, root)
+    if name == "synthetic":
+        return
+    if name == "fashion_mnist":
+        base = root / "FashionMNIST" / "raw" if (root / "FashionMNIST" / "raw").is_dir() else root
+        for files in FASHION_MNIST_FILES.values():
+            for file in files:
+                _require(base / file, name, LAYOUTS[name])
+        return
+    if not root.is_dir():
+        raise DataNotFound(f"dataset {name}: data root {root} not found; expected {LAYOUTS[name]}")
+    required = {
+        "Aircraft": ["fgvc-aircraft-2013b/data/images", "fgvc-aircraft-2013b/data/variants.txt"]
+        + [f"fgvc-aircraft-2013b/data/images_variant_{s}.txt" for s in ("train", "val", "test")],
+        "Cars": ["stanford_cars/cars_train", "stanford_cars/cars_test", "stanford_cars/devkit/cars_meta.mat",
+                 "stanford_cars/devkit/cars_train_annos.mat", "stanford_cars/cars_test_annos_withlabels.mat"],
+    }  # fmt: skip
+    if name in required:
+        for relative in required[name]:
+            _require(root / relative, name, LAYOUTS[name])
+        return
+    for split in ("train", "val", "test"):
+        s = samples(name, root, split)
+        if not s.paths:
+            raise DataNotFound(
+                f"dataset {name}: no images in its {split} split ({root}; expected {LAYOUTS[name]})"
+            )
+        _require(root / s.paths[0], name, LAYOUTS[name])
+
+
+def check_data(
+    name: str, root: str | Path | None = None, split_file: str | Path | None = None, splits: str = "rules"
+) -> None:
     """Preflight before training: raise `DataNotFound` (one line: dataset, path, layout, fix) unless every
     split of the dataset has images, every listed file is an image PIL can identify (its header), and the
     first and last image of each split decode. Cheap next to decoding everything; a file damaged past its
@@ -386,7 +553,7 @@ def check_data(name: str, root: str | Path | None = None, split_file: str | Path
     from PIL import Image, UnidentifiedImageError
 
     for split in ("train", "val", "test"):
-        s = samples(name, root, split, split_file)
+        s = samples(name, root, split, split_file, splits=splits)
         if not s.paths:
             where = (
                 f"split file {split_file}"
@@ -400,7 +567,8 @@ def check_data(name: str, root: str | Path | None = None, split_file: str | Path
                 raise DataNotFound(f"dataset {name}: image {path} is missing; expected {LAYOUTS[name]}")
             try:
                 if i in (0, len(s.paths) - 1):
-                    decode_image(path, 8)
+                    with Image.open(path) as image:
+                        image.convert("RGB")  # decodes it (what training does first)
                 else:
                     Image.open(path).close()  # reads the header only
             except (UnidentifiedImageError, OSError, ValueError) as exc:
@@ -418,6 +586,11 @@ def decoded_cache_path(name: str, split: str, resolution: int, key: str) -> Path
 
 def decode_samples(s: Samples, resolution: int, cache: Path | None) -> Tensor:
     """uint8 N×3×R×R images of `s`, from `cache` when it holds them, else decoded (and cached)."""
+    import torch
+    from filelock import FileLock
+
+    from rftbench.checkpoint import save_checkpoint
+
     if cache is None:
         return decode_all(s, resolution)
     if cache.exists():
@@ -432,6 +605,10 @@ def decode_samples(s: Samples, resolution: int, cache: Path | None) -> Tensor:
 
 
 def decode_all(s: Samples, resolution: int) -> Tensor:
+    import torch
+
+    from rftbench.data import decode_image
+
     if not s.paths:
         raise DataNotFound(f"no images in this split under {s.root}")
     return torch.stack([decode_image(s.root / p, resolution) for p in s.paths])
@@ -448,14 +625,25 @@ def build_dataset(
     cache: bool = True,
     download: bool = False,
     seed: int = SPLIT_SEED,
+    splits: str = "rules",
 ) -> ImageTensorDataset:
     """Split `split` of dataset `name` as decoded uint8 images at `resolution` (cached on disk per
     dataset, split, resolution and sample list) with `transform` (default: evaluation, resize only).
 
-    `download=True` lets torchvision fetch the datasets it knows (Aircraft, Cars, Fashion-MNIST)."""
+    `splits="paper"` reads the paper's split lists (Caltech, Cub, Dogs); `download=True` fetches a dataset
+    that is not there yet, with its paper split lists (`rftbench.fetch`)."""
+    import torch
+    import torch.nn.functional as F
+
+    from rftbench.data import ImageTensorDataset, eval_transform
+
     transform = transform or eval_transform()
     if download:
-        _download(name, resolve_root(name, root))
+        from rftbench.fetch import fetch
+
+        path = resolve_root(name, root)
+        if not path.exists() or (splits == "paper" and paper_split_dir(name, path, split_file) is None):
+            fetch(name, path, splits_only=path.exists())
     if name == "synthetic":
         images, labels = synthetic_arrays(split, resolution, seed)
         return ImageTensorDataset(images, torch.tensor(labels), transform, [f"pattern{i}" for i in range(10)])
@@ -466,7 +654,7 @@ def build_dataset(
             resized = F.interpolate(images.float(), size=resolution, mode="bilinear", antialias=True)
             images = resized.round().clamp(0, 255).to(torch.uint8)
         return ImageTensorDataset(images.contiguous(), torch.tensor(labels), transform, FASHION_MNIST_CLASSES)
-    s = samples(name, root, split, split_file, seed)
+    s = samples(name, root, split, split_file, seed, splits)
     missing = next((p for p in s.paths if not (s.root / p).is_file()), None)
     if missing is not None:
         raise DataNotFound(f"dataset {name}: image {s.root / missing} of split {split} is missing")
@@ -478,18 +666,3 @@ def build_dataset(
         s, resolution, decoded_cache_path(name, split, resolution, key) if cache else None
     )
     return ImageTensorDataset(images, torch.tensor(s.labels, dtype=torch.int64), transform, s.classes)
-
-
-def _download(name: str, root: Path) -> None:
-    from torchvision import datasets
-
-    fetch = {
-        "Aircraft": lambda: datasets.FGVCAircraft(str(root), download=True),
-        "Cars": lambda: datasets.StanfordCars(str(root), download=True),
-        "fashion_mnist": lambda: datasets.FashionMNIST(str(root), download=True),
-    }
-    if name not in fetch:
-        raise ValueError(
-            f"dataset {name} has no download: fetch its archive and unpack it as {LAYOUTS[name]}"
-        )
-    fetch[name]()

@@ -1,10 +1,15 @@
 """Named experiment grids from `experiments.toml`, validated on load and expanded into jobs.
 
-    experiments = load_experiments("experiments.toml")
+    experiments = load_experiments(find_experiments(None))   # ./experiments.toml, else the bundled one
     jobs = experiments.jobs("paper", backbones=["SWIN"], eps=["4/255"])  # one Job per distinct run id
 
+The grids of the paper ship with the package (`BUNDLED`, rftbench/experiments.toml); `rftbench init` writes
+a copy to edit, which commands run in its folder then read instead.
+
 The file's tables (see experiments.toml for a commented example of each):
-  [defaults]               run-config fields for every grid, plus `seed`, `adaptation_threshold`,
+  [defaults]               run-config fields for every grid (`splits = "auto"`: the paper's split lists of
+                           Caltech/Cub/Dogs where they are in the data root, else the rules; recorded
+                           in each run's config as "paper" or "rules"), plus `seed`, `adaptation_threshold`,
                            `standard_eval_budgets` (the budgets an ε_g = 0 run is scored at) and how
                            the final evaluation is measured: `eval_protocol` ("paper" or "monotone")
                            and `eval_precision` ("fp32"; not part of a run's id)
@@ -26,14 +31,26 @@ import itertools
 import tomllib
 import typing
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 
 import pydantic
 
 from rftbench.backbones import BACKBONES
-from rftbench.config import PRECISIONS, PROTOCOLS, RunConfig, SlurmOptions, eps_text, parse_eps
-from rftbench.datasets import DATASETS
+from rftbench.config import (
+    PRECISIONS,
+    PROTOCOLS,
+    SPLIT_SOURCES,
+    RunConfig,
+    SlurmOptions,
+    eps_text,
+    parse_eps,
+)
+from rftbench.datasets import DATASETS, PAPER_SPLITS, SPLIT_FOLDER, data_root, paper_split_dir, resolve_root
 from rftbench.schedules import SCHEDULES
+
+BUNDLED = Path(str(files("rftbench") / "experiments.toml"))  # the paper's grids, shipped with the package
+LOCAL = Path("experiments.toml")  # an edited copy in the working folder wins over the bundled file
 
 SETTING_KEYS = ("setting", "t1", "t2", "patience", "tolerance", "schedule_granularity")
 AXIS_KEYS = ("backbone", "dataset", "eps", "seed")
@@ -59,7 +76,7 @@ ANALYSIS_KEYS = {
     "eval_protocol": str,
     "eval_precision": str,
 }
-EVALUATION_CHOICES = {"eval_protocol": PROTOCOLS, "eval_precision": PRECISIONS}
+CHOICES = {"eval_protocol": PROTOCOLS, "eval_precision": PRECISIONS, "splits": ("auto", *SPLIT_SOURCES)}
 GRID_KEYS = {"description", "backbones", "datasets", "pairs", "settings", "eps", "seeds", "overrides"}
 PATH_KEYS = {"backbones": ("weights",), "datasets": ("root", "split_file")}
 TOP_KEYS = {"defaults", "overrides", "backbones", "datasets", "grids", "slurm"}
@@ -68,6 +85,30 @@ DEFAULT_THRESHOLD = 0.05  # the paper's 5% (CONVENTIONS.md)
 
 class GridError(ValueError):
     """One line: the file, the key and what to change."""
+
+
+def find_experiments(given: str | Path | None) -> Path:
+    """The experiments file a command reads: the one given (--experiments, RFTBENCH_EXPERIMENTS), else
+    ./experiments.toml where it exists, else the file bundled with rftbench."""
+    if given is not None:
+        return Path(given)
+    return LOCAL if LOCAL.is_file() else BUNDLED
+
+
+def source_label(source: str) -> str:
+    """A grid's recorded experiments file, short: "bundled" for the package's own."""
+    if source and Path(source).name == BUNDLED.name and Path(source).parent.name == "rftbench":
+        return "bundled"
+    return source
+
+
+def describe_experiments(path: Path) -> str:
+    """Which experiments file that is, in words, for `status` and `run-grid`."""
+    from rftbench import __version__
+
+    if path.resolve() == BUNDLED.resolve():
+        return f"{path} (bundled with rftbench {__version__}; `rftbench init` writes a copy to edit)"
+    return str(path.resolve())
 
 
 @dataclass(frozen=True)
@@ -110,6 +151,12 @@ class Experiments:
     standard_eval_budgets: list[str] = field(default_factory=list)
     evaluation: dict[str, str] = field(default_factory=dict)  # the file's eval_protocol, eval_precision
     slurm: SlurmOptions = field(default_factory=SlurmOptions)  # the [slurm] table
+    roots: dict[str, str] = field(
+        default_factory=dict
+    )  # dataset -> root from --root flags (win over the file)
+    # dataset -> (splits chosen for it, where its paper lists are or were looked for), as `jobs` resolved
+    # "auto": for the notes commands print
+    split_choices: dict[str, tuple[str, Path]] = field(default_factory=dict)
 
     def grid(self, name: str) -> list[Grid]:
         if name not in self.grids:
@@ -192,6 +239,7 @@ class Experiments:
         if standard and "eval_budgets" not in values and grid.standard_eval_budgets:
             values["eval_budgets"] = grid.standard_eval_budgets
         values["eval_budgets"] = tuple(values.get("eval_budgets", ()))
+        values["splits"] = self.splits(dataset, values.get("splits", "auto"))
         try:
             return RunConfig(backbone=backbone, dataset=dataset, eps=eps, seed=seed, **setting, **values)
         except ValueError as exc:
@@ -199,8 +247,43 @@ class Experiments:
                 f"{self.path}: grids.{grid.name}: {backbone}/{dataset} {setting} at {eps}: {exc}"
             ) from None
 
+    def splits(self, dataset: str, choice: str) -> str:
+        """A run's `splits` from the grid's choice: "auto" is "paper" where the dataset has paper split
+        lists and they are in its data root (or its `split_file` folder), else "rules". A grid that names a
+        split file of its own keeps it ("rules")."""
+        if choice != "auto":
+            return choice
+        if dataset not in PAPER_SPLITS:
+            return "rules"
+        paths = self.paths.get(dataset, {})
+        split_file = paths.get("split_file")
+        if split_file is not None and not Path(split_file).is_dir():
+            return "rules"
+        root = data_root(dataset, self.roots.get(dataset), paths.get("data_root"))
+        folder = paper_split_dir(dataset, root, split_file)
+        chosen = "paper" if folder is not None else "rules"
+        self.split_choices[dataset] = (chosen, folder or resolve_root(dataset, root) / SPLIT_FOLDER)
+        return chosen
 
-def load_experiments(path: str | Path) -> Experiments:
+    def split_notes(self, jobs: list[Job]) -> list[str]:
+        """One line per dataset of `jobs` whose split lists "auto" chose, saying which and where."""
+        notes = []
+        for dataset in dict.fromkeys(j.config.dataset for j in jobs):
+            if dataset not in self.split_choices:
+                continue
+            chosen, folder = self.split_choices[dataset]
+            if chosen == "paper":
+                notes.append(f"{dataset}: the paper's split lists from {folder}")
+            else:
+                notes.append(
+                    f"{dataset}: the paper's split lists are not in {folder}, so its runs use the seeded "
+                    f'split rules (recorded as splits = "rules"); `rftbench data fetch {dataset} '
+                    f"--splits-only` downloads them"
+                )
+        return notes
+
+
+def load_experiments(path: str | Path, roots: dict[str, str] | None = None) -> Experiments:
     """Read and validate an experiments file; raises `GridError` (one line) on the first problem."""
     path = Path(path)
     if not path.is_file():
@@ -221,7 +304,7 @@ def load_experiments(path: str | Path) -> Experiments:
     threshold = defaults.pop("adaptation_threshold", DEFAULT_THRESHOLD)
     standard_budgets = defaults.pop("standard_eval_budgets", [])
     evaluation = {"eval_protocol": "paper", "eval_precision": "fp32"}
-    evaluation |= {key: defaults.pop(key) for key in EVALUATION_CHOICES if key in defaults}
+    evaluation |= {key: defaults.pop(key) for key in ("eval_protocol", "eval_precision") if key in defaults}
     overrides = check.overrides("overrides", data.get("overrides", {}))
     paths: dict[str, dict[str, str]] = {}
     for kind, registry in (("backbones", BACKBONES), ("datasets", DATASETS)):
@@ -247,6 +330,7 @@ def load_experiments(path: str | Path) -> Experiments:
         standard_eval_budgets=standard_budgets,
         evaluation=evaluation,
         slurm=slurm,
+        roots=dict(roots or {}),
     )
     for name, table in check.table("grids", data.get("grids", {})).items():
         blocks = table if isinstance(table, list) else [table]  # [[grids.NAME]]: a union of blocks
@@ -325,10 +409,8 @@ class _Checker:
                 out[key] = self.budgets(f"{where}.{key}", value)
                 continue
             out[key] = self.type(f"{where}.{key}", value, valid[key])
-            if key in EVALUATION_CHOICES and value not in EVALUATION_CHOICES[key]:
-                self.fail(
-                    f"{where}.{key}", f"{value!r} unknown; choose one of {', '.join(EVALUATION_CHOICES[key])}"
-                )
+            if key in CHOICES and value not in CHOICES[key]:
+                self.fail(f"{where}.{key}", f"{value!r} unknown; choose one of {', '.join(CHOICES[key])}")
         return out
 
     def overrides(self, where: str, table) -> dict[str, dict]:
@@ -432,7 +514,7 @@ class _Checker:
             overrides=self.overrides(f"{where}.overrides", table.get("overrides", {})),
             adaptation_threshold=self.threshold(where, fields.get("adaptation_threshold", threshold)),
             standard_eval_budgets=fields.get("standard_eval_budgets", standard_budgets),
-            evaluation={key: fields.get(key, evaluation[key]) for key in EVALUATION_CHOICES},
+            evaluation={key: fields.get(key, evaluation[key]) for key in ("eval_protocol", "eval_precision")},
         )
 
     def threshold(self, where: str, value: float) -> float:

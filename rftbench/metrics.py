@@ -1,8 +1,9 @@
-"""The paper's metrics: expected robustness, robustness curves, the task-adaptation start.
+"""The paper's metrics, without torch: expected robustness, the E.adv grid, the task-adaptation start, and
+the protocol every stored evaluation names (measuring them is `rftbench.evaluation`'s).
 
-    grid = eps_grid("8/255")                       # 0, 1/255, …, 8/255
-    curve = robustness_curve(model, loader, grid)  # APGD-10 accuracy at each ε, one attack per ε
-    expected_robustness(curve.eps, curve.accuracies)
+    grid = eps_grid("8/255")                                  # 0, 1/255, …, 8/255
+    expected_robustness(grid, [0.8, 0.6, 0.5, 0.4, 0.3, 0.2, 0.15, 0.1, 0.05])
+    adaptation_start_epoch([0.01, 0.03, 0.12])                # 2
 
 Accuracies are fractions in [0, 1] (CONVENTIONS.md). Every stored evaluation says how it was measured
 (`EvalProtocol`): two per-ε protocols exist, and they answer different questions.
@@ -16,17 +17,11 @@ Accuracies are fractions in [0, 1] (CONVENTIONS.md). Every stored evaluation say
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 
-import torch
-from torch import Tensor, nn
-
-from rftbench.attacks import apgd, module_modes
 from rftbench.config import PRECISIONS, PROTOCOLS, eps_text, parse_eps
-from rftbench.data import to_unit_float
 
 
 def adaptation_start_epoch(
@@ -60,9 +55,6 @@ def expected_robustness(eps: Sequence[float | Fraction], accuracies: Sequence[fl
     return area / e[-1]
 
 
-AUTOCAST = dict(zip(PRECISIONS, (None, torch.bfloat16, torch.float16)))  # precision -> autocast dtype
-
-
 @dataclass(frozen=True)
 class EvalProtocol:
     """How an evaluation was measured; stored with every evaluation row, which it keys with the budget."""
@@ -81,9 +73,9 @@ class EvalProtocol:
             raise ValueError(
                 f"evaluation protocol {self.protocol!r} unknown: choose {' or '.join(PROTOCOLS)}"
             )
-        if self.precision not in AUTOCAST:
+        if self.precision not in PRECISIONS:
             raise ValueError(
-                f"evaluation precision {self.precision!r} unknown: choose one of {', '.join(AUTOCAST)}"
+                f"evaluation precision {self.precision!r} unknown: choose one of {', '.join(PRECISIONS)}"
             )
         if self.steps < 1:
             raise ValueError(f"evaluation steps must be a positive integer, got {self.steps}")
@@ -129,94 +121,3 @@ class RobustnessCurve:
             "eps": [eps_text(e) for e in grid],
             "accuracies": accs,
         }
-
-
-@torch.no_grad()
-def robustness_curve(
-    model: nn.Module,
-    batches: Iterable[tuple[Tensor, Tensor]],
-    eps: Sequence[str | float | Fraction],
-    steps: int = 10,
-    *,
-    protocol: str = "paper",
-    random_start: bool = False,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-    autocast_dtype: torch.dtype | None = None,
-) -> RobustnessCurve:
-    """Accuracy at each ε of the grid (sorted; 0 is clean accuracy), APGD-`steps` in eval mode, returning
-    any misclassified iterate. Only clean-correct samples are attacked (a clean mistake is a mistake at
-    every ε, as in auto-attack).
-
-    `protocol` "paper" attacks them independently at every ε; "monotone" attacks at each larger ε only the
-    samples still correct at every smaller one (module docstring). A random start is per-sample
-    deterministic (drawn from (seed, batch index) for the whole batch), so both protocols see the same
-    starts.
-    """
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"evaluation protocol {protocol!r} unknown: choose {' or '.join(PROTOCOLS)}")
-    grid = sorted({parse_eps(e) for e in eps} | {Fraction(0)})
-    correct = torch.zeros(len(grid), dtype=torch.int64)
-    n = attacks_run = 0
-    start = time.perf_counter()
-
-    def predict(inputs: Tensor) -> Tensor:
-        with torch.autocast(inputs.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            return model(inputs).argmax(1)
-
-    with module_modes(model, training=False):
-        for batch_index, (x, y) in enumerate(batches):
-            x, y = to_unit_float(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
-            if random_start:
-                gen = torch.Generator().manual_seed(seed * 1_000_003 + batch_index)
-                noise = (2 * torch.rand(x.shape, generator=gen) - 1).to(x.device, x.dtype)
-            clean = robust = predict(x) == y
-            correct[0] += clean.sum().cpu()
-            for k, e in enumerate(grid[1:], start=1):
-                idx = (robust if protocol == "monotone" else clean).nonzero().squeeze(1)
-                robust = torch.zeros_like(clean)
-                if idx.numel():
-                    x_init = x[idx] + noise[idx] * float(e) if random_start else None
-                    x_adv = apgd(model, x[idx], y[idx], float(e), steps, x_init=x_init,
-                                 returned="misclassified", autocast_dtype=autocast_dtype)  # fmt: skip
-                    robust = robust.index_copy(0, idx, predict(x_adv) == y[idx])
-                attacks_run += idx.numel()
-                correct[k] += robust.sum().cpu()
-            n += len(y)
-    accuracies = [c / max(n, 1) for c in correct.tolist()]
-    seconds = time.perf_counter() - start
-    return RobustnessCurve(grid, accuracies, n, attacks_run, n * (len(grid) - 1), seconds)
-
-
-def evaluate_budgets(
-    model: nn.Module,
-    batches: Iterable[tuple[Tensor, Tensor]],
-    budgets: Sequence[str | float | Fraction],
-    protocol: EvalProtocol = EvalProtocol(),
-    *,
-    device: str | torch.device = "cpu",
-) -> dict:
-    """A run's evaluation under `protocol`: clean accuracy, then for each budget ε_g its APGD accuracy
-    (`adv`), the accuracy at every point of its E.adv grid and E.adv, from one pass over the union of the
-    budgets' grids. The result names its protocol, as every stored row must."""
-    grid = sorted({e for budget in budgets for e in eps_grid(budget)})
-    curve = robustness_curve(
-        model,
-        batches,
-        grid,
-        protocol.steps,
-        protocol=protocol.protocol,
-        random_start=protocol.random_start,
-        seed=protocol.seed,
-        device=device,
-        autocast_dtype=AUTOCAST[protocol.precision],
-    )
-    return {
-        "n": curve.n,
-        "clean": curve.accuracies[0],
-        "budgets": [curve.summary(budget) for budget in budgets],
-        "attacks_run": curve.attacks_run,
-        "attacks_naive": curve.attacks_naive,
-        "seconds": curve.seconds,
-        "protocol": protocol.as_dict(),
-    }

@@ -15,8 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from rftbench.backbones import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401 (the names this module documents)
 
 
 class Normalize(nn.Module):
@@ -81,3 +80,48 @@ def load_cifar_resnet20_weights(model: CifarResNet, path: str | Path) -> None:
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = state.get("state_dict", state)
     model.load_state_dict({k.removeprefix("module."): v for k, v in state.items()})
+
+
+class ClipImageClassifier(nn.Module):
+    """open_clip's image tower (with its projection) and a fresh linear head; no text tower is built."""
+
+    def __init__(self, visual: nn.Module, embed_dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.visual = visual
+        self.head = nn.Linear(embed_dim, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.visual(x))
+
+
+def load_visual_state(path: Path) -> dict[str, Tensor]:
+    """The image-tower tensors of an open_clip checkpoint (full CLIP `visual.*` keys, or a tower alone)."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state)
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if any(k.startswith("visual.") for k in state):
+        state = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
+    return state
+
+
+def convert_in_order(source: dict[str, Tensor], target: nn.Module) -> dict[str, Tensor]:
+    """Map a state dict onto `target`'s keys by position. Both layouts list the same tensors in the same
+    order (stem, blocks, head); every shape must match, so a wrong pairing fails loudly."""
+    target_state = target.state_dict()
+    if len(source) != len(target_state):
+        raise ValueError(
+            f"cannot convert: {len(source)} source tensors for {len(target_state)} target tensors"
+        )
+    converted = {}
+    for (src_key, tensor), (dst_key, dst) in zip(source.items(), target_state.items()):
+        if tensor.shape != dst.shape:
+            raise ValueError(
+                f"cannot convert {src_key} {tuple(tensor.shape)} to {dst_key} {tuple(dst.shape)}"
+            )
+        converted[dst_key] = tensor.clone().contiguous()
+    return converted

@@ -16,7 +16,7 @@ import numpy as np
 from matplotlib.figure import Figure  # the object API: no pyplot state, no display backend
 from matplotlib.ticker import MaxNLocator
 
-from rftbench.config import parse_eps
+from rftbench.config import PLOTS, parse_eps
 from rftbench.metrics import adaptation_start_epoch
 from rftbench.report import ReportError, Results, eps_order, setting_labels
 from rftbench.schedules import ScheduleSpec
@@ -29,7 +29,7 @@ COLOURS = {
     "uniform": "tab:orange",
     "auto": "tab:brown",
 }
-KINDS = ("curves", "robustness", "sweep", "schedule")
+KINDS = PLOTS
 
 
 def _save(fig, out: str | Path) -> Path:

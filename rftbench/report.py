@@ -27,13 +27,12 @@ import pandas as pd
 from scipy import stats
 
 from rftbench.backbones import BACKBONES
-from rftbench.config import PRECISIONS, PROTOCOLS, RunConfig, parse_eps
+from rftbench.config import PRECISIONS, PROTOCOLS, TABLES, RunConfig, parse_eps
 from rftbench.datasets import DATASETS
 from rftbench.metrics import EvalProtocol, adaptation_start_epoch
 from rftbench.schedules import SCHEDULES
 
 METRICS = {"clean": "Clean", "adv": "Adv.", "eadv": "E. adv."}
-TABLES = ("main", "averages", "ttest", "delay", "ablation", "baselines", "evaluations")
 PAPER_TABLES = {
     "main": ("1", "2"),
     "averages": ("1", "2"),

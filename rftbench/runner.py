@@ -29,9 +29,10 @@ from rftbench.backbones import build_backbone, check_weights, get_backbone_spec
 from rftbench.checkpoint import CheckpointError, load_checkpoint
 from rftbench.config import RunConfig, RuntimeOptions
 from rftbench.data import ImageTensorDataset, make_loader, train_transform
-from rftbench.datasets import build_dataset, check_data, env_var, stratified_subsample
+from rftbench.datasets import build_dataset, check_data, data_root, stratified_subsample
+from rftbench.evaluation import evaluate_budgets
 from rftbench.jobqueue import JobQueue, LeaseLost, Worker
-from rftbench.metrics import EvalProtocol, evaluate_budgets
+from rftbench.metrics import EvalProtocol
 from rftbench.store import Run, Store
 from rftbench.trainer import configure_device, train
 
@@ -43,8 +44,7 @@ def resolve_paths(config: RunConfig, stored: dict, roots: dict, weights: dict) -
     experiments file's path stored with the run, else (None) the registry's default."""
     weights_env = get_backbone_spec(config.backbone).env_var
     return {
-        "data_root": roots.get(config.dataset)
-        or (None if os.environ.get(env_var(config.dataset)) else stored.get("data_root")),
+        "data_root": data_root(config.dataset, roots.get(config.dataset), stored.get("data_root")),
         "split_file": stored.get("split_file"),
         "weights": weights.get(config.backbone)
         or (None if os.environ.get(weights_env) else stored.get("weights")),
@@ -54,10 +54,10 @@ def resolve_paths(config: RunConfig, stored: dict, roots: dict, weights: dict) -
 def preflight(jobs: list[tuple[RunConfig, dict]]) -> None:
     """Before any training: every dataset root readable and every pretrained backbone's weights local (or
     fetched now). Raises DataNotFound / WeightsUnavailable with one line naming the fix."""
-    for dataset, root, split_file in dict.fromkeys(
-        (c.dataset, p["data_root"], p["split_file"]) for c, p in jobs
+    for dataset, root, split_file, splits in dict.fromkeys(
+        (c.dataset, p["data_root"], p["split_file"], c.splits) for c, p in jobs
     ):
-        check_data(dataset, root, split_file)
+        check_data(dataset, root, split_file, splits)
     for backbone, file in dict.fromkeys((c.backbone, p["weights"]) for c, p in jobs if c.pretrained):
         check_weights([backbone], {backbone: file} if file else None)
 
@@ -71,6 +71,7 @@ def build_data(config: RunConfig, paths: dict, split: str, transform) -> ImageTe
         resolution=config.resolution,
         split_file=paths["split_file"],
         seed=config.split_seed,
+        splits=config.splits,
     )
     subset = {"train": config.train_subset, "val": config.val_subset, "test": config.test_subset}.get(
         split, 0
@@ -343,7 +344,7 @@ class Runner:
                 f"{final} holds another run's weights ({state['run_id']}); it is not {run.id}"
             )
         config, paths = RunConfig.from_json(run.config), self.paths(run)
-        check_data(config.dataset, paths["data_root"], paths["split_file"])
+        check_data(config.dataset, paths["data_root"], paths["split_file"], config.splits)
         test_set = build_data(config, paths, "test", None)
         model = build_backbone(
             config.backbone, len(test_set.classes), pretrained=False, size=config.resolution

@@ -15,8 +15,6 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
 AUTO_PATIENCE = 5  # paper defaults for the `auto` baseline
 AUTO_TOLERANCE = 0.02  # absolute difference of validation accuracy (a fraction)
 GRANULARITIES = ("epoch", "step")
@@ -59,6 +57,8 @@ def _hinge(spec: ScheduleSpec, t: float, epochs: int, seed: int, history: Sequen
 
 def _uniform(spec: ScheduleSpec, t: float, epochs: int, seed: int, history: Sequence[float]) -> float:
     # Drawn from (seed, epoch) alone, so a resumed run redraws exactly the same budgets.
+    import numpy as np  # here: the CLI imports this module and needs no numpy to start
+
     return float(np.random.default_rng([seed, int(t)]).uniform(0.0, spec.eps))
 
 

@@ -35,7 +35,8 @@ from rftbench.backbones import BACKBONES, get_backbone_spec
 from rftbench.checkpoint import resume_training, save_checkpoint, training_state
 from rftbench.config import RunConfig, RuntimeOptions, eps_text, parse_eps
 from rftbench.data import augment_batch, augment_params, covering_loader, to_unit_float
-from rftbench.metrics import AUTOCAST, EvalProtocol, evaluate_budgets
+from rftbench.evaluation import AUTOCAST, evaluate_budgets
+from rftbench.metrics import EvalProtocol
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float) -> Callable[[int], float]:

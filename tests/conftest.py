@@ -22,7 +22,7 @@ from rftbench.models import (
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
-EXPERIMENTS = REPO / "experiments.toml"
+EXPERIMENTS = REPO / "rftbench" / "experiments.toml"
 CIFAR = SHARED / "data" / "cifar10-jpeg"
 RESNET20 = SHARED / "weights" / "resnet20-12fca82f.th"
 

@@ -1,7 +1,8 @@
-"""Real servers for the tests, started here, never mocked: a PostgreSQL server (Debian's `postgresql`
-package; initdb/pg_ctl run as the `postgres` user when the tests run as root, since PostgreSQL refuses to
-run as root) and a one-node SLURM cluster with accounting (tests/slurm/start.sh: munged, a private
-MariaDB, slurmdbd, slurmctld and slurmd, all as root, everything under one folder).
+"""Real servers for the tests, started here, never mocked: an HTTP file server on 127.0.0.1 (`FileServer`,
+standard library: byte ranges, dropped connections, replaced files; for `rftbench data fetch`), a PostgreSQL
+server (Debian's `postgresql` package; initdb/pg_ctl run as the `postgres` user when the tests run as root,
+since PostgreSQL refuses to run as root) and a one-node SLURM cluster with accounting (tests/slurm/start.sh:
+munged, a private MariaDB, slurmdbd, slurmctld and slurmd, all as root, everything under one folder).
 
 A server that cannot start fails the tests that need it: CI must run them, not skip them. Set
 RFTBENCH_TEST_SERVERS=skip to skip them instead on a machine without the packages (`make setup` installs
@@ -9,11 +10,13 @@ them where it runs as root on Debian)."""
 
 from __future__ import annotations
 
+import http.server
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import uuid
 from pathlib import Path
 
@@ -123,3 +126,61 @@ class SlurmCluster:
     def stop(self) -> None:
         subprocess.run([SLURM_SCRIPTS / "stop.sh", self.folder], capture_output=True, timeout=180)
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class FileServer:
+    """Serves `files` (URL path -> bytes) over HTTP/1.1 on 127.0.0.1 with byte ranges (206, 416), as the
+    datasets' hosts do. `cut[path] = n` makes the next response for `path` stop after n bytes and drop the
+    connection (a broken download); `requests` records every (path, first byte) asked for."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.cut: dict[str, int] = {}
+        self.requests: list[tuple[str, int]] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:  # quiet
+                pass
+
+            def do_GET(self) -> None:
+                data = server.files.get(self.path)
+                if data is None:
+                    self.send_error(404)
+                    return
+                start = 0
+                if (wanted := self.headers.get("Range")) is not None:
+                    start = int(wanted.removeprefix("bytes=").split("-")[0])
+                server.requests.append((self.path, start))
+                if start >= len(data) > 0:
+                    self.send_response(416)
+                    self.send_header("Content-Range", f"bytes */{len(data)}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(206 if wanted else 200)
+                if wanted:
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                self.send_header("Content-Length", str(len(data) - start))
+                self.end_headers()
+                body = data[start:]
+                try:
+                    if (cut := server.cut.pop(self.path, None)) is not None:
+                        self.wfile.write(body[:cut])
+                        self.wfile.flush()
+                        self.close_connection = True
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                        return
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):  # the client stopped reading: its choice
+                    self.close_connection = True
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

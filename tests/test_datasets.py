@@ -6,12 +6,10 @@ import json
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from conftest import CIFAR, require
-from PIL import Image
-from scipy.io import savemat
+from conftest import CIFAR, SHARED, require
+from layouts import jpeg, write_aircraft, write_caltech, write_cars, write_cub, write_dogs
 from typer.testing import CliRunner
 
 from rftbench.cli import app
@@ -19,6 +17,8 @@ from rftbench.datasets import (
     DATASETS,
     DataNotFound,
     build_dataset,
+    check_data,
+    read_paper_splits,
     samples,
     stratified_subsample,
 )
@@ -31,99 +31,6 @@ def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("RFTBENCH_CACHE", str(tmp_path / "cache"))
     for name in DATASETS:
         monkeypatch.delenv("RFTBENCH_DATA_" + name.upper(), raising=False)
-
-
-def jpeg(path: Path, seed: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = np.random.default_rng(seed).integers(0, 256, (10, 13, 3), dtype=np.uint8)  # not square
-    Image.fromarray(pixels).save(path, quality=90)
-
-
-def write_aircraft(root: Path, per_split: int = 4) -> list[str]:
-    variants = ["707-320", "Cessna 525", "F/A-18"]  # real variant names have spaces and slashes
-    data = root / "fgvc-aircraft-2013b" / "data"
-    data.mkdir(parents=True)
-    (data / "variants.txt").write_text("\n".join(variants) + "\n")
-    image_id = 1000000
-    for split in ("train", "val", "test"):
-        lines = []
-        for variant in variants:
-            for _ in range(per_split):
-                image_id += 1
-                jpeg(data / "images" / f"{image_id}.jpg", image_id)
-                lines.append(f"{image_id} {variant}")
-        (data / f"images_variant_{split}.txt").write_text("\n".join(lines) + "\n")
-    return variants
-
-
-def write_cars(root: Path, train_per_class: int = 20, test_per_class: int = 3) -> None:
-    base = root / "stanford_cars"
-    (base / "devkit").mkdir(parents=True)
-    names = ["AM General Hummer SUV 2000", "Acura RL Sedan 2012", "Audi R8 Coupe 2012"]
-    savemat(base / "devkit" / "cars_meta.mat", {"class_names": np.array([names], dtype=object)})
-    fields = [(f, "O") for f in ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "fname")]
-    for folder, mat, per_class in (
-        ("cars_train", base / "devkit" / "cars_train_annos.mat", train_per_class),
-        ("cars_test", base / "cars_test_annos_withlabels.mat", test_per_class),
-    ):
-        annotations, n = np.zeros((1, per_class * len(names)), dtype=fields), 0
-        for label in range(1, len(names) + 1):  # 1-based, as in the devkit
-            for _ in range(per_class):
-                n += 1
-                fname = f"{n:05d}.jpg"
-                jpeg(base / folder / fname, n + 7 * label)
-                annotations[0, n - 1] = (1, 1, 12, 9, label, fname)
-        savemat(mat, {"annotations": annotations})
-
-
-def write_caltech(root: Path, per_class: int = 62) -> None:
-    base = root / "caltech256" / "256_ObjectCategories"
-    for c, name in enumerate(["001.ak47", "002.american-flag", "257.clutter"], start=1):
-        for i in range(1, per_class + 1 + c):  # classes of different sizes
-            jpeg(base / name / f"{c:03d}_{i:04d}.jpg", 1000 * c + i)
-
-
-def write_cub(root: Path, train_per_class: int = 8, test_per_class: int = 4) -> None:
-    base = root / "CUB_200_2011"
-    classes = ["001.Black_footed_Albatross", "002.Laysan_Albatross", "003.Sooty_Albatross"]
-    images, labels, split, image_id = [], [], [], 0
-    for c, name in enumerate(classes, start=1):
-        for i in range(train_per_class + test_per_class):
-            image_id += 1
-            relative = f"{name}/{name[4:]}_{i:04d}_{image_id}.jpg"
-            jpeg(base / "images" / relative, image_id)
-            images.append(f"{image_id} {relative}")
-            labels.append(f"{image_id} {c}")
-    # the official split interleaves train and test images within a class
-    image_id = 0
-    for _ in classes:
-        flags = [1] * train_per_class + [0] * test_per_class
-        np.random.default_rng(len(split)).shuffle(flags)
-        for flag in flags:
-            image_id += 1
-            split.append(f"{image_id} {flag}")
-    (base / "images.txt").write_text("\n".join(images) + "\n")
-    (base / "image_class_labels.txt").write_text("\n".join(labels) + "\n")
-    (base / "train_test_split.txt").write_text("\n".join(split) + "\n")
-    (base / "classes.txt").write_text("\n".join(f"{c} {n}" for c, n in enumerate(classes, start=1)) + "\n")
-
-
-def write_dogs(root: Path, test_per_class: int = 3) -> None:
-    breeds = ["n02085620-Chihuahua", "n02085782-Japanese_spaniel"]
-    for listing, per_class in (("train_list.mat", 100), ("test_list.mat", test_per_class)):
-        files, labels = [], []
-        for label, breed in enumerate(breeds, start=1):
-            wnid = breed.split("-")[0]
-            for i in range(per_class):
-                relative = f"{breed}/{wnid}_{listing[:4]}{i}.jpg"
-                jpeg(root / "Images" / relative, hash(relative) % 10_000)
-                files.append(relative)
-                labels.append(label)
-        savemat(root / listing, {
-            "file_list": np.array(files, dtype=object).reshape(-1, 1),
-            "annotation_list": np.array([f[:-4] for f in files], dtype=object).reshape(-1, 1),
-            "labels": np.array(labels, dtype=np.uint8).reshape(-1, 1),
-        })  # fmt: skip
 
 
 def split_counts(name, root, **kwargs):
@@ -265,7 +172,7 @@ def test_decoded_cache_returns_exactly_what_decoding_returns(tmp_path, monkeypat
     first = build_dataset("Caltech", tmp_path / "data", "train", resolution=24)  # decodes and writes
     files = list((tmp_path / "cache" / "decoded").glob("Caltech-train-24px-*.pt"))
     assert len(files) == 1
-    monkeypatch.setattr("rftbench.datasets.decode_image", lambda *a: pytest.fail("decoded despite the cache"))
+    monkeypatch.setattr("rftbench.data.decode_image", lambda *a: pytest.fail("decoded despite the cache"))
     cached = build_dataset("Caltech", tmp_path / "data", "train", resolution=24)
     assert torch.equal(decoded.images, first.images) and torch.equal(decoded.images, cached.images)
     assert torch.equal(decoded.labels, cached.labels) and decoded.images.dtype == torch.uint8
@@ -314,3 +221,108 @@ def test_the_decoded_cache_follows_changed_files(tmp_path):
 def test_datasets_command_rejects_unknown_names():
     result = CliRunner().invoke(app, ["datasets", "--root", "cub=/x"])
     assert result.exit_code == 2 and "unknown dataset(s) cub: valid ones are Aircraft, Cars" in result.output
+
+
+SPLITS_DIR = SHARED / "paper" / "splits"
+
+
+@pytest.mark.parametrize(
+    "name, folder, sizes, classes",
+    [
+        ("Caltech", "caltech256", (14_649, 771, 15_187), 257),
+        ("Cub", "cub", (5_394, 600, 5_794), 200),
+        ("Dogs", "stanforddogs", (10_800, 1_200, 8_580), 120),
+    ],
+)
+def test_the_papers_split_lists_read_with_the_published_counts(name, folder, sizes, classes):
+    """RoLI's files as the paper used them (../shared/paper/splits): the counts of appendix A, every class,
+    no image in two splits, and labels that follow each dataset's own numbering."""
+    lists, names = read_paper_splits(name, require(SPLITS_DIR / folder))
+    assert tuple(len(lists[s]) for s in ("train", "val", "test")) == sizes
+    assert len(names) == classes and len({y for pairs in lists.values() for _, y in pairs}) == classes
+    paths = [{p for p, _ in lists[s]} for s in ("train", "val", "test")]
+    assert not (paths[0] & paths[1] or paths[0] & paths[2] or paths[1] & paths[2])
+    assert all(names[y] == p.split("/")[0] for pairs in lists.values() for p, y in pairs)
+    first = {"Caltech": "001.ak47", "Cub": "001.Black_footed_Albatross", "Dogs": "n02085620-Chihuahua"}
+    assert names[0] == first[name] and names == sorted(names)  # label 0 is the first folder in every one
+
+
+def roli_files(folder: Path, lists: dict[str, dict]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, pairs in lists.items():
+        (folder / f"{split}.json").write_text(json.dumps(pairs))
+    return folder
+
+
+def test_a_caltech_root_with_the_papers_lists_splits_by_them(tmp_path):
+    """The fixture's images carry Caltech's real file names, so the real lists, cut to those images, say
+    which split each is in: the dataset must follow them (and label clutter 256, as RoLI does)."""
+    write_caltech(tmp_path)
+    base = tmp_path / "caltech256" / "256_ObjectCategories"
+    real = {
+        s: json.loads((SPLITS_DIR / "caltech256" / f"{s}.json").read_text()) for s in ("train", "val", "test")
+    }
+    for i, image in enumerate(
+        sorted(p for pairs in real.values() for p in pairs if p.startswith("257."))[:12]
+    ):
+        jpeg(base / image, 90_000 + i)  # clutter images under their real names (the fixture's are 003_*)
+    have = {str(p.relative_to(base)) for p in base.rglob("*.jpg")}
+    cut = {s: {p: y for p, y in pairs.items() if p in have} for s, pairs in real.items()}
+    assert all(cut.values()) and {y for pairs in cut.values() for y in pairs.values()} == {0, 1, 256}
+    roli_files(tmp_path / "paper_splits", cut)
+    for split in ("train", "val", "test"):
+        s = samples("Caltech", tmp_path, split, splits="paper")
+        assert sorted(p.split("/", 2)[2] for p in s.paths) == sorted(cut[split])
+        assert {s.classes[y] for y in s.labels} <= {"001.ak47", "002.american-flag", "257.clutter"}
+        assert ({256} & set(s.labels)) == ({256} & {y for y in cut[split].values()})
+    data = build_dataset("Caltech", tmp_path, "val", resolution=8, splits="paper")
+    assert len(data) == len(cut["val"]) and len(data.classes) == 257
+    assert (
+        samples("Caltech", tmp_path, "test", splits="paper").paths
+        != samples("Caltech", tmp_path, "test").paths
+    )
+
+
+def test_cub_and_dogs_read_their_own_label_numbering(tmp_path):
+    write_cub(tmp_path / "cub")
+    write_dogs(tmp_path / "dogs")
+    for name, root, label in (
+        ("Cub", tmp_path / "cub", lambda folder, rank: folder[:3]),  # "001"…
+        ("Dogs", tmp_path / "dogs", lambda folder, rank: rank + 1),  # 1…
+    ):
+        lists = {}
+        for split in ("train", "val", "test"):
+            s = samples(name, root, split)
+            lists[split] = {
+                "/".join(p.split("/")[-2:]): label(p.split("/")[-2], y) for p, y in zip(s.paths, s.labels)
+            }
+        roli_files(root / "paper_splits", lists)
+        for split in ("train", "val", "test"):
+            rules, paper = samples(name, root, split), samples(name, root, split, splits="paper")
+            assert sorted(zip(paper.paths, paper.labels)) == sorted(zip(rules.paths, rules.labels))
+
+
+def test_split_lists_that_are_not_the_datasets_are_one_line(tmp_path):
+    write_caltech(tmp_path)
+    folder = tmp_path / "paper_splits"
+    with pytest.raises(DataNotFound, match="are not in"):
+        samples("Caltech", tmp_path, "train", splits="paper")
+    roli_files(
+        folder, {"train": [["001.ak47/001_0001.jpg", 0]], "val": {"a/b.jpg": 0}, "test": {"a/c.jpg": 0}}
+    )
+    with pytest.raises(DataNotFound, match="expected a non-empty JSON object mapping image paths"):
+        samples("Caltech", tmp_path, "train", splits="paper")
+    roli_files(
+        folder, {"train": {"001.ak47/001_0001.jpg": "ak47"}, "val": {"a/b.jpg": 0}, "test": {"a/c.jpg": 0}}
+    )
+    with pytest.raises(DataNotFound, match="has label 'ak47', not a class of Caltech"):
+        samples("Caltech", tmp_path, "train", splits="paper")
+    roli_files(
+        folder, {"train": {"001.ak47/001_0001.jpg": 0}, "val": {"002.flag/b.jpg": 0}, "test": {"a/c.jpg": 1}}
+    )
+    with pytest.raises(DataNotFound, match="holds images of two folders"):
+        samples("Caltech", tmp_path, "train", splits="paper")
+    roli_files(folder, {"train": {"001.ak47/001_0001.jpg": 0}, "val": {"001.ak47/001_0002.jpg": 0},
+                        "test": {"001.ak47/missing.jpg": 0}})  # fmt: skip
+    with pytest.raises(DataNotFound, match="missing.jpg is missing"):
+        check_data("Caltech", tmp_path, splits="paper")

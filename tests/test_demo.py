@@ -19,7 +19,7 @@ FASHION_MNIST = Path(DATASETS["fashion_mnist"].default_root)
 
 
 def reduced_demo(tmp_path: Path) -> Path:
-    text = (ROOT / "experiments.toml").read_text()
+    text = (ROOT / "rftbench" / "experiments.toml").read_text()
     block = text[text.index("[grids.demo]") :]
     reduced = re.sub(r"\nepochs = \d+", "\nepochs = 2", block)
     reduced = reduced.replace("t1 = 2, t2 = 6", "t1 = 0.5, t2 = 1.5")

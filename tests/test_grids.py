@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from rftbench.cli import app
 from rftbench.grids import GridError, load_experiments
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments.toml"
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "rftbench" / "experiments.toml"
 
 
 @pytest.fixture(scope="module")
@@ -217,3 +217,47 @@ def test_how_final_evaluations_are_measured_is_a_grid_setting_outside_the_run_id
     only = {"backbones": ["SWIN"], "datasets": ["Cars"], "eps": ["4/255"], "settings": ["fix"]}
     (paper,) = load_experiments(EXPERIMENTS).jobs("paper", **only)
     assert (paper.eval_protocol, paper.eval_precision) == ("paper", "fp32")  # the defaults
+
+
+def test_splits_auto_takes_the_papers_lists_where_they_are_and_says_so(tmp_path, monkeypatch):
+    """`splits = "auto"` (the default): "paper" for Caltech/Cub/Dogs whose root holds paper_splits/, else
+    "rules", whose runs keep the ids they had before the field existed; an explicit choice is kept."""
+    monkeypatch.delenv("RFTBENCH_DATA_CALTECH", raising=False)
+    one_per_dataset = dict(backbones=["ViT"], settings=["fix"], eps=["4/255"])
+    before = {
+        job.config.dataset: job.run_id
+        for job in load_experiments(EXPERIMENTS).jobs("paper", **one_per_dataset)
+    }
+    caltech, cub = tmp_path / "caltech", tmp_path / "cub"
+    for split in ("train", "val", "test"):
+        (caltech / "paper_splits").mkdir(parents=True, exist_ok=True)
+        (caltech / "paper_splits" / f"{split}.json").write_text("{}")
+    spec = load_experiments(EXPERIMENTS, roots={"Caltech": str(caltech), "Cub": str(cub)})
+    jobs = spec.jobs("paper", **one_per_dataset)
+    splits = {job.config.dataset: job.config.splits for job in jobs}
+    assert splits == {
+        "Aircraft": "rules",
+        "Caltech": "paper",
+        "Cars": "rules",
+        "Cub": "rules",
+        "Dogs": "rules",
+    }
+    assert {j.config.dataset: j.run_id for j in jobs if j.config.dataset != "Caltech"} == {
+        d: i for d, i in before.items() if d != "Caltech"
+    }  # "rules" is the default: not hashed, the ids of every earlier release
+    assert next(j for j in jobs if j.config.dataset == "Caltech").run_id != before["Caltech"]
+    notes = spec.split_notes(jobs)
+    assert notes[0] == f"Caltech: the paper's split lists from {caltech / 'paper_splits'}"
+    assert any(n.startswith(f"Cub: the paper's split lists are not in {cub / 'paper_splits'}") for n in notes)
+    assert len(notes) == 3  # Caltech, Cub, Dogs; Aircraft and Cars have no such lists
+    chosen = write(
+        tmp_path,
+        '[grids.g]\nbackbones = ["ViT"]\ndatasets = ["Caltech", "Cars"]\neps = ["4/255"]\nsplits = "rules"\n',
+    )
+    kept = load_experiments(chosen, roots={"Caltech": str(caltech)}).jobs("g")
+    assert {j.config.splits for j in kept} == {"rules"}
+    bad = write(
+        tmp_path, '[grids.g]\nbackbones = ["ViT"]\ndatasets = ["Cub"]\neps = ["4/255"]\nsplits = "roli"\n'
+    )
+    with pytest.raises(GridError, match="grids.g.splits: 'roli' unknown; choose one of auto, rules, paper"):
+        load_experiments(bad)

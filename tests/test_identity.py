@@ -15,7 +15,7 @@ from rftbench import config as config_module
 from rftbench.config import IDENTITY_V1, RunConfig
 from rftbench.grids import load_experiments
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments.toml"
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "rftbench" / "experiments.toml"
 V1_DB = Path(__file__).parent / "fixtures" / "v1_smoke" / "v1.db"
 # sha256 of each grid's sorted run ids, as release 0.1 (commit dc22d17) computed them from this file's grids
 RELEASE_0_1 = {
