@@ -9,10 +9,10 @@ The public API, by task (each name is imported on first use, so `import rftbench
 start without torch):
 - Models and data: `build_backbone`, `BACKBONES` (the registry), `build_dataset`, `DATASETS`,
   `fetch_dataset` (download a paper dataset with its split lists).
-- The attack and the schedules: `apgd` (APGD-CE, ℓ∞), `ScheduleSpec`, `SCHEDULES`, `get_schedule`,
-  `hinge_alpha`.
+- The attack and the schedules: `apgd` (APGD-CE, ℓ∞; `step_size_checkpoints`), `ScheduleSpec`,
+  `SCHEDULES`, `get_schedule`, `hinge_alpha`.
 - The metrics: `eps_grid`, `expected_robustness`, `adaptation_start_epoch`, `EvalProtocol`, and measuring
-  them: `robustness_curve`, `evaluate_budgets`.
+  them: `robustness_curve` (a `RobustnessCurve`), `evaluate_budgets`.
 - Runs: `RunConfig` (one frozen config; its hash is the run id), `RuntimeOptions`, `train`,
   `load_experiments` (the named grids of an experiments file), `parse_eps`, `eps_text`.
 

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 from typer.testing import CliRunner
 
 from rftbench.cli import app
+from rftbench.store import Store
 
 runner = CliRunner()
 
@@ -56,3 +63,107 @@ def test_a_ramp_ending_at_the_last_epoch_gets_the_same_note_everywhere(tmp_path)
     )
     within = runner.invoke(app, ["schedule", "sched", "--t1", "1", "--t2", "3", "--epochs", "4"])
     assert within.exit_code == 0 and "note:" not in within.output
+
+
+HEAVY = ("torch", "timm", "open_clip", "torchvision")
+IMPORTS = """
+import sys
+from rftbench.cli import app
+try:
+    app(sys.argv[1:], prog_name="rftbench")
+except SystemExit as exc:
+    assert not exc.code, exc.code
+print("HEAVY", *sorted(m for m in {heavy!r} if m in sys.modules))
+"""
+
+
+def test_commands_that_list_report_or_schedule_import_no_torch(reference, tmp_path):
+    """STYLE.md 16: `--help`, `status`, `report`, `schedule`, `datasets` and `backbones` without --weights
+    start without torch, timm or open_clip (each in a fresh interpreter)."""
+    db = str(reference)
+    commands = [
+        ["--help"], ["status", "--db", db], ["report", "--db", db],
+        ["report", "--table", "delay", "--db", db], ["report", "--results", "paper"],
+        ["schedule", "sched", "--t1", "12", "--t2", "37"], ["datasets"], ["backbones"],
+        ["run-grid", "--grid", "paper", "--dry-run", "--db", db], ["data", "--help"],
+    ]  # fmt: skip
+    for args in commands:
+        script = IMPORTS.format(heavy=HEAVY)
+        result = subprocess.run(
+            [sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 0, (args, result.stderr[-2000:])
+        assert result.stdout.splitlines()[-1] == "HEAVY", (args, result.stdout.splitlines()[-1])
+
+
+def complete(*words: str, env: dict | None = None) -> list[str]:
+    """What the shell completion (`rftbench --install-completion`) offers after `rftbench WORDS`."""
+    script = Path(sys.executable).with_name("rftbench")
+    line = " ".join(["rftbench", *words])
+    env = {**os.environ, **(env or {}), "_RFTBENCH_COMPLETE": "complete_bash", "COMP_WORDS": line,
+           "COMP_CWORD": str(len(words))}  # fmt: skip
+    result = subprocess.run([str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()
+
+
+def test_shell_completion_offers_names_from_the_registries_the_grids_and_the_database(reference):
+    db = str(reference)
+    assert complete("run-grid", "--backbone", "Cl") == ["ClipViT", "ClipCNX"]
+    assert complete("run", "--dataset", "C") == ["Cars", "Caltech", "Cub"]
+    assert complete("run-grid", "--setting", "s") == ["standard", "sched"]
+    assert complete("run-grid", "--grid", "s") == ["sweep", "smoke"]  # the bundled experiments file's
+    assert complete("report", "--table", "a") == ["averages", "ablation"]
+    assert complete("plot", "r") == ["robustness"]
+    assert complete("data", "fetch", "C") == ["Cars", "Caltech", "Cub"]
+    stored = sorted(r.id for r in Store.open(db).runs())
+    assert sorted(complete("evaluate", "--db", db, "")) == stored
+    assert sorted(complete("report", "--db", db, "--run", stored[0][:3])) == [
+        i for i in stored if i[:3] == stored[0][:3]
+    ]
+    assert complete("evaluate", "--db", db + ".missing", "") == []  # no database: nothing, and no error
+
+
+def test_init_writes_a_copy_of_the_bundled_grids_that_commands_there_read(tmp_path, monkeypatch):
+    from rftbench.grids import BUNDLED
+
+    made = runner.invoke(app, ["init", str(tmp_path / "study")])
+    assert made.exit_code == 0, made.output
+    copy = tmp_path / "study" / "experiments.toml"
+    assert copy.read_text().endswith(BUNDLED.read_text()) and copy.read_text().startswith("# Written by")
+    assert "paper, sweep, ablation, baselines, smoke, demo" in made.output
+    again = runner.invoke(app, ["init", str(tmp_path / "study")])
+    assert again.exit_code == 2 and "exists: edit it, or add --force" in again.output
+    copy.write_text(
+        copy.read_text().replace('eps = ["8/255"]\npretrained = false', 'eps = ["4/255"]\npretrained = false')
+    )
+    monkeypatch.chdir(tmp_path / "study")
+    dry = runner.invoke(
+        app, ["run-grid", "--grid", "smoke", "--dry-run", "--db", "r.db"], env={"COLUMNS": "200"}
+    )
+    assert dry.exit_code == 0 and f"experiments: {copy.resolve()}" in dry.output and "4/255" in dry.output
+    monkeypatch.chdir(tmp_path)
+    bundled = runner.invoke(
+        app, ["run-grid", "--grid", "smoke", "--dry-run", "--db", "r.db"], env={"COLUMNS": "200"}
+    )
+    assert bundled.exit_code == 0 and "(bundled with rftbench" in bundled.output and "8/255" in bundled.output
+    shown = runner.invoke(app, ["status", "--db", str(tmp_path / "none.db")])
+    assert shown.exit_code == 2  # no database: one line (status never creates one)
+    forced = runner.invoke(app, ["init", str(tmp_path / "study"), "--force"])
+    assert (
+        forced.exit_code == 0 and "4/255" not in copy.read_text().split("[grids.smoke]")[1].split("[grids")[0]
+    )
+
+
+def test_the_package_documents_its_api():
+    """`help(rftbench)` names every public name, each importable from the package itself."""
+    import pydoc
+
+    import rftbench
+
+    text = pydoc.render_doc(rftbench, renderer=pydoc.plaintext)
+    for name in rftbench.__all__:
+        assert getattr(rftbench, name) is not None and f"`{name}`" in rftbench.__doc__, name
+    assert "build_backbone" in text and "fetch_dataset" in text and "class RunConfig" in text
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        rftbench.nothing  # noqa: B018
