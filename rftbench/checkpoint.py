@@ -3,7 +3,8 @@
     save_checkpoint("runs/abc/last.pt", {"epoch": 3, "model": model.state_dict(), "rng": rng_state()})
     state = load_checkpoint("runs/abc/last.pt")
 
-Only tensors and plain Python values go in (CONVENTIONS.md): RNG states are tensors or lists.
+Only tensors and plain Python values go in (CONVENTIONS.md): RNG states are tensors or lists. torch is
+imported by the functions that need it: `atomic_write` serves commands that start without it.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import random
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-import numpy as np
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 class CheckpointError(RuntimeError):
@@ -26,6 +27,9 @@ class CheckpointError(RuntimeError):
 def rng_state(device: str | torch.device = "cpu") -> dict:
     """Every generator a run draws from. Of CUDA's, only the run's own device: a checkpoint must not depend
     on how many GPUs were visible when it was written."""
+    import numpy as np
+    import torch
+
     np_state = np.random.get_state()
     device = torch.device(device)
     return {
@@ -39,6 +43,9 @@ def rng_state(device: str | torch.device = "cpu") -> dict:
 def set_rng_state(state: dict, device: str | torch.device = "cpu") -> None:
     """Restore `rng_state`'s generators; CUDA's goes to `device`, whichever index it has now. A release-0.1
     checkpoint holds every visible GPU's state: its first (where that release trained) is used."""
+    import numpy as np
+    import torch
+
     torch.set_rng_state(state["torch"])
     device = torch.device(device)
     if state["cuda"] and device.type == "cuda":
@@ -49,6 +56,8 @@ def set_rng_state(state: dict, device: str | torch.device = "cpu") -> None:
 
 
 def save_checkpoint(path: str | Path, payload: dict) -> None:
+    import torch
+
     atomic_write(path, lambda f: torch.save(payload, f))
 
 
@@ -74,6 +83,8 @@ def atomic_write(path: str | Path, content: bytes | Callable[[BinaryIO], None]) 
 
 
 def load_checkpoint(path: str | Path) -> dict:
+    import torch
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:

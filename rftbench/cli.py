@@ -436,14 +436,32 @@ def preflight(runner, items) -> None:
         fail(str(exc))
 
 
-def existing_statuses(db: str | None, run_ids: list[str]) -> dict[str, str]:
-    """Run id -> state for the runs already in the database; {} (and no file created) if there is none."""
+def existing_store(db: str | None):
+    """The database opened to read, or None (and no file created) where there is none yet."""
     from rftbench.store import database_url
 
     url = database_url(db)
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        return None
+    return open_store(db, create=False, write=False)
+
+
+def existing_statuses(db: str | None, run_ids: list[str]) -> dict[str, str]:
+    """Run id -> state for the runs already in the database; {} if there is none."""
+    store = existing_store(db)
+    return {} if store is None else store.status_of(run_ids)
+
+
+def recorded_splits(db: str | None, grid: str | None) -> dict[str, str]:
+    """Dataset -> the `splits` the grid's newest run of it was recorded with, so that `splits = "auto"`
+    expands the grid to the runs it already has (rftbench.grids)."""
+    import json
+
+    store = existing_store(db)
+    if store is None or grid is None or grid not in {g.name for g in store.grids()}:
         return {}
-    return open_store(db, create=False, write=False).status_of(run_ids)
+    runs = sorted(store.runs(grid=grid), key=lambda r: r.created_at)
+    return {run.dataset: json.loads(run.config).get("splits", "rules") for run in runs}
 
 
 @dataclass
@@ -667,6 +685,7 @@ def run_grid(
         budgets = [eps_text(e) for e in eps]
     except ValueError as exc:
         fail(f"--eps: {exc}")
+    spec.recorded[grid] = recorded_splits(db, grid)
     try:
         jobs = spec.jobs(
             grid, backbones=backbone, datasets=dataset, settings=setting, eps=budgets, seeds=seed
@@ -730,7 +749,7 @@ def print_source(spec, jobs) -> None:
     """Which experiments file the jobs came from, and which split lists their datasets use."""
     from rftbench.grids import describe_experiments
 
-    console.print(f"experiments: {describe_experiments(spec.path)}", highlight=False)
+    console.print(f"experiments: {escape(describe_experiments(spec.path))}", highlight=False)
     for note in spec.split_notes(jobs):
         console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
 
@@ -815,6 +834,7 @@ def run(
     entry = (
         {"setting": setting} | ({"t1": t1} if t1 is not None else {}) | ({"t2": t2} if t2 is not None else {})
     )
+    spec.recorded[grid or "defaults"] = recorded_splits(db, grid)
     try:
         job = spec.single(backbone, dataset, entry, eps_text(eps), seed, grid=grid)
     except (GridError, ValueError) as exc:
@@ -1012,7 +1032,10 @@ def status(
         if grid is None or g.name == grid:
             counts = store.counts(g.name)
             table.add_row(
-                g.name, str(sum(counts.values())), *(str(counts[s]) for s in STATES), source_label(g.source)
+                g.name,
+                str(sum(counts.values())),
+                *(str(counts[s]) for s in STATES),
+                escape(source_label(g.source)),
             )
     console.print(table)
     counts = store.counts()
@@ -1030,9 +1053,8 @@ def status(
             f"{run_.error}",
             highlight=False,
         )
-    console.print(
-        f"experiments file here: {describe_experiments(find_experiments(experiments))}", highlight=False
-    )
+    here = describe_experiments(find_experiments(experiments))
+    console.print(f"experiments file here: {escape(here)}", highlight=False)
 
 
 # -- reports and plots ------------------------------------------------------------------------------------
@@ -1375,7 +1397,10 @@ class RichFetchProgress:
         self.bar.advance(self.task, amount)
 
     def note(self, text: str) -> None:
-        self.bar.console.print(text, highlight=False)
+        self.bar.console.print(text, highlight=False, markup=False)  # paths may hold [brackets]
+
+    def say(self, markup: str) -> None:
+        self.bar.console.print(markup, highlight=False)
 
 
 @data_app.command("fetch")
@@ -1389,7 +1414,7 @@ def data_fetch(
         [],
         "--root",
         help="DIR: each dataset into DIR/<its folder>; NAME=PATH: that dataset's root "
-        "[default: where run-grid reads it: $RFTBENCH_DATA_<NAME>, else data/<folder>]",
+        "[default: where run-grid reads it: $RFTBENCH_DATA_<NAME>, else the registry's root]",
     ),
     splits_only: bool = typer.Option(
         False,
@@ -1410,7 +1435,9 @@ def data_fetch(
     if len(parents) > 1:
         fail(f"--root {parents[1]}: give one DIR for all datasets (and NAME=PATH for single ones)")
     own = parse_pairs("--root", [item for item in root if "=" in item], "Cub=/data/CUB", DATASETS, "dataset")
-    failed = []
+    if stray := sorted(set(own) - set(names)):
+        fail(f"--root {stray[0]}=…: {stray[0]} is not among the datasets to fetch ({', '.join(names)})")
+    failed, errors = [], Console(stderr=True)
     with RichFetchProgress() as progress:
         for name in dict.fromkeys(names):
             folder = Path(DATASETS[name].default_root).name
@@ -1426,19 +1453,23 @@ def data_fetch(
                     name, target, splits_only=splits_only, keep_archives=keep_archives, progress=progress
                 )
             except (FetchError, DataNotFound) as exc:
-                progress.note(f"[red]error:[/] {name}: {escape(str(exc).splitlines()[0])}")
+                line = escape(str(exc).splitlines()[0])
+                errors.print(f"[bold red]error:[/] {name}: {line}", soft_wrap=True, highlight=False)
                 failed.append(name)
                 continue
             except KeyboardInterrupt:
-                progress.note(f"stopped during {name}: run the same command again to resume its download")
+                progress.note(f"stopped during {name}: the same command resumes its download")
                 raise typer.Exit(code=130) from None
-            what = "already complete" if done.already and not done.downloaded else "fetched"
+            what = "fetched"
+            if done.found:
+                what = "already there (not fetched by rftbench, left as it is)"
+            elif done.already and not done.downloaded:
+                what = "already complete"
             splits = f", the paper's split lists in {done.splits}" if done.splits else ""
-            progress.note(f"[green]{name}[/]: {what} in {done.root}{splits}")
+            progress.say(f"[green]{name}[/]: {escape(what)} in {escape(str(done.root))}{escape(splits)}")
             if done.root.resolve() != resolve_root(name).resolve():
-                progress.note(
-                    f"  run-grid reads it with --root {name}={done.root} or {env_var(name)}={done.root}"
-                )
+                where = escape(str(done.root))
+                progress.say(f"  run-grid reads it with --root {name}={where} or {env_var(name)}={where}")
     if failed:
         raise typer.Exit(code=2)
 

@@ -399,7 +399,7 @@ def paper_split_dir(name: str, root: str | Path | None, split_file: str | Path |
     holds all three; None otherwise, or for a dataset without such lists."""
     if name not in PAPER_SPLITS:
         return None
-    if split_file is not None and Path(split_file).is_dir():
+    if split_file is not None and Path(split_file).expanduser().is_dir():
         folder = Path(split_file).expanduser()
     else:
         folder = resolve_root(name, root) / SPLIT_FOLDER
@@ -427,10 +427,8 @@ def read_paper_splits(name: str, folder: str | Path) -> tuple[dict[str, list[tup
             )
         pairs = []
         for image, label in sorted(data.items()):
-            try:
-                y = int(label) - info.label_offset
-            except (TypeError, ValueError):
-                y = -1
+            whole = isinstance(label, int) and not isinstance(label, bool) or str(label).isdigit()
+            y = int(label) - info.label_offset if whole else -1
             if not 0 <= y < DATASETS[name].classes:
                 raise DataNotFound(
                     f"split file {path}: {image} has label {label!r}, not a class of {name} (RoLI numbers "
@@ -441,10 +439,20 @@ def read_paper_splits(name: str, folder: str | Path) -> tuple[dict[str, list[tup
                     f"split file {path}: class {label!r} holds images of two folders "
                     f"({folder_of[y]}, {image.split('/')[0]}); is it {name}'s file?"
                 )
+            if image.startswith("/") or ".." in Path(image).parts:
+                raise DataNotFound(
+                    f"split file {path}: {image} leaves the image folder; is it {name}'s file?"
+                )
             pairs.append((image, y))
         lists[split] = pairs
     if len(set(folder_of.values())) != len(folder_of):
         raise DataNotFound(f"split files in {folder}: one image folder holds two classes; is it {name}'s?")
+    seen = [{image for image, _ in lists[s]} for s in ("train", "val", "test")]
+    shared = (seen[0] & seen[1]) | (seen[0] & seen[2]) | (seen[1] & seen[2])
+    if shared:
+        raise DataNotFound(
+            f"split files in {folder}: {len(shared)} image(s) in two splits, e.g. {min(shared)}"
+        )
     classes = [folder_of.get(y, f"class {y + info.label_offset}") for y in range(max(folder_of) + 1)]
     return lists, classes
 
@@ -483,6 +491,11 @@ def samples(
     if splits == "paper":
         if name not in PAPER_SPLITS:
             raise ValueError(f"dataset {name} has no paper split lists (only {', '.join(PAPER_SPLITS)} do)")
+        if split_file is not None and not Path(split_file).expanduser().is_dir():
+            raise DataNotFound(
+                f'dataset {name}: splits = "paper" reads the paper\'s lists, but split_file {split_file} '
+                f"is a file of your own lists: drop one of the two"
+            )
         folder = paper_split_dir(name, root, split_file)
         if folder is None:
             where = split_file if split_file is not None else root / SPLIT_FOLDER
@@ -552,8 +565,9 @@ def check_data(
         return
     from PIL import Image, UnidentifiedImageError
 
-    for split in ("train", "val", "test"):
+    for split in ("train", "val", "test_full"):  # the whole test split, not only the scored subsample
         s = samples(name, root, split, split_file, splits=splits)
+        split = split.removesuffix("_full")
         if not s.paths:
             where = (
                 f"split file {split_file}"

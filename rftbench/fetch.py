@@ -41,11 +41,15 @@ What a fetch guarantees:
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import json
 import os
+import re
 import shutil
+import socket
+import ssl
 import tarfile
 import time
 import urllib.error
@@ -53,13 +57,14 @@ import urllib.request
 import uuid
 import zipfile
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
-from rftbench.datasets import PAPER_SPLITS, SPLIT_FOLDER, check_data, paper_split_dir
+from rftbench.datasets import PAPER_SPLITS, SPLIT_FOLDER, check_data
 
 MARKER = ".rftbench-fetched.json"
 DOWNLOADS = ".rftbench-downloads"
@@ -205,8 +210,13 @@ class Fetched:
     dataset: str
     root: Path
     downloaded: list[str] = field(default_factory=list)  # files fetched by this call
-    already: bool = False  # the tree was complete before this call
+    already: bool = False  # a fetch had completed the tree before this call
+    found: bool = False  # the root already held the dataset (not made by a fetch): left as it is
     splits: str = ""  # where the paper's split lists are, if the dataset has them
+
+
+class IncompleteDownload(Exception):
+    pass
 
 
 def digest(path: Path) -> str:
@@ -215,75 +225,112 @@ def digest(path: Path) -> str:
 
 
 def download(resource: Resource, folder: Path, progress: Progress, retries: int | None = None,
-             backoff: float | None = None) -> Path:  # fmt: skip
-    """`resource` as a verified file in `folder` (reused when an earlier run finished it). Retries a broken
-    connection from where it stopped; a run that still fails leaves the `.part` file for the next one."""
+             backoff: float | None = None) -> tuple[Path, str]:  # fmt: skip
+    """`resource` as a verified file in `folder` (reused when an earlier run finished it), and its sha256.
+    A broken connection is retried from where it stopped; a run that still fails leaves the `.part` file
+    for the next one. Two fetches sharing the folder take turns per file."""
     retries = RETRIES if retries is None else retries
     backoff = BACKOFF if backoff is None else backoff
     folder.mkdir(parents=True, exist_ok=True)
     final, part = folder / resource.filename, folder / f"{resource.filename}.part"
-    if final.exists() and (not resource.sha256 or digest(final) in resource.sha256):
-        progress.note(f"{resource.filename}: already downloaded and verified")
-        return final
-    for attempt in range(retries + 1):
-        try:
-            _stream(resource, part, progress)
-            break
-        except FetchError:
-            raise
-        except (OSError, http.client.HTTPException, IncompleteDownload) as exc:
-            if attempt == retries:
+    with FileLock(f"{part}.lock"):
+        if final.exists():
+            got = digest(final)
+            if not resource.sha256 or got in resource.sha256:
+                progress.note(f"{resource.filename}: already downloaded and verified")
+                return final, got
+            final.unlink()
+        for attempt in range(retries + 1):
+            try:
+                _stream(resource, part, progress)
+                break
+            except FetchError:
+                raise
+            except (OSError, http.client.HTTPException, IncompleteDownload) as exc:
                 have = part.stat().st_size if part.exists() else 0
-                raise FetchError(
-                    f"{resource.url}: the download broke off ({_reason(exc)}) with {have:,} bytes in "
-                    f"{part}; run the same command again to resume it"
-                ) from None
-            progress.note(
-                f"{resource.filename}: {_reason(exc)}; resuming (try {attempt + 2} of {retries + 1})"
-            )
-            time.sleep(backoff * 2**attempt)
-    if resource.sha256:
+                if _hopeless(exc):
+                    raise FetchError(
+                        f"{resource.url}: {_reason(exc)}; retrying cannot help: check the network (proxy, "
+                        f"DNS, certificates) or the disk, then run the same command again"
+                    ) from None
+                if attempt == retries:
+                    raise FetchError(
+                        f"{resource.url}: the download broke off ({_reason(exc)}) with {have:,} bytes in "
+                        f"{part}; run the same command again to resume it"
+                    ) from None
+                progress.note(
+                    f"{resource.filename}: {_reason(exc)}; resuming (try {attempt + 2} of {retries + 1})"
+                )
+                time.sleep(backoff * 2**attempt)
         got = digest(part)
-        if got not in resource.sha256:
+        if resource.sha256 and got not in resource.sha256:
             part.unlink()
             raise FetchError(
                 f"{resource.filename} from {resource.url} has sha256 {got}, expected "
                 f"{' or '.join(resource.sha256)} ({resource.checked_by}); the download was deleted: run "
                 f"again, and if it repeats, the source changed the file (report it)"
             )
-    os.replace(part, final)
-    return final
+        os.replace(part, final)
+    return final, got
 
 
-class IncompleteDownload(Exception):
-    pass
+def _cause(exc: BaseException) -> BaseException:
+    if isinstance(exc, urllib.error.URLError) and isinstance(getattr(exc, "reason", None), BaseException):
+        return exc.reason
+    return exc
+
+
+def _hopeless(exc: BaseException) -> bool:
+    """Errors a retry cannot fix: certificates, names that do not resolve, a full or read-only disk."""
+    cause = _cause(exc)
+    disk = getattr(cause, "errno", None) in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
+    return isinstance(cause, ssl.SSLCertVerificationError | socket.gaierror) or disk
 
 
 def _reason(exc: BaseException) -> str:
-    if isinstance(exc, urllib.error.URLError) and not isinstance(exc, urllib.error.HTTPError):
-        exc = exc.reason if isinstance(exc.reason, BaseException) else exc
-    return str(exc).strip() or type(exc).__name__
+    cause = exc if isinstance(exc, urllib.error.HTTPError) else _cause(exc)
+    return str(cause).strip() or type(cause).__name__
+
+
+def _content_range(header: str | None) -> tuple[int | None, int | None]:
+    """(first byte, total size) of a Content-Range header: "bytes 100-999/1000", "bytes */1000"."""
+    match = re.fullmatch(r"bytes (?:(\d+)-\d+|\*)/(\d+|\*)", (header or "").strip())
+    if match is None:
+        return None, None
+    first, total = match.groups()
+    return (int(first) if first else None), (int(total) if total != "*" else None)
 
 
 def _stream(resource: Resource, part: Path, progress: Progress) -> None:
     have = part.stat().st_size if part.exists() else 0
+    if resource.size is not None and have > resource.size:  # not a prefix of this file
+        have = 0
     headers = {"User-Agent": USER_AGENT} | ({"Range": f"bytes={have}-"} if have else {})
     try:
         response = urllib.request.urlopen(urllib.request.Request(resource.url, headers=headers), timeout=60)
     except urllib.error.HTTPError as exc:
-        if exc.code == 416 and have:  # the .part already holds the whole file
-            return
-        if exc.code < 500:
-            raise FetchError(
-                f"{resource.url}: the server answered HTTP {exc.code} ({exc.reason}); the source may have "
-                f"moved: see `rftbench.fetch.SOURCES` for where each file comes from"
+        if exc.code == 416 and have:
+            if _content_range(exc.headers.get("Content-Range"))[1] == have:
+                return  # the .part already holds the whole file
+            part.unlink()
+            raise IncompleteDownload(
+                "the partial download is not a prefix of the file: starting again"
             ) from None
-        raise
+        if exc.code in (408, 429) or exc.code >= 500:
+            raise  # the server is busy or failing: retried
+        raise FetchError(
+            f"{resource.url}: the server answered HTTP {exc.code} ({exc.reason}); the source may have "
+            f"moved: `rftbench/fetch.py` says where each file comes from"
+        ) from None
     with response:
-        if have and response.status != 206:  # the server ignored the range: start again
-            have = 0
-        length = response.headers.get("Content-Length")
-        total = have + int(length) if length is not None else None
+        if have and (
+            response.status != 206 or _content_range(response.headers.get("Content-Range"))[0] != have
+        ):
+            have = 0  # the server ignored or misread the range: start again
+        try:
+            total = have + int(response.headers.get("Content-Length"))
+        except (TypeError, ValueError):
+            total = None
         progress.start(resource.filename, total, have)
         written = have
         with open(part, "ab" if have else "wb") as f:
@@ -296,17 +343,52 @@ def _stream(resource: Resource, part: Path, progress: Progress) -> None:
 
 
 def unpack(archive: Path, into: Path) -> None:
-    """Unpack a zip or a (compressed) tar; tar members that would land outside `into` are refused."""
+    """Unpack a zip or a (compressed) tar, by its name; tar members that would land outside `into` (absolute
+    paths, '..', links leaving it) are refused by tar's "data" filter, and zipfile drops them itself."""
     into.mkdir(parents=True, exist_ok=True)
     try:
-        if zipfile.is_zipfile(archive):
-            with zipfile.ZipFile(archive) as z:  # zipfile drops absolute paths and '..' itself
+        if archive.suffix == ".zip":
+            with zipfile.ZipFile(archive) as z:
                 z.extractall(into)
-            return
-        with tarfile.open(archive, "r:*") as tar:
-            tar.extractall(into, filter="data")
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError) as exc:
+        else:
+            with tarfile.open(archive, "r:*") as tar:
+                tar.extractall(into, filter="data")
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, NotImplementedError) as exc:
         raise FetchError(f"{archive} cannot be unpacked ({exc}); delete it and fetch again") from None
+    except OSError as exc:
+        raise FetchError(
+            f"unpacking {archive.name} into {into.parent} failed: {exc.strerror or exc}"
+        ) from None
+
+
+@contextmanager
+def _locked(root: Path, progress: Progress):
+    """One fetch per root at a time; a second one says what it waits for."""
+    lock = FileLock(root.parent / f".{root.name}.fetch.lock")
+    try:
+        lock.acquire(timeout=1)
+    except Timeout:
+        progress.note(f"waiting for another fetch of {root} to finish")
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _holds(dataset: str, root: Path) -> bool:
+    """Whether a root a fetch did not make already holds the dataset, as the registry reads it."""
+    try:
+        check_data(dataset, root)
+    except Exception:  # whatever the reader raises on a foreign tree: not the dataset
+        return False
+    return True
+
+
+def _splits_verified(dataset: str, root: Path) -> bool:
+    folder = root / SPLIT_FOLDER
+    return all((folder / r.filename).is_file() and digest(folder / r.filename) in r.sha256
+               for r in split_resources(dataset))  # fmt: skip
 
 
 def fetch(
@@ -320,8 +402,8 @@ def fetch(
     backoff: float | None = None,
 ) -> Fetched:
     """Download, verify and unpack `dataset` into `root` with its paper split lists in `root`/paper_splits
-    (module docstring). `splits_only` fetches the split lists alone, into an existing root too; a complete
-    root is left as it is (its missing split lists are added)."""
+    (module docstring). A root that already holds the dataset is left as it is (its missing or damaged
+    split lists are fetched); `splits_only` fetches the split lists alone, into an existing root."""
     if dataset not in SOURCES:
         raise FetchError(f"no source for dataset {dataset!r}; fetchable ones are {', '.join(SOURCES)}")
     if splits_only and dataset not in PAPER_SPLITS:
@@ -330,23 +412,32 @@ def fetch(
     root = Path(root).expanduser().absolute()
     get = dict(downloads=root.parent / DOWNLOADS, progress=progress, retries=retries, backoff=backoff)
     result = Fetched(dataset, root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(root.parent / f".{root.name}.fetch.lock"):
-        for stale in root.parent.glob(f".{root.name}.partial-*"):  # a killed fetch's staging folder
-            shutil.rmtree(stale, ignore_errors=True)
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FetchError(f"cannot create {root.parent}: {exc.strerror}; pick another --root") from None
+    with _locked(root, progress):
+        for stale in [*root.parent.glob(f".{root.name}.partial-*"), *root.glob(f".{SPLIT_FOLDER}.partial-*")]:
+            shutil.rmtree(stale, ignore_errors=True)  # a killed fetch's staging folders
         result.already = (root / MARKER).is_file()
+        if splits_only and not root.is_dir():
+            raise FetchError(
+                f"{root} does not exist: fetch {dataset} without --splits-only, or give the root holding it"
+            )
         if not splits_only and not result.already:
-            if root.exists() and (not root.is_dir() or any(root.iterdir())):
-                raise FetchError(
-                    f"{root} exists and was not made by `rftbench data fetch`; move it away to fetch "
-                    f"{dataset} there"
-                    + (
-                        ", or add --splits-only to add the paper's split lists to it"
-                        * (dataset in PAPER_SPLITS)
-                    )
-                )
-            _fetch_tree(SOURCES[dataset], root, result, keep_archives, **get)
-        elif dataset in PAPER_SPLITS and paper_split_dir(dataset, root) is None:
+            own = root.is_dir() and set(os.listdir(root)) <= {SPLIT_FOLDER}  # empty, or lists a fetch put
+            if not own and root.exists():
+                result.found = _holds(dataset, root)
+                if not result.found:
+                    raise FetchError(
+                        f"{root} exists, does not hold {dataset} as the registry reads it, and was not made "
+                        f"by `rftbench data fetch`; move it away to fetch {dataset} there"
+                        + (", or add --splits-only to add the paper's split lists to it"
+                           if dataset in PAPER_SPLITS else "")
+                    )  # fmt: skip
+            else:
+                _fetch_tree(SOURCES[dataset], root, result, keep_archives, **get)
+        if dataset in PAPER_SPLITS and not _splits_verified(dataset, root):
             _fetch_splits(dataset, root, result, **get)
     if dataset in PAPER_SPLITS:
         result.splits = str(root / SPLIT_FOLDER)
@@ -362,10 +453,10 @@ def _fetch_tree(source: Source, root: Path, result: Fetched, keep_archives: bool
         if source.downloader is not None:
             progress.note(f"{source.dataset}: torchvision's downloader")
             source.downloader(staging)
-        files = [download(r, get["downloads"], get["progress"], get["retries"], get["backoff"])
-                 for r in source.resources]  # fmt: skip
-        result.downloaded += [f.name for f in files]
-        for resource, file in zip(source.resources, files):
+        fetched = [download(r, get["downloads"], progress, get["retries"], get["backoff"])
+                   for r in source.resources]  # fmt: skip
+        result.downloaded += [file.name for file, _ in fetched]
+        for resource, (file, _) in zip(source.resources, fetched):
             progress.note(f"{source.dataset}: unpacking {file.name}")
             target = staging / resource.into
             if resource.unpack:
@@ -378,16 +469,19 @@ def _fetch_tree(source: Source, root: Path, result: Fetched, keep_archives: bool
         if source.dataset in PAPER_SPLITS:
             _fetch_splits(source.dataset, staging, result, **get)
         progress.note(f"{source.dataset}: checking every image the registry lists")
-        check_data(source.dataset, staging)
-        if source.dataset in PAPER_SPLITS:
-            check_data(source.dataset, staging, splits="paper")
+        _check_tree(source.dataset, staging, root)
         marker = {"dataset": source.dataset, "fetched_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                  "files": {f.name: {"url": r.url, "sha256": digest(f), "checked_by": r.checked_by}
-                            for r, f in zip(source.resources, files)}}  # fmt: skip
+                  "files": {file.name: {"url": r.url, "sha256": sha, "checked_by": r.checked_by}
+                            for r, (file, sha) in zip(source.resources, fetched)}}  # fmt: skip
         (staging / MARKER).write_text(json.dumps(marker, indent=1))
-        if root.is_dir():
-            root.rmdir()  # empty (checked by the caller)
+        if root.exists():
+            shutil.rmtree(root)  # empty, or the split lists a --splits-only fetch put there (in staging too)
         os.rename(staging, root)  # the commit: before it no root, after it a complete one
+    except OSError as exc:
+        raise FetchError(
+            f"{source.dataset}: {exc.strerror or exc} while writing under {root.parent}; free space or pick "
+            f"another --root, then run again (the downloads are kept)"
+        ) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if not keep_archives:
@@ -395,21 +489,37 @@ def _fetch_tree(source: Source, root: Path, result: Fetched, keep_archives: bool
             (get["downloads"] / resource.filename).unlink(missing_ok=True)
 
 
+def _check_tree(dataset: str, staging: Path, root: Path) -> None:
+    """The registry's own reader over the unpacked tree (every split, the whole test set, the paper's
+    lists): a fetch that passes it is a dataset `run-grid` reads."""
+    try:
+        check_data(dataset, staging)
+        if dataset in PAPER_SPLITS:
+            check_data(dataset, staging, splits="paper")
+    except FetchError:
+        raise
+    except Exception as exc:  # DataNotFound, torchvision's and scipy's readers: not the expected archives
+        said = str(exc).strip().splitlines()[0].replace(str(staging), str(root)) if str(exc).strip() else ""
+        raise FetchError(
+            f"{dataset}: the unpacked archives are not the layout rftbench reads "
+            f"({said or type(exc).__name__}); the downloads are kept: report it"
+        ) from None
+
+
 def _fetch_splits(dataset: str, root: Path, result: Fetched, **get) -> None:
     """The three split lists into `root`/paper_splits, which appears complete or not at all."""
     folder = get["downloads"] / f"{dataset}-splits-{ROLI_COMMIT[:7]}"
-    files = [
-        download(r, folder, get["progress"], get["retries"], get["backoff"]) for r in split_resources(dataset)
-    ]
-    result.downloaded += [f"{SPLIT_FOLDER}/{f.name}" for f in files]
+    fetched = [download(r, folder, get["progress"], get["retries"], get["backoff"])
+               for r in split_resources(dataset)]  # fmt: skip
+    result.downloaded += [f"{SPLIT_FOLDER}/{file.name}" for file, _ in fetched]
     staging = root / f".{SPLIT_FOLDER}.partial-{uuid.uuid4().hex[:8]}"
     target = root / SPLIT_FOLDER
     try:
-        staging.mkdir(parents=True)
-        for file in files:
+        staging.mkdir()
+        for file, _ in fetched:
             shutil.copyfile(file, staging / file.name)
         if target.exists():
-            shutil.rmtree(target)  # incomplete: a folder with all three is never replaced
+            shutil.rmtree(target)  # incomplete or damaged: verified lists are never replaced
         os.rename(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -97,7 +97,7 @@ def find_experiments(given: str | Path | None) -> Path:
 
 def source_label(source: str) -> str:
     """A grid's recorded experiments file, short: "bundled" for the package's own."""
-    if source and Path(source).name == BUNDLED.name and Path(source).parent.name == "rftbench":
+    if source and Path(source).resolve() == BUNDLED.resolve():
         return "bundled"
     return source
 
@@ -154,9 +154,11 @@ class Experiments:
     roots: dict[str, str] = field(
         default_factory=dict
     )  # dataset -> root from --root flags (win over the file)
-    # dataset -> (splits chosen for it, where its paper lists are or were looked for), as `jobs` resolved
-    # "auto": for the notes commands print
-    split_choices: dict[str, tuple[str, Path]] = field(default_factory=dict)
+    # grid -> dataset -> the `splits` its runs were recorded with (from the database): "auto" keeps it, so a
+    # grid's runs do not change identity when split lists appear or vanish on a machine
+    recorded: dict[str, dict[str, str]] = field(default_factory=dict)
+    # run id -> (dataset, how "auto" decided, splits, the folder looked in): what the notes say
+    split_choices: dict[str, tuple[str, str, str, Path]] = field(default_factory=dict)
 
     def grid(self, name: str) -> list[Grid]:
         if name not in self.grids:
@@ -239,48 +241,68 @@ class Experiments:
         if standard and "eval_budgets" not in values and grid.standard_eval_budgets:
             values["eval_budgets"] = grid.standard_eval_budgets
         values["eval_budgets"] = tuple(values.get("eval_budgets", ()))
-        values["splits"] = self.splits(dataset, values.get("splits", "auto"))
+        grid_name = grid.name.split("[")[0]
+        values["splits"], decided = self.splits(grid_name, dataset, values.get("splits", "auto"))
         try:
-            return RunConfig(backbone=backbone, dataset=dataset, eps=eps, seed=seed, **setting, **values)
+            config = RunConfig(backbone=backbone, dataset=dataset, eps=eps, seed=seed, **setting, **values)
         except ValueError as exc:
             raise GridError(
                 f"{self.path}: grids.{grid.name}: {backbone}/{dataset} {setting} at {eps}: {exc}"
             ) from None
+        if decided is not None:
+            self.split_choices[config.run_id] = (dataset, *decided)
+        return config
 
-    def splits(self, dataset: str, choice: str) -> str:
-        """A run's `splits` from the grid's choice: "auto" is "paper" where the dataset has paper split
-        lists and they are in its data root (or its `split_file` folder), else "rules". A grid that names a
-        split file of its own keeps it ("rules")."""
-        if choice != "auto":
-            return choice
-        if dataset not in PAPER_SPLITS:
-            return "rules"
+    def splits(self, grid: str, dataset: str, choice: str) -> tuple[str, tuple[str, str, Path] | None]:
+        """A run's `splits` from the grid's choice, and how "auto" decided it (None: it did not). "auto"
+        keeps what the grid's runs of this dataset were recorded with; for a grid new to the database it is
+        "paper" where the dataset has paper split lists in its data root (or its `split_file` folder), else
+        "rules". A grid that names a split file of its own keeps it ("rules")."""
+        if choice != "auto" or dataset not in PAPER_SPLITS:
+            return (choice if choice != "auto" else "rules"), None
         paths = self.paths.get(dataset, {})
         split_file = paths.get("split_file")
-        if split_file is not None and not Path(split_file).is_dir():
-            return "rules"
+        if split_file is not None and not Path(split_file).expanduser().is_dir():
+            return "rules", None
         root = data_root(dataset, self.roots.get(dataset), paths.get("data_root"))
         folder = paper_split_dir(dataset, root, split_file)
-        chosen = "paper" if folder is not None else "rules"
-        self.split_choices[dataset] = (chosen, folder or resolve_root(dataset, root) / SPLIT_FOLDER)
-        return chosen
+        where = folder or (
+            Path(split_file).expanduser() if split_file else resolve_root(dataset, root) / SPLIT_FOLDER
+        )
+        present = "paper" if folder is not None else "rules"
+        recorded = self.recorded.get(grid, {}).get(dataset)
+        if recorded is not None and recorded != present:
+            return recorded, ("recorded", recorded, where)
+        return present, ("found", present, where)
 
     def split_notes(self, jobs: list[Job]) -> list[str]:
-        """One line per dataset of `jobs` whose split lists "auto" chose, saying which and where."""
-        notes = []
-        for dataset in dict.fromkeys(j.config.dataset for j in jobs):
-            if dataset not in self.split_choices:
+        """What "auto" chose for the datasets of `jobs`, and where it looked: one line per dataset."""
+        notes = {}
+        for job in jobs:
+            if job.run_id not in self.split_choices:
                 continue
-            chosen, folder = self.split_choices[dataset]
-            if chosen == "paper":
-                notes.append(f"{dataset}: the paper's split lists from {folder}")
+            dataset, how, chosen, folder = self.split_choices[job.run_id]
+            if how == "recorded" and chosen == "rules":
+                text = (
+                    f"{dataset}: this grid's runs were recorded with the seeded split rules and keep them, "
+                    f'though the paper\'s lists are now in {folder}; set splits = "paper" in the grid to '
+                    f"train new runs on them"
+                )
+            elif how == "recorded":
+                text = (
+                    f"{dataset}: this grid's runs were recorded with the paper's split lists, which are "
+                    f"not in {folder} here; give the data root that holds them (--root {dataset}=PATH)"
+                )
+            elif chosen == "paper":
+                text = f"{dataset}: the paper's split lists from {folder}"
             else:
-                notes.append(
+                text = (
                     f"{dataset}: the paper's split lists are not in {folder}, so its runs use the seeded "
                     f'split rules (recorded as splits = "rules"); `rftbench data fetch {dataset} '
                     f"--splits-only` downloads them"
                 )
-        return notes
+            notes.setdefault(dataset, text)
+        return list(notes.values())
 
 
 def load_experiments(path: str | Path, roots: dict[str, str] | None = None) -> Experiments:

@@ -94,17 +94,18 @@ def build_model(config: RunConfig, paths: dict, num_classes: int) -> torch.nn.Mo
 
 
 def provenance(runtime: RuntimeOptions) -> dict:
-    """What produced a run's numbers, stored with it: versions, commit, device, math modes."""
-    import open_clip
-    import timm
+    """What produced a run's numbers, stored with it: versions, commit, device, math modes. The libraries'
+    versions are read from their installed metadata: importing timm and open_clip to ask would cost every
+    run of a backbone that needs neither a second."""
+    from importlib.metadata import version
 
     device = torch.device(runtime.device)
     return {
         "rftbench": __version__,
         "git": git_sha(),
         "torch": torch.__version__,
-        "timm": timm.__version__,
-        "open_clip": open_clip.__version__,
+        "timm": version("timm"),
+        "open_clip": version("open_clip_torch"),
         "python": platform.python_version(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
         "host": platform.node(),

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import os
+
+# Before torch loads OpenMP: the tests run several torch processes at once on 2 cores (two run-grid
+# processes, loader workers, local executors), and OpenMP threads that spin while they wait steal the cores
+# the others need (the two-process test took 59 s spinning, 17 s sleeping). Waiting changes no number.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import shutil
+import sqlite3
 import subprocess
 import tempfile
 from pathlib import Path
@@ -25,6 +31,13 @@ SHARED = REPO.parent / "shared"
 EXPERIMENTS = REPO / "rftbench" / "experiments.toml"
 CIFAR = SHARED / "data" / "cifar10-jpeg"
 RESNET20 = SHARED / "weights" / "resnet20-12fca82f.th"
+
+
+def copy_db(source: Path, target: Path) -> Path:
+    """A consistent copy through SQLite's backup API (the WAL may hold what the main file does not yet)."""
+    with sqlite3.connect(source) as src, sqlite3.connect(target) as dst:
+        src.backup(dst)
+    return target
 
 
 def require(path: Path) -> Path:

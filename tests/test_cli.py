@@ -85,7 +85,7 @@ def test_commands_that_list_report_or_schedule_import_no_torch(reference, tmp_pa
         ["--help"], ["status", "--db", db], ["report", "--db", db],
         ["report", "--table", "delay", "--db", db], ["report", "--results", "paper"],
         ["schedule", "sched", "--t1", "12", "--t2", "37"], ["datasets"], ["backbones"],
-        ["run-grid", "--grid", "paper", "--dry-run", "--db", db], ["data", "--help"],
+        ["run-grid", "--grid", "paper", "--dry-run", "--db", db], ["data", "--help"], ["init", str(tmp_path)],
     ]  # fmt: skip
     for args in commands:
         script = IMPORTS.format(heavy=HEAVY)

@@ -26,8 +26,9 @@ def reduced_demo(tmp_path: Path) -> Path:
     for key, value in (
         ("train_subset", 100),
         ("val_subset", 50),
-        ("test_subset", 50),
+        ("test_subset", 20),  # the final evaluation attacks each test image at all 24 budgets
         ("val_adv_samples", 20),
+        ("eval_attack_steps", 2),
     ):
         reduced = re.sub(rf"\n{key} = \d+", f"\n{key} = {value}", reduced)
     assert reduced.count("= 2\n") >= 1 and "t2 = 1.5" in reduced

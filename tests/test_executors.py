@@ -68,11 +68,12 @@ def one_process(experiments, tmp_path_factory) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_four_local_workers_run_every_run_once_and_store_what_one_process_stores(
-    backend, experiments, one_process, tmp_path, request
+    experiments, one_process, tmp_path, postgres
 ):
-    db = str(tmp_path / "l.db") if backend == "sqlite" else request.getfixturevalue("postgres").database()
+    """On PostgreSQL (claims lock one row, SKIP LOCKED); SQLite's claims run under four workers in
+    the next test, where two of them are killed."""
+    db = postgres.database()
     args = ["--experiments", str(experiments), "--db", db, "--runs-dir", str(tmp_path / "runs")]
     done = rftbench("run-grid", "--grid", "smoke_seeds", "--executor", "local", "--processes", "4", *args)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -83,10 +84,11 @@ def test_four_local_workers_run_every_run_once_and_store_what_one_process_stores
 
 
 @pytest.mark.slow
-def test_workers_killed_mid_run_lose_nothing(experiments, one_process, tmp_path, postgres):
-    """SIGKILL two of four workers while they hold runs: the survivors take those runs over (same host and
-    PID namespace: at once; elsewhere: when the lease expires) and continue them from their checkpoints."""
-    db = postgres.database()
+def test_workers_killed_mid_run_lose_nothing(experiments, one_process, tmp_path):
+    """SIGKILL two of four workers while they hold runs, on the default SQLite file: the survivors take those
+    runs over (same host and PID namespace: at once; elsewhere: when the lease expires) and continue them
+    from their checkpoints, and the four claim every other run once."""
+    db = str(tmp_path / "k.db")
     args = ["--experiments", str(experiments), "--db", db, "--runs-dir", str(tmp_path / "runs")]
     command = [
         *RFTBENCH,

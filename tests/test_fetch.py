@@ -164,7 +164,8 @@ def test_every_paper_dataset_is_fetched_verified_and_read_by_the_registry(mirror
         assert marker["dataset"] == name and len(marker["files"]) == len(fetch_module.SOURCES[name].resources)
     assert (tmp_path / "data" / "cub" / "attributes.txt").is_file()  # the archive's own stray file stays
     assert not (tmp_path / "data" / "cars" / "kaggle").exists()  # Kaggle's nesting undone
-    assert not list((tmp_path / "data" / ".rftbench-downloads").rglob("*")), "archives deleted"
+    left = [p.name for p in (tmp_path / "data" / ".rftbench-downloads").rglob("*") if p.suffix != ".lock"]
+    assert not left, "archives deleted (only the download locks stay)"
     assert not list((tmp_path / "data").glob(".*partial*"))
     asked = len(mirror.requests)
     again = fetch_cli(*PAPER, "--root", str(tmp_path / "data"))
@@ -286,6 +287,12 @@ def test_the_papers_split_lists_come_from_the_pinned_commit_with_their_checksums
         local = fetch_module.ROLI_URL.replace("https://raw.githubusercontent.com", server.url)
         monkeypatch.setattr(fetch_module, "ROLI_URL", local)
         roots = {name: tmp_path / FOLDERS[name] for name in PAPER_SPLITS}
+        missing = fetch_cli("Cub", "--splits-only", "--root", str(tmp_path))
+        assert (
+            missing.exit_code == 2 and "cub does not exist: fetch Cub without --splits-only" in missing.output
+        )
+        for root in roots.values():  # the images are the user's own, already there
+            root.mkdir()
         result = fetch_cli(*PAPER_SPLITS, "--splits-only", "--root", str(tmp_path))
         assert result.exit_code == 0, result.output
         for name, info in PAPER_SPLITS.items():
@@ -373,3 +380,61 @@ def test_fetch_then_run_grid_trains_on_the_papers_split_lists(mirror, archives, 
     assert json.loads(stored.config)["splits"] == "paper" and stored.status == "completed"
     (final,) = Store.open("r.db").evaluations(stored.id)
     assert final.n == len(json.loads(archives["Caltech"]["roli/test.json"]))
+
+
+def test_servers_that_ignore_or_refuse_a_range_start_the_download_again(mirror, tmp_path):
+    """A .part that is not a prefix of the file (the file changed, or another file's): a server that answers
+    the range with the whole file (200), or with 416 for a .part longer than the file, is started over."""
+    downloads = tmp_path / ".rftbench-downloads"
+    downloads.mkdir()
+    (downloads / "CUB_200_2011.tgz.part").write_bytes(b"x" * 10)  # not its start
+    mirror.ranges_ignored.add("/Cub/CUB_200_2011.tgz")  # answered with 200 and the whole file
+    assert (fetch("Cub", tmp_path / "cub").root / MARKER).is_file()
+    assert [start for path, start in mirror.requests if path == "/Cub/CUB_200_2011.tgz"] == [10]
+    (downloads / "256_ObjectCategories.tar.part").write_bytes(
+        b"y" * (len(mirror.files["/Caltech/256_ObjectCategories.tar"]) + 5)
+    )
+    assert (fetch("Caltech", tmp_path / "caltech256").root / MARKER).is_file()
+    asked = [start for path, start in mirror.requests if path == "/Caltech/256_ObjectCategories.tar"]
+    assert asked[0] > 0 and asked[-1] == 0  # 416 for the long .part, then the whole file
+
+
+def test_a_root_that_holds_the_dataset_already_is_used_and_lists_a_splits_only_fetch_put_are_kept(
+    mirror, archives, tmp_path
+):
+    mine = tmp_path / "mine"
+    shutil.copytree(archives["trees"]["Cub"], mine)  # the user's own copy, in the registry's layout
+    found = fetch_cli("Cub", "--root", f"Cub={mine}")
+    assert found.exit_code == 0 and "already there (not fetched by rftbench, left as it is)" in found.output
+    assert (mine / "paper_splits" / "train.json").is_file() and not (mine / MARKER).exists()
+    first = tmp_path / "dogs"
+    first.mkdir()
+    assert fetch_cli("Dogs", "--splits-only", "--root", f"Dogs={first}").exit_code == 0
+    whole = fetch_cli(
+        "Dogs", "--root", f"Dogs={first}"
+    )  # a root holding only the lists: the fetch completes it
+    assert whole.exit_code == 0, whole.output
+    assert (first / MARKER).is_file() and samples("Dogs", first, "test", splits="paper").paths
+
+
+def test_a_grid_keeps_the_splits_its_runs_were_recorded_with(mirror, tmp_path, monkeypatch):
+    """`splits = "auto"` decides once per grid: lists that appear (or vanish) later change no run id."""
+    from rftbench.store import Store
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RFTBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("RFTBENCH_DATA_CALTECH", raising=False)
+    assert fetch_cli("Caltech").exit_code == 0
+    shutil.move("data/caltech256/paper_splits", "lists")  # a root without the lists, as on another machine
+    (tmp_path / "tiny.toml").write_text(TINY_GRID)
+    args = ["--grid", "tiny", "--experiments", "tiny.toml", "--db", "r.db"]
+    first = CliRunner().invoke(app, ["run-grid", *args])
+    assert first.exit_code == 0 and "so its runs use the seeded split rules" in first.output
+    shutil.move("lists", "data/caltech256/paper_splits")  # the lists arrive
+    again = CliRunner().invoke(app, ["run-grid", *args], env={"COLUMNS": "300"})
+    assert again.exit_code == 0 and "nothing to run" in again.output
+    assert (
+        "recorded with the seeded split rules and keep them, though the paper's lists are now" in again.output
+    )
+    (run,) = Store.open("r.db").runs()
+    assert json.loads(run.config)["splits"] == "rules"

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import copy_db
 from typer.testing import CliRunner
 
 from rftbench.cli import app
@@ -90,13 +91,6 @@ def db_digest(path: Path) -> str:
     """Every schema statement and row of the database (its WAL included), as SQL text."""
     with sqlite3.connect(path) as connection:
         return hashlib.sha256("\n".join(connection.iterdump()).encode()).hexdigest()
-
-
-def copy_db(source: Path, target: Path) -> Path:
-    """A consistent copy through SQLite's backup API (the WAL may hold what the main file does not yet)."""
-    with sqlite3.connect(source) as src, sqlite3.connect(target) as dst:
-        src.backup(dst)
-    return target
 
 
 def test_smoke_grid_end_to_end(reference):
