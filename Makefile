@@ -30,7 +30,7 @@ setup:
 	$(BIN)/python -c "import rftbench, torch, torchvision, timm, open_clip, torchattacks; print('rftbench', rftbench.__version__, '| torch', torch.__version__)"
 
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 test-fast:
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -127,8 +127,9 @@ def git_sha() -> str | None:
 
 
 def one_line(exc: BaseException) -> str:
+    """The error line stored with a failed run: long enough for a deep path and the fix that follows it."""
     text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:1000]
 
 
 class Heartbeat(threading.Thread):

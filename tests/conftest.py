@@ -8,6 +8,9 @@ import os
 # processes, loader workers, local executors), and OpenMP threads that spin while they wait steal the cores
 # the others need (the two-process test took 59 s spinning, 17 s sleeping). Waiting changes no number.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# The CLI's rich console fixes its width at import when COLUMNS is set (pytest-xdist sets it for its
+# workers): unset, each command's width follows the COLUMNS a test invokes it with.
+os.environ.pop("COLUMNS", None)
 import shutil
 import sqlite3
 import subprocess

@@ -68,6 +68,7 @@ def one_process(experiments, tmp_path_factory) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("one_process")  # one worker computes the module's reference once
 def test_four_local_workers_run_every_run_once_and_store_what_one_process_stores(
     experiments, one_process, tmp_path, postgres
 ):
@@ -84,6 +85,7 @@ def test_four_local_workers_run_every_run_once_and_store_what_one_process_stores
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("one_process")
 def test_workers_killed_mid_run_lose_nothing(experiments, one_process, tmp_path):
     """SIGKILL two of four workers while they hold runs, on the default SQLite file: the survivors take those
     runs over (same host and PID namespace: at once; elsewhere: when the lease expires) and continue them
@@ -180,6 +182,7 @@ def sacct_history(slurm, job: str) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("slurm")  # one SLURM cluster per machine
 def test_slurm_array_runs_the_grid_into_postgres_through_a_requeue_and_a_preemption(
     experiments, one_process, tmp_path, postgres, slurm
 ):
@@ -231,6 +234,7 @@ def test_slurm_array_runs_the_grid_into_postgres_through_a_requeue_and_a_preempt
     assert "Caught signal SIGUSR2" in logs and "this job is preempted" in logs
 
 
+@pytest.mark.xdist_group("slurm")
 def test_a_submission_slurm_refuses_is_one_line(experiments, tmp_path, slurm):
     """sbatch's refusal (here a partition the cluster does not have) is one line and exit 2; no job is
     left queued."""
