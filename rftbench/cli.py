@@ -129,7 +129,8 @@ def complete_grid(ctx: typer.Context, incomplete: str) -> list[str]:
     """The grids of the experiments file a command would read, then those of its database."""
     names = []
     with contextlib.suppress(Exception):
-        from rftbench.grids import find_experiments, load_experiments
+        from rftbench.experiments import find_experiments
+        from rftbench.grids import load_experiments
 
         names += list(load_experiments(find_experiments(ctx.params.get("experiments"))).grids)
     with contextlib.suppress(Exception):
@@ -330,7 +331,8 @@ def check_grid(store, grid: str | None) -> None:
 
 def read_experiments(path: Path | None, roots: dict[str, str] | None = None):
     """The experiments file a command reads (`find_experiments`), loaded, or one line and exit 2."""
-    from rftbench.grids import GridError, find_experiments, load_experiments
+    from rftbench.experiments import find_experiments
+    from rftbench.grids import GridError, load_experiments
 
     try:
         return load_experiments(find_experiments(path), roots)
@@ -747,7 +749,7 @@ def run_grid(
 
 def print_source(spec, jobs) -> None:
     """Which experiments file the jobs came from, and which split lists their datasets use."""
-    from rftbench.grids import describe_experiments
+    from rftbench.experiments import describe_experiments
 
     console.print(f"experiments: {escape(describe_experiments(spec.path))}", highlight=False)
     for note in spec.split_notes(jobs):
@@ -1015,7 +1017,7 @@ def status(
 ) -> None:
     """Runs by state, per-grid progress and the file each grid came from, each failed run's error line,
     and the experiments file `run-grid` reads here."""
-    from rftbench.grids import describe_experiments, find_experiments, source_label
+    from rftbench.experiments import describe_experiments, find_experiments, source_label
     from rftbench.jobqueue import JobQueue
     from rftbench.store import STATES
 
@@ -1341,7 +1343,8 @@ def init(
 ) -> None:
     """Write a commented copy of the bundled grids, to edit: commands run in that folder read it."""
     from rftbench.checkpoint import atomic_write
-    from rftbench.grids import BUNDLED, load_experiments
+    from rftbench.experiments import BUNDLED
+    from rftbench.grids import load_experiments
 
     target = directory / "experiments.toml"
     if target.exists() and not force:

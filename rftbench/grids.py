@@ -1,10 +1,10 @@
 """Named experiment grids from `experiments.toml`, validated on load and expanded into jobs.
 
-    experiments = load_experiments(find_experiments(None))   # ./experiments.toml, else the bundled one
+    experiments = load_experiments("experiments.toml")
     jobs = experiments.jobs("paper", backbones=["SWIN"], eps=["4/255"])  # one Job per distinct run id
 
-The grids of the paper ship with the package (`BUNDLED`, rftbench/experiments.toml); `rftbench init` writes
-a copy to edit, which commands run in its folder then read instead.
+The grids of the paper ship with the package (rftbench/experiments.toml; `rftbench.experiments` says which
+file a command reads); `rftbench init` writes a copy to edit, which commands run in its folder then read.
 
 The file's tables (see experiments.toml for a commented example of each):
   [defaults]               run-config fields for every grid (`splits = "auto"`: the paper's split lists of
@@ -31,7 +31,6 @@ import itertools
 import tomllib
 import typing
 from dataclasses import dataclass, field
-from importlib.resources import files
 from pathlib import Path
 
 import pydantic
@@ -48,9 +47,6 @@ from rftbench.config import (
 )
 from rftbench.datasets import DATASETS, PAPER_SPLITS, SPLIT_FOLDER, data_root, paper_split_dir, resolve_root
 from rftbench.schedules import SCHEDULES
-
-BUNDLED = Path(str(files("rftbench") / "experiments.toml"))  # the paper's grids, shipped with the package
-LOCAL = Path("experiments.toml")  # an edited copy in the working folder wins over the bundled file
 
 SETTING_KEYS = ("setting", "t1", "t2", "patience", "tolerance", "schedule_granularity")
 AXIS_KEYS = ("backbone", "dataset", "eps", "seed")
@@ -85,30 +81,6 @@ DEFAULT_THRESHOLD = 0.05  # the paper's 5% (CONVENTIONS.md)
 
 class GridError(ValueError):
     """One line: the file, the key and what to change."""
-
-
-def find_experiments(given: str | Path | None) -> Path:
-    """The experiments file a command reads: the one given (--experiments, RFTBENCH_EXPERIMENTS), else
-    ./experiments.toml where it exists, else the file bundled with rftbench."""
-    if given is not None:
-        return Path(given)
-    return LOCAL if LOCAL.is_file() else BUNDLED
-
-
-def source_label(source: str) -> str:
-    """A grid's recorded experiments file, short: "bundled" for the package's own."""
-    if source and Path(source).resolve() == BUNDLED.resolve():
-        return "bundled"
-    return source
-
-
-def describe_experiments(path: Path) -> str:
-    """Which experiments file that is, in words, for `status` and `run-grid`."""
-    from rftbench import __version__
-
-    if path.resolve() == BUNDLED.resolve():
-        return f"{path} (bundled with rftbench {__version__}; `rftbench init` writes a copy to edit)"
-    return str(path.resolve())
 
 
 @dataclass(frozen=True)

@@ -125,7 +125,7 @@ def test_shell_completion_offers_names_from_the_registries_the_grids_and_the_dat
 
 
 def test_init_writes_a_copy_of_the_bundled_grids_that_commands_there_read(tmp_path, monkeypatch):
-    from rftbench.grids import BUNDLED
+    from rftbench.experiments import BUNDLED
 
     made = runner.invoke(app, ["init", str(tmp_path / "study")])
     assert made.exit_code == 0, made.output

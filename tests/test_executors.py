@@ -27,7 +27,7 @@ TIMINGS = {"id", "recorded_at", "epoch_seconds", "images_per_second", "seconds",
            "worker", "provenance", "attempts"}  # fmt: skip
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def experiments(tmp_path_factory) -> Path:
     """experiments.toml plus `smoke_seeds`: the smoke grid over seeds 0..6."""
     text = EXPERIMENTS.read_text()
@@ -57,7 +57,7 @@ def content(db: str) -> dict[str, list]:
     return tables
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def one_process(experiments, tmp_path_factory) -> dict:
     """The grid run by one inline process, one thread: the reference."""
     tmp = tmp_path_factory.mktemp("one")
@@ -68,7 +68,7 @@ def one_process(experiments, tmp_path_factory) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("one_process")  # one worker computes the module's reference once
+@pytest.mark.xdist_group("one_process")  # one worker computes the reference once (session-scoped)
 def test_four_local_workers_run_every_run_once_and_store_what_one_process_stores(
     experiments, one_process, tmp_path, postgres
 ):
