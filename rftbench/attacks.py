@@ -1,13 +1,19 @@
-"""APGD-CE under the ℓ∞ threat model, as one function.
+"""APGD-CE under the ℓ∞ or the ℓ2 threat model, as one function.
 
     x_adv = apgd(model, x, y, eps=4 / 255, steps=10, returned="misclassified")
+    x_adv = apgd(model, x, y, eps=0.5, steps=10, norm="L2")
 
 Follows Croce & Hein 2020, "Reliable evaluation of adversarial robustness with an ensemble of diverse
-parameter-free attacks" (arXiv 2003.01690), and auto-attack's `APGDAttack` for the ℓ∞ norm and the
-cross-entropy loss: initial step 2ε; momentum 0.75 (no momentum on the first step); at each checkpoint
+parameter-free attacks" (arXiv 2003.01690), and auto-attack's `APGDAttack` for the ℓ∞ and ℓ2 norms and
+the cross-entropy loss: initial step 2ε; momentum 0.75 (no momentum on the first step); at each checkpoint
 the step of a sample is halved, and the sample restarted from its best iterate, when its loss increased
 in at most ρ = 0.75 of the steps since the last checkpoint, or when its step was not halved at the last
 checkpoint and its best loss has not improved since; per-sample tracking of the highest-loss iterate.
+Under ℓ2, as auto-attack's ℓ2 version: the ascent direction is the gradient divided by its ℓ2 norm
+(+1e-12) instead of its sign; a point is projected by rescaling its perturbation δ to min(ε, ‖δ‖)
+(δ / (‖δ‖ + 1e-12) · min(ε, ‖δ‖)) and then clipping to [0, 1], which only shortens δ, so the result stays
+in the ball (this is auto-attack's projection, not the exact projection onto ball ∩ box); a random start
+is x + ε·t/‖t‖ for Gaussian t, clipped to [0, 1].
 
 Where it departs from auto-attack, on purpose:
 - Checkpoints are ⌈p_j·N⌉ for the paper's fractions p_0 = 0, p_1 = 0.22,
@@ -38,6 +44,7 @@ from torch import Tensor, nn
 
 RETURNED = ("best_loss", "misclassified")
 MODES = ("eval", "train", "keep")
+NORMS = ("Linf", "L2")
 
 
 def step_size_checkpoints(steps: int) -> list[int]:
@@ -68,8 +75,10 @@ def apgd(
     autocast_dtype: torch.dtype | None = None,
     generator: torch.Generator | None = None,
     freeze_parameters: bool = False,
+    norm: str = "Linf",
 ) -> Tensor:
-    """Adversarial examples for images `x` in [0, 1] with labels `y`, inside the ℓ∞ ball of radius `eps`.
+    """Adversarial examples for images `x` in [0, 1] with labels `y`, inside the `norm` ("Linf" or "L2")
+    ball of radius `eps`.
 
     `mode` is the model's mode during the attack ("eval", "train", or "keep" it as found); every
     module's mode is restored afterwards. Only input gradients are computed: parameters' `.grad` are
@@ -80,6 +89,8 @@ def apgd(
         raise ValueError(f"returned={returned!r} unknown: use one of {RETURNED}")
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} unknown: use one of {MODES}")
+    if norm not in NORMS:
+        raise ValueError(f"norm={norm!r} unknown: use one of {NORMS}")
     if eps < 0:
         raise ValueError(f"eps must be non-negative, got {eps}")
     if eps == 0 or steps == 0:
@@ -87,7 +98,7 @@ def apgd(
     frozen = frozen_parameters(model) if freeze_parameters else nullcontext()
     with module_modes(model, None if mode == "keep" else mode == "train"), frozen:
         return _apgd(model, x.detach(), y, eps, steps, random_start, x_init, returned, momentum, rho,
-                     autocast_dtype, generator)  # fmt: skip
+                     autocast_dtype, generator, norm)  # fmt: skip
 
 
 @contextmanager
@@ -117,11 +128,42 @@ def frozen_parameters(model: nn.Module):
             p.requires_grad_(True)
 
 
-def _apgd(model, x, y, eps, steps, random_start, x_init, returned, momentum, rho, autocast_dtype, generator):
-    lower, upper = (x - eps).clamp(min=0.0), (x + eps).clamp(max=1.0)
+def l2_norms(z: Tensor) -> Tensor:
+    """Per-sample ℓ2 norms, shaped to broadcast over `z` (summed as auto-attack sums them)."""
+    return (z**2).sum(dim=tuple(range(1, z.dim())), keepdim=True).sqrt()
 
-    def project(z: Tensor) -> Tensor:
-        return torch.minimum(torch.maximum(z, lower), upper)
+
+def random_point(x: Tensor, eps: float, norm: str, generator: torch.Generator | None = None) -> Tensor:
+    """A random start in the `norm` ball of radius `eps` around `x`, before clipping to [0, 1]: uniform in
+    the ℓ∞ cube, or on the ℓ2 sphere (auto-attack's starts)."""
+    device = generator.device if generator is not None else x.device
+    if norm == "Linf":
+        noise = 2 * torch.rand(x.shape, generator=generator, device=device) - 1
+    else:
+        noise = torch.randn(x.shape, generator=generator, device=device)
+        noise = noise / (l2_norms(noise) + 1e-12)
+    return x + noise.to(x.device, x.dtype) * eps
+
+
+def _apgd(model, x, y, eps, steps, random_start, x_init, returned, momentum, rho, autocast_dtype, generator,
+          norm):  # fmt: skip
+    if norm == "Linf":
+        lower, upper = (x - eps).clamp(min=0.0), (x + eps).clamp(max=1.0)
+
+        def project(z: Tensor) -> Tensor:
+            return torch.minimum(torch.maximum(z, lower), upper)
+
+        def direction(g: Tensor) -> Tensor:
+            return g.sign()
+    else:
+
+        def project(z: Tensor) -> Tensor:
+            delta = z - x
+            length = l2_norms(delta)
+            return (x + delta / (length + 1e-12) * length.clamp(max=eps)).clamp(0.0, 1.0)
+
+        def direction(g: Tensor) -> Tensor:
+            return g / (l2_norms(g) + 1e-12)
 
     autocast = (
         torch.autocast(x.device.type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
@@ -139,8 +181,7 @@ def _apgd(model, x, y, eps, steps, random_start, x_init, returned, momentum, rho
     if x_init is not None:
         x_adv = project(x_init.detach())
     elif random_start:
-        noise = torch.rand(x.shape, generator=generator, device=generator.device if generator else x.device)
-        x_adv = project(x + (2 * noise.to(x.device, x.dtype) - 1) * eps)
+        x_adv = project(random_point(x, eps, norm, generator))
     else:
         x_adv = x.clone()
 
@@ -157,7 +198,7 @@ def _apgd(model, x, y, eps, steps, random_start, x_init, returned, momentum, rho
     for i in range(steps):
         with torch.no_grad():
             a = momentum if i > 0 else 1.0
-            z = project(x_adv + step * grad.sign())
+            z = project(x_adv + step * direction(grad))
             x_prev, x_adv = x_adv, project(x_adv + a * (z - x_adv) + (1 - a) * (x_adv - x_prev))
         loss, grad, wrong = loss_grad(x_adv, need_grad=i < steps - 1)
         with torch.no_grad():

@@ -14,6 +14,7 @@ from torch import nn
 from rftbench import apgd, step_size_checkpoints
 
 BUDGETS = (0.25 / 255, 0.5 / 255, 1 / 255)
+L2_BUDGETS = (0.02, 0.05)  # the ResNet-20 keeps about 50% and 30% of the 500 images
 
 
 def test_checkpoints_follow_the_paper_fractions():
@@ -33,16 +34,19 @@ def tiny_model() -> nn.Module:
 
 @pytest.mark.parametrize("returned", ["best_loss", "misclassified"])
 @pytest.mark.parametrize("random_start", [False, True])
-def test_output_stays_in_the_ball_and_the_image_range(returned, random_start):
+@pytest.mark.parametrize("norm, eps", [("Linf", 8 / 255), ("L2", 0.5)])
+def test_output_stays_in_the_ball_and_the_image_range(returned, random_start, norm, eps):
     model = tiny_model().eval()
     x = torch.rand(16, 3, 8, 8)
     x[:4] = 0.0  # corners of the pixel range: the ball must be clipped to [0, 1]
     x[4:8] = 1.0
     y = torch.randint(0, 5, (16,))
-    eps = 8 / 255
-    x_adv = apgd(model, x, y, eps, steps=7, returned=returned, random_start=random_start)
+    x_adv = apgd(model, x, y, eps, steps=7, returned=returned, random_start=random_start, norm=norm)
     assert x_adv.shape == x.shape and x_adv.dtype == x.dtype
-    assert (x_adv - x).abs().max() <= eps + 1e-6
+    if norm == "Linf":
+        assert (x_adv - x).abs().max() <= eps + 1e-6
+    else:
+        assert (x_adv - x).flatten(1).norm(dim=1).max() <= eps + 1e-6
     assert x_adv.min() >= 0 and x_adv.max() <= 1
     assert not torch.equal(x_adv, x), "the attack never moved"
 
@@ -89,6 +93,27 @@ def test_attack_mode_is_applied_then_every_module_restored(mode, expected):
     assert model.training and model[0].training and not model[1].training
 
 
+def test_the_l2_attack_finds_the_analytic_worst_case_of_a_linear_model():
+    """Two classes, logits W·x + b, images in the middle of the box so that the ℓ2 ball stays inside it:
+    the worst point is x + ε·u, u the unit vector of w_other − w_y. A sign step (ℓ∞'s) or a projection
+    that is not a rescaling misses it."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 2)).eval()
+    x = 0.25 + 0.5 * torch.rand(32, 3, 4, 4)
+    y = torch.randint(0, 2, (32,))
+    eps = 0.2  # below the 0.25 margin to the box's faces: no clipping
+    w = model[1].weight.detach()
+    u = (w[1 - y] - w[y]).view(-1, 3, 4, 4)
+    worst = x + eps * u / u.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    x_adv = apgd(model, x, y, eps, steps=10, norm="L2")
+    assert torch.allclose(x_adv, worst, atol=1e-3)
+
+
+def test_an_unknown_norm_is_refused():
+    with pytest.raises(ValueError, match="norm='L1' unknown"):
+        apgd(tiny_model(), torch.rand(2, 3, 8, 8), torch.tensor([0, 1]), 0.1, norm="L1")
+
+
 def test_zero_budget_returns_the_input_without_a_forward_pass():
     model = tiny_model()
     calls = []
@@ -120,10 +145,8 @@ def reference(resnet20, cifar_test_500):
     x, y = cifar_test_500
 
     @functools.cache
-    def torchattacks_accuracy(steps: int, eps: float) -> float:
-        attack = torchattacks.APGD(
-            resnet20, norm="Linf", eps=eps, steps=steps, n_restarts=1, seed=0, loss="ce"
-        )
+    def torchattacks_accuracy(steps: int, eps: float, norm: str = "Linf") -> float:
+        attack = torchattacks.APGD(resnet20, norm=norm, eps=eps, steps=steps, n_restarts=1, seed=0, loss="ce")
         return robust_accuracy(resnet20, attack, x, y)
 
     return torchattacks_accuracy
@@ -164,6 +187,30 @@ def test_the_parity_check_rejects_weaker_attacks(resnet20, cifar_test_500, refer
         print(f"eps={eps * 255:g}/255: FGSM {fgsm:.3f}, PGD(step eps/10) {short_pgd:.3f}, APGD {theirs:.3f}")
         assert fgsm > theirs + 0.01
         assert short_pgd > theirs + 0.01
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("eps", L2_BUDGETS[1:])
+def test_l2_parity_with_torchattacks(resnet20, cifar_test_500, reference, eps):
+    """ℓ2 APGD-10 from the clean image against torchattacks' `APGD(norm='L2')` (its random start) at budgets
+    the model partly survives, and a weaker ℓ2 attack (one normalised-gradient step, FGM) that must fail
+    the same bound."""
+    x, y = cifar_test_500
+    ours = robust_accuracy(
+        resnet20, lambda x, y: apgd(resnet20, x, y, eps, 10, returned="misclassified", norm="L2"), x, y
+    )
+    theirs = reference(10, eps, "L2")
+
+    def fgm(x, y):
+        x = x.clone().requires_grad_(True)
+        grad = torch.autograd.grad(nn.functional.cross_entropy(resnet20(x), y, reduction="sum"), x)[0]
+        return (x + eps * grad / grad.flatten(1).norm(dim=1).view(-1, 1, 1, 1)).clamp(0, 1).detach()
+
+    weak = robust_accuracy(resnet20, fgm, x, y)
+    print(f"L2 APGD-10 eps={eps}: ours {ours:.3f} torchattacks {theirs:.3f} FGM {weak:.3f}")
+    assert 0.15 < theirs < 0.7, "the budget must leave the model partly robust, or parity proves little"
+    assert ours <= theirs + 0.01
+    assert weak > theirs + 0.01
 
 
 # ---- trajectory parity with torchattacks at N = 100, where the step-size checkpoints are auto-attack's ----
@@ -221,3 +268,34 @@ def test_trajectory_parity_with_torchattacks_at_100_steps(resnet20, cifar_test_5
     assert same.float().mean() >= 0.9
     assert torch.equal(our_best[same], their_best[same])
     assert torch.equal(ours.losses[0], theirs.losses[0])  # the same start
+
+
+@pytest.mark.slow
+def test_l2_trajectory_parity_with_torchattacks(resnet20, cifar_test_500):
+    """The ℓ2 trajectory from torchattacks' own start, 100 steps. Unlike ℓ∞'s sign steps, ℓ2 steps carry
+    rounding forward: our projection of that start rescales it by ‖δ‖/(‖δ‖ + 1e-12), and torchattacks'
+    second projection puts 1e-12 inside its min where auto-attack's does not, so the two part by rounding
+    (1e-5 after four steps) that the ReLU network amplifies to 1e-3 within a few dozen. The first steps must
+    agree to 1e-4, the end result to one sample in 48."""
+    n, eps = 48, L2_BUDGETS[0]
+    x, y = cifar_test_500[0][:: 500 // n][:n], cifar_test_500[1][:: 500 // n][:n]
+    theirs = Recorder(resnet20, y)
+    attack = torchattacks.APGD(theirs, norm="L2", eps=eps, steps=100, n_restarts=1, loss="ce")
+    torch.manual_seed(0)
+    their_best, _, _, _ = attack.attack_single_run(x, y)
+    torch.manual_seed(0)  # their start, drawn as they draw it
+    t = torch.randn(x.shape)
+    start = (x + eps * t / ((t**2).sum(dim=(1, 2, 3), keepdim=True).sqrt() + 1e-12)).clamp(0, 1)
+    ours = Recorder(resnet20, y)
+    our_best = apgd(ours, x, y, eps, 100, x_init=start, returned="best_loss", norm="L2")
+    a, b = torch.stack(ours.losses), torch.stack(theirs.losses)
+    assert a.shape == b.shape == (101, n)
+    with torch.no_grad():
+        robust = (resnet20(our_best).argmax(1) == y).sum().item()
+        their_robust = (resnet20(their_best).argmax(1) == y).sum().item()
+    print(f"L2 eps {eps}: first 5 losses within {(a[:5] - b[:5]).abs().max():.1e}, "
+          f"robust {robust}/{n} (torchattacks {their_robust}/{n})")  # fmt: skip
+    assert 0.1 * n < their_robust < 0.9 * n, "the budget must leave the model partly robust"
+    assert torch.allclose(a[:5], b[:5], rtol=1e-4, atol=1e-5)
+    assert abs(robust - their_robust) <= 1
+    assert (our_best - x).flatten(1).norm(dim=1).max() <= eps + 1e-6
