@@ -19,7 +19,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from rftbench import __version__
-from rftbench.config import PLOTS, TABLES, RunConfig, RuntimeOptions, eps_text, parse_eps
+from rftbench.config import PLOTS, TABLES, RunConfig, RuntimeOptions, budget_text, eps_text, parse_eps
 from rftbench.schedules import SCHEDULES, ScheduleSpec
 
 console = Console(soft_wrap=True)  # log lines stay whole in files and narrow terminals
@@ -807,7 +807,7 @@ def run(
     setting: str = typer.Option(
         "fix", "--setting", help=f"one of: {', '.join(SCHEDULES)}", autocompletion=complete_setting
     ),
-    eps: str = typer.Option("4/255", "--eps", help="ε_g as k/255"),
+    eps: str = typer.Option("4/255", "--eps", help='ε_g as k/255 (a number in a grid with norm = "L2")'),
     t1: float | None = typer.Option(None, "--t1", help="sched: first epoch of the ramp"),
     t2: float | None = typer.Option(None, "--t2", help="sched/linear: epoch at which ε reaches ε_g"),
     seed: int | None = typer.Option(None, "--seed"),
@@ -838,7 +838,9 @@ def run(
     )
     spec.recorded[grid or "defaults"] = recorded_splits(db, grid)
     try:
-        job = spec.single(backbone, dataset, entry, eps_text(eps), seed, grid=grid)
+        job = spec.single(
+            backbone, dataset, entry, eps_text(eps) if "/" in eps else eps.strip(), seed, grid=grid
+        )
     except (GridError, ValueError) as exc:
         fail(str(exc))
     print_notes([job.config])
@@ -940,18 +942,27 @@ def evaluate(
     grid: str | None = typer.Option(
         None, "--grid", help="every completed run of this grid instead of one", autocompletion=complete_grid
     ),
-    eps: list[str] = typer.Option([], "--eps", help="budgets as k/255 (repeatable) [default: the run's]"),
+    eps: list[str] = typer.Option(
+        [], "--eps", help="budgets, k/255 for Linf, a number for L2 (repeatable) [default: the run's]"
+    ),
+    attack: str = typer.Option(
+        "apgd", "--attack", help="apgd: rftbench's APGD-CE; autoattack: AutoAttack (torchattacks), at ε_g"
+    ),
+    version: str = typer.Option("standard", "--version", help="with --attack autoattack: standard or plus"),
+    norm: str | None = typer.Option(None, "--norm", help="threat model: Linf or L2 [default: the run's]"),
     protocol: str = typer.Option(
         "paper",
         "--protocol",
-        help="paper: one APGD per ε; monotone: early exit (cheaper, a union of attacks)",
+        help="paper: one attack per ε; monotone: early exit (cheaper, a union); budget: at ε_g only",
     ),
-    steps: int | None = typer.Option(None, "--steps", min=1, help="APGD steps [default: the run's]"),
+    steps: int | None = typer.Option(
+        None, "--steps", min=1, help="APGD steps [default: the run's; AutoAttack: 100, as auto-attack]"
+    ),
     precision: str = typer.Option(
         "fp32", "--precision", help="autocast of the attacked model: fp32, bf16, fp16"
     ),
     random_start: bool = typer.Option(False, "--random-start", help="start APGD from a random point"),
-    seed: int = typer.Option(0, "--seed", help="with --random-start: the seed of the starts"),
+    seed: int = typer.Option(0, "--seed", help="the seed of random starts (AutoAttack's own too)"),
     db: str | None = DB,
     runs_dir: Path = RUNS_DIR,
     device: str | None = DEVICE,
@@ -959,15 +970,28 @@ def evaluate(
     root: list[str] = ROOTS,
 ) -> None:
     """Evaluate finished runs' final weights under a protocol, at their budgets or others (stored beside the
-    final evaluation, never replacing it; an evaluation already stored is shown, not measured again)."""
+    final evaluation, never replacing it; an evaluation already stored is shown, not measured again). Each
+    batch's result is stored as soon as it is measured: run the same command again after an interruption
+    and it continues where it stopped."""
     from rftbench.checkpoint import CheckpointError
+    from rftbench.evaluation import EvaluationError
     from rftbench.metrics import EvalProtocol
 
     if (run_id is None) == (grid is None):
         fail("name one run (RUN_ID) or one grid (--grid NAME) to evaluate")
+    if attack not in ("apgd", "autoattack"):
+        fail(f"--attack {attack!r} unknown: choose apgd or autoattack")
+    if version not in ("standard", "plus"):
+        fail(f"--version {version!r} unknown: choose standard or plus")
+    attack_name = "apgd-ce" if attack == "apgd" else f"autoattack-{version}"
+    options = dict(attack=attack_name, protocol=protocol, precision=precision, random_start=random_start,
+                   seed=seed)  # fmt: skip
+    if attack_name != "apgd-ce":
+        options |= {"steps": steps or 100}
     try:
-        budgets = [eps_text(e) for e in eps]
-        EvalProtocol(protocol=protocol, precision=precision, random_start=random_start, seed=seed)
+        EvalProtocol(**options, norm=norm or "Linf")
+        if norm is not None:
+            [budget_text(e, norm) for e in eps]
     except ValueError as exc:
         fail(str(exc))
     runner = make_runner(runs_dir, device, workers, None, (False, True), root, [], False, 120.0)
@@ -980,11 +1004,17 @@ def evaluate(
     skipped = []
     for run_ in runs:
         config = RunConfig.from_json(run_.config)
-        chosen = EvalProtocol(protocol=protocol, steps=steps or config.eval_attack_steps, precision=precision,
-                              random_start=random_start, seed=seed)  # fmt: skip
+        threat = norm or config.norm
+        if threat != config.norm and not eps:
+            fail(f"run {run_.id} was trained under {config.norm}: pass --eps for an {threat} evaluation")
         try:
-            result, added = runner.evaluate(run_.id, budgets or list(config.scored_budgets), chosen)
-        except CheckpointError as exc:
+            budgets = [budget_text(e, threat) for e in eps] or list(config.scored_budgets)
+        except ValueError as exc:
+            fail(f"run {run_.id}: {exc}")
+        chosen = EvalProtocol(**({"steps": steps or config.eval_attack_steps} | options), norm=threat)
+        try:
+            result, added = runner.evaluate(run_.id, budgets, chosen)
+        except (CheckpointError, EvaluationError) as exc:
             if run_id is not None:
                 raise
             skipped.append(f"{run_.id}: {exc}")
@@ -992,11 +1022,21 @@ def evaluate(
         table = Table(
             title=f"run {run_.id}: {chosen.label()}, {result['n']} test images", box=box.SIMPLE_HEAD
         )
-        for column in ("ε_g", "clean", "adv", "E.adv"):
+        attacks = list(next(iter(result.get("per_attack", {}).values()), {}))
+        for column in ("ε_g", "clean", "adv", "E.adv", *attacks):
             table.add_column(column, justify="right")
         for row in result["budgets"]:
-            table.add_row(row["budget"], *(f"{100 * row[k]:.2f}" for k in ("clean", "adv", "eadv")))
+            per_attack = result.get("per_attack", {}).get(row["budget"], {})
+            cells = [row["clean"], row["adv"], row["eadv"], *(per_attack.get(a) for a in attacks)]
+            table.add_row(row["budget"], *("—" if v is None else f"{100 * v:.2f}" for v in cells))
         console.print(table)
+        if attacks:
+            console.print("per attack: accuracy after it and every attack before it (auto-attack's order)")
+        if result.get("outside_ball"):
+            console.print(
+                f"[yellow]{result['outside_ball']} adversarial point(s) fell outside the ball: not counted "
+                f"as fooled[/]"
+            )
         if added:
             console.print(f"stored {added} new evaluation row(s)")
         elif "seconds" in result:  # measured, while another process stored the same evaluation

@@ -19,6 +19,7 @@ The id must survive the next release, because databases and checkpoints outlive 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -30,8 +31,18 @@ import pydantic
 from rftbench import schedules
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+NORMS = ("Linf", "L2")  # threat models: ℓ∞ (the paper's, the default) and ℓ2
 PROTOCOLS = ("paper", "monotone")  # per-ε evaluation protocols (rftbench.metrics)
-TABLES = ("main", "averages", "ttest", "delay", "ablation", "baselines", "evaluations")  # rftbench.report
+TABLES = (
+    "main",
+    "averages",
+    "ttest",
+    "delay",
+    "ablation",
+    "baselines",
+    "evaluations",
+    "autoattack",
+)  # rftbench.report
 PLOTS = ("curves", "robustness", "sweep", "schedule")  # rftbench.plots
 # Every field of release 0.1 (database schema v1), hashed always and in this form: stored ids depend on it.
 IDENTITY_V1 = (
@@ -82,6 +93,35 @@ def eps_text(eps: str | float | Fraction) -> str:
     return f"{k.numerator}/255" if k.denominator == 1 else f"{float(k):g}/255"
 
 
+def parse_budget(value: str | float | int | Fraction, norm: str = "Linf") -> Fraction:
+    """A budget under `norm`: ℓ∞ budgets are pixel levels ('4/255', `parse_eps`); ℓ2 budgets are plain
+    non-negative numbers ('0.5', 1.0), the norm of the perturbation of an image in [0, 1]."""
+    if norm == "Linf":
+        return parse_eps(value)
+    if norm not in NORMS:
+        raise ValueError(f"norm {norm!r} unknown: choose one of {', '.join(NORMS)}")
+    try:
+        if isinstance(value, str) and "/" in value:
+            raise ValueError
+        eps = value if isinstance(value, Fraction) else Fraction(str(value).strip())
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"cannot read the ℓ2 budget {value!r}: write it as a number, e.g. '0.5'") from None
+    if eps < 0:
+        raise ValueError(f"the ℓ2 budget {value!r} is negative: write it as a number >= 0, e.g. '0.5'")
+    return eps
+
+
+def budget_value(text: str | float | Fraction) -> Fraction:
+    """A budget's value whatever its norm: 'k/255' as a pixel level, a plain number as itself (for ordering
+    and filtering rows of several norms; `parse_budget` checks one norm's form)."""
+    return parse_eps(text) if isinstance(text, str) and "/" in text else parse_budget(text, "L2")
+
+
+def budget_text(value: str | float | Fraction, norm: str = "Linf") -> str:
+    """Canonical text of a budget under `norm`: '4/255' (ℓ∞, `eps_text`), '0.5' (ℓ2)."""
+    return eps_text(value) if norm == "Linf" else f"{float(parse_budget(value, norm)):g}"
+
+
 @dataclass(frozen=True)
 class RunConfig:
     backbone: str
@@ -120,11 +160,16 @@ class RunConfig:
     # "paper": the paper's split lists (Caltech, Cub, Dogs); "rules": the registry's seeded rules, or the
     # grid's own split file (a path, not hashed, as before). Grids choose "auto": paper where present.
     splits: str = "rules"
+    # The threat model of training, validation and the final evaluation: "Linf" (budgets 'k/255') or "L2"
+    # (budgets as numbers, '0.5'; the E.adv grid ε_g·k/8, rftbench.metrics)
+    norm: str = "Linf"
 
     def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise ValueError(f"norm {self.norm!r} unknown: choose one of {', '.join(NORMS)}")
         spec = schedules.ScheduleSpec(
             setting=self.setting,
-            eps=float(parse_eps(self.eps)),
+            eps=float(parse_budget(self.eps, self.norm)),
             t1=self.t1,
             t2=self.t2,
             patience=self.patience,
@@ -134,13 +179,14 @@ class RunConfig:
         spec.validate(self.epochs)
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
         # `standard` at ε_g > 0 is ε = 0 training scored at that budget: one run, one hash
-        budgets = tuple(eps_text(b) for b in self.eval_budgets) or (
-            (eps_text(self.eps),) if parse_eps(self.eps) > 0 else ()
+        text = functools.partial(budget_text, norm=self.norm)
+        budgets = tuple(text(b) for b in self.eval_budgets) or (
+            (text(self.eps),) if parse_budget(self.eps, self.norm) > 0 else ()
         )
-        set_("eps", eps_text(spec.eps))
+        set_("eps", text(self.eps) if spec.eps else text(0))
         for name in ("setting", "t1", "t2", "patience", "tolerance", "granularity"):
             set_("schedule_granularity" if name == "granularity" else name, getattr(spec, name))
-        set_("eval_budgets", tuple(sorted(set(budgets), key=lambda b: parse_eps(b))))
+        set_("eval_budgets", tuple(sorted(set(budgets), key=lambda b: parse_budget(b, self.norm))))
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision {self.precision!r} unknown: choose one of {', '.join(PRECISIONS)}")
         if self.augmentation not in AUGMENTATIONS:
@@ -170,7 +216,7 @@ class RunConfig:
 
     @property
     def eps_value(self) -> float:
-        return float(parse_eps(self.eps))
+        return float(parse_budget(self.eps, self.norm))
 
     @property
     def scored_budgets(self) -> tuple[str, ...]:

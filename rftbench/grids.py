@@ -42,8 +42,8 @@ from rftbench.config import (
     SPLIT_SOURCES,
     RunConfig,
     SlurmOptions,
+    budget_value,
     eps_text,
-    parse_eps,
 )
 from rftbench.datasets import DATASETS, PAPER_SPLITS, SPLIT_FOLDER, data_root, paper_split_dir, resolve_root
 from rftbench.schedules import SCHEDULES
@@ -155,7 +155,7 @@ class Experiments:
     ) -> list[Job]:
         """The grid's distinct runs in order, narrowed by the filters (None: no filter); a job listed twice
         (ε_g = 0 under several budgets, a setting that canonicalises to another) appears once."""
-        budgets = {eps_text(e) for e in eps} if eps else None
+        budgets = {budget_value(e) for e in eps} if eps else None
         jobs: dict[str, Job] = {}
         blocks = self.grid(grid_name)
         for block in blocks:
@@ -167,7 +167,7 @@ class Experiments:
                     (backbones and backbone not in backbones)
                     or (datasets and dataset not in datasets)
                     or (settings and config.setting not in settings)
-                    or (budgets is not None and config.eps not in budgets)
+                    or (budgets is not None and budget_value(config.eps) not in budgets)
                     or (seeds and seed not in seeds)
                     or config.run_id in jobs
                 ):
@@ -209,7 +209,7 @@ class Experiments:
         for scope in (self.overrides, grid.overrides):
             for key in (backbone, dataset, f"{backbone}/{dataset}"):
                 values.update(scope.get(key, {}))
-        standard = parse_eps(eps) == 0 or setting["setting"] == "standard"
+        standard = budget_value(eps) == 0 or setting["setting"] == "standard"
         if standard and "eval_budgets" not in values and grid.standard_eval_budgets:
             values["eval_budgets"] = grid.standard_eval_budgets
         values["eval_budgets"] = tuple(values.get("eval_budgets", ()))
@@ -388,7 +388,9 @@ class _Checker:
         out = []
         for i, value in enumerate(self.type(where, values, list)):
             try:
-                out.append(eps_text(self.type(f"{where}[{i}]", value, str)))
+                text = self.type(f"{where}[{i}]", value, str).strip()
+                budget_value(text)  # either form ('4/255' or, for ℓ2, '0.5'); the run's norm reads it
+                out.append(eps_text(text) if "/" in text else text)
             except ValueError as exc:
                 self.fail(f"{where}[{i}]", str(exc))
         return out

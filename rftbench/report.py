@@ -27,7 +27,7 @@ import pandas as pd
 from scipy import stats
 
 from rftbench.backbones import BACKBONES
-from rftbench.config import PRECISIONS, PROTOCOLS, TABLES, RunConfig, parse_eps
+from rftbench.config import PRECISIONS, PROTOCOLS, TABLES, RunConfig, budget_value
 from rftbench.datasets import DATASETS
 from rftbench.metrics import EvalProtocol, adaptation_start_epoch
 from rftbench.schedules import SCHEDULES
@@ -39,7 +39,9 @@ PAPER_TABLES = {
     "ttest": ("1", "2"),
     "ablation": ("7",),
     "baselines": ("4", "8"),
+    "autoattack": ("6-apgd", "6-autoattack"),
 }
+ATTACK_LABELS = {"6-apgd": "APGD", "6-autoattack": "AutoAttack"}
 BASELINE_SETTINGS = ("fix", "uniform", "auto", "sched")
 DATASET_ORDER = list(
     dict.fromkeys(["Aircraft", "Caltech", "Cars", "Cub", "Dogs", *DATASETS])
@@ -47,6 +49,7 @@ DATASET_ORDER = list(
 KEYS = ["backbone", "dataset", "setting", "eps", "t1", "t2"]
 
 
+NORM_SIGNS = {"Linf": "ℓ∞", "L2": "ℓ2"}
 PAPER_PROTOCOL = "the paper's published numbers (APGD-CE-10 ℓ∞, one attack per ε)"
 
 
@@ -72,7 +75,10 @@ class Selection:
 
     def rows(self, evaluations: list, config: RunConfig) -> list:
         wanted = EvalProtocol(
-            self.protocol, steps=self.steps or config.eval_attack_steps, precision=self.precision
+            self.protocol,
+            steps=self.steps or config.eval_attack_steps,
+            precision=self.precision,
+            norm=config.norm,
         )
         budgets = config.scored_budgets if config.eps_value == 0 else (config.eps,)
         return [ev for ev in evaluations if ev.budget in budgets and ev.eval_protocol() == wanted]
@@ -84,11 +90,13 @@ class Selection:
             f" --steps {self.steps}" if self.steps else ""
         )
 
-    def label(self, steps: set[int]) -> str:
+    def label(self, steps: set[int], norms: set[str] = frozenset()) -> str:
         per_eps = "one attack per ε" if self.protocol == "paper" else "early exit, a union of attacks"
         shown = ", ".join(str(k) for k in sorted(steps)) or str(self.steps or "the run's")
+        signs = "/".join(NORM_SIGNS[n] for n in sorted(norms, reverse=True)) or "ℓ∞"
         return (
-            f"APGD-CE ℓ∞ ({shown} steps), {self.protocol} protocol ({per_eps}), clean start, {self.precision}"
+            f"APGD-CE {signs} ({shown} steps), "
+            f"{self.protocol} protocol ({per_eps}), clean start, {self.precision}"
         )
 
 
@@ -113,6 +121,9 @@ class Results:
     source: str = "database"
     protocol: str = PAPER_PROTOCOL  # what `values` were measured with, for titles and notes
     missing: str = ""  # runs left out of `values`, and why, for notes
+    # AutoAttack rows at each run's ε_g (KEYS + seed, run_id, version, metric, value) and the worst case
+    # per sample over every evaluation stored with per-sample flags at that budget (metric "worst")
+    autoattack: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @classmethod
     def from_store(
@@ -126,7 +137,7 @@ class Results:
         thresholds = {}
         for row in data["adaptation"]:
             thresholds.setdefault(row.run_id, row.threshold)
-        runs, values, pending, selected, unread = [], [], [], [], []
+        runs, values, pending, selected, unread, autoattack = [], [], [], [], [], []
         data["runs"], aside = newest_per_cell(data["runs"])
         without: dict[str, set] = {}  # completed run id -> the protocols it does have
         rows: dict[str, list] = {}  # run id -> its evaluation rows
@@ -165,6 +176,17 @@ class Results:
                 without[run.id] = {
                     f"{ev.protocol} APGD-{ev.steps} {ev.precision}" for ev in rows.get(run.id, [])
                 }
+            for ev in rows.get(run.id, []):
+                if ev.attack.startswith("autoattack") and ev.budget == config.eps and config.eps_value > 0:
+                    version = ev.attack.removeprefix("autoattack-")
+                    measured = {m: getattr(ev, m) for m in METRICS} | {
+                        "worst": store.worst_case(run.id, ev.budget)
+                    }
+                    autoattack += [
+                        {**keys, "seed": run.seed, "run_id": run.id, "version": version, "steps": ev.steps,
+                         "protocol": ev.protocol, "metric": m, "value": 100 * v}
+                        for m, v in measured.items() if v is not None
+                    ]  # fmt: skip
             for ev in chosen:
                 selected.append(ev.model_dump())
                 for metric in METRICS:
@@ -198,10 +220,10 @@ class Results:
         pending["done"] = pending["run_id"].map(done).fillna(0).astype(int)
         frame = pd.DataFrame(values, columns=[*KEYS, "seed", "metric", "value", "run_id"])
         selected = pd.DataFrame(selected)
-        label = selection.label(set(selected.steps) if len(selected) else set())
+        label = selection.label(*((set(selected.steps), set(selected.norm)) if len(selected) else (set(),)))
         notes = "; ".join(n for n in (missing_note(without, unread, selection), aside) if n)
         return cls(frame, pending, epochs, pd.DataFrame(runs), evaluations, selected, "database", label,
-                   notes)  # fmt: skip
+                   notes, pd.DataFrame(autoattack))  # fmt: skip
 
     @classmethod
     def paper(cls, table: str) -> Results:
@@ -209,8 +231,14 @@ class Results:
         if table not in PAPER_TABLES:
             raise ReportError(f"the paper publishes no numbers for the {table!r} report; it needs a database")
         frame = paper_frame()
-        frame = frame[frame["table"].isin(PAPER_TABLES[table])].drop(columns="table")
-        frame = frame.drop_duplicates([*KEYS, "metric"])  # Tables 4 and 8 repeat fix and sched
+        frame = frame[frame["table"].isin(PAPER_TABLES[table])]
+        if table == "autoattack":  # Table 6: the same runs under both attacks
+            aa = frame[frame.table == "6-autoattack"].drop(columns="table").assign(seed=0, run_id="")
+            apgd = frame[frame.table == "6-apgd"].drop(columns="table")
+            return cls(
+                apgd.assign(seed=0, run_id=""), source="paper", autoattack=aa.assign(version="standard")
+            )
+        frame = frame.drop(columns="table").drop_duplicates([*KEYS, "metric"])  # Tables 4, 8 repeat runs
         return cls(frame.assign(seed=0, run_id=""), source="paper")
 
 
@@ -299,7 +327,7 @@ def setting_order(labels) -> list:
 
 
 def eps_order(values) -> list[str]:
-    return sorted(dict.fromkeys(values), key=parse_eps)
+    return sorted(dict.fromkeys(values), key=budget_value)
 
 
 def fmt(value: float) -> str:
@@ -523,7 +551,7 @@ def delay_table(results: Results, include_standard: bool = False) -> list[Sectio
     )
     sweep = runs[(runs.setting.isin(["fix", "standard"])) & runs.complete]
     if not include_standard:
-        sweep = sweep[sweep.eps.map(parse_eps) > 0]
+        sweep = sweep[sweep.eps.map(budget_value) > 0]
     rows, long = [], []
     for (backbone, dataset), group in sweep.groupby(["backbone", "dataset"], sort=False):
         n = len(group)
@@ -684,6 +712,7 @@ def evaluations_table(results: Results, run_id: str | None = None) -> list[Secti
             "Clean": (100 * ev.clean).map(fmt),
             "Adv.": (100 * ev.adv).map(fmt),
             "E. adv.": (100 * ev.eadv).map(fmt),
+            "measured by": ev.implementation.fillna("rftbench"),
         }
     )
     columns = [
@@ -698,9 +727,64 @@ def evaluations_table(results: Results, run_id: str | None = None) -> list[Secti
         "attack",
         "norm",
     ]
-    long = ev[[*columns, "steps", "restarts", "random_start", "seed", "precision"]].copy()
+    long = ev[[*columns, "steps", "restarts", "random_start", "seed", "precision", "implementation"]].copy()
     long = pd.concat([long.assign(metric=m, value=(100 * ev[m]).round(2)) for m in METRICS])
     return [Section("Evaluations", table.reset_index(drop=True), long)]
+
+
+def autoattack_table(results: Results) -> list[Section]:
+    """The paper's Table 6 layout: per run (backbone, dataset, setting, ε_g), the clean accuracy, then Adv.
+    and E. adv. under APGD (the selected protocol) beside the same under AutoAttack, and from a database
+    the worst case per sample over every evaluation of the run stored with per-sample flags at ε_g."""
+    aa = results.autoattack
+    if aa.empty:
+        where = "the paper's Table 6" if results.source == "paper" else "this database"
+        raise ReportError(
+            f"no AutoAttack evaluations in {where}: run `rftbench evaluate --grid GRID --attack autoattack` "
+            f"(add --protocol budget to measure at ε_g only)"
+        )
+    index = [*KEYS, "seed"]
+
+    def cells(frame: pd.DataFrame) -> dict[tuple, dict]:
+        frame = frame.assign(**{c: frame[c].astype(object).where(frame[c].notna(), "") for c in ("t1", "t2")})
+        return {
+            key: dict(zip(g.metric, g.value)) for key, g in frame.groupby(index, dropna=False, sort=False)
+        }
+
+    apgd, seeds, versions = cells(results.values), len(set(aa.seed)) > 1, sorted(set(aa.version))
+    sections = []
+    for budget in eps_order(set(aa.eps)):
+        rows, long = [], []
+        for version in versions:
+            measured = cells(aa[(aa.eps == budget) & (aa.version == version)])
+            for key in sort_keys(measured):
+                row, theirs, ours = dict(zip(index, key)), measured[key], apgd.get(key, {})
+                out = {"Backbone": row["backbone"], "Dataset": row["dataset"], "Setting": row["setting"]}
+                out |= {"Seed": row["seed"]} if seeds else {}
+                out |= {"AutoAttack": version} if len(versions) > 1 else {}
+                out["Clean"] = fmt(theirs.get("clean", ours.get("clean", np.nan)))
+                for source, values in (("APGD", ours), ("AA", theirs)):
+                    for metric in ("adv", "eadv"):
+                        out[f"{source} {METRICS[metric]}"] = fmt(values.get(metric, np.nan))
+                if results.source != "paper":
+                    out["Worst Adv."] = fmt(theirs.get("worst", np.nan))
+                rows.append(out)
+                for metric, value in theirs.items():
+                    cell = _long(row["backbone"], row["dataset"], row["setting"], budget, metric, value)
+                    long.append(cell | {"attack": f"autoattack-{version}", "seed": row["seed"]})
+        note = f"AA: AutoAttack {', '.join(versions)} (torchattacks, auto-attack's parameters); APGD: "
+        note += results.protocol
+        if results.source != "paper":
+            note += "; Worst: robust only where every attack stored with per-sample flags at ε_g failed"
+        sections.append(Section(f"AutoAttack and APGD at ε_g = {budget} (%)", pd.DataFrame(rows),
+                                pd.DataFrame(long), note))  # fmt: skip
+    return sections
+
+
+def sort_keys(keys) -> list:
+    """Index keys (backbone, dataset, setting, …) in the paper's order of datasets, then by name."""
+    order = {d: i for i, d in enumerate(DATASET_ORDER)}
+    return sorted(keys, key=lambda k: (str(k[0]), order.get(k[1], len(order)), str(k[1]), str(k[2]), k[-1]))
 
 
 def build(
@@ -715,11 +799,13 @@ def build(
     """The sections of report `name` (one of TABLES)."""
     if name not in TABLES:
         raise ReportError(f"unknown table {name!r}: choose one of {', '.join(TABLES)}")
-    budgets = eps or eps_order(v for v in results.values.eps if parse_eps(v) > 0)
+    budgets = eps or eps_order(v for v in results.values.eps if budget_value(v) > 0)
     if compare is not None and name != "main":
         raise ReportError("--compare paper is available for the main table")
     if name == "evaluations":
         return evaluations_table(results, run_id)
+    if name == "autoattack":
+        return autoattack_table(results)
     sections = {
         "main": lambda: main_table(results, budgets, compare),
         "averages": lambda: averages_table(results, budgets),

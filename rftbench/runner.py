@@ -30,10 +30,10 @@ from rftbench.checkpoint import CheckpointError, load_checkpoint
 from rftbench.config import RunConfig, RuntimeOptions
 from rftbench.data import ImageTensorDataset, make_loader, train_transform
 from rftbench.datasets import build_dataset, check_data, data_root, stratified_subsample
-from rftbench.evaluation import evaluate_budgets
+from rftbench.evaluation import evaluate_budgets, evaluation_key
 from rftbench.jobqueue import JobQueue, LeaseLost, Worker
 from rftbench.metrics import EvalProtocol
-from rftbench.store import Run, Store
+from rftbench.store import EvalLog, Run, Store, batches_key
 from rftbench.trainer import configure_device, train
 
 LEASE_SECONDS = 120.0
@@ -257,6 +257,8 @@ class Runner:
                 self.loader(data, config, shuffle=data is train_set)
                 for data in (train_set, val_set, test_set)
             )
+            protocol = final_protocol(run, config)
+            key = evaluation_key(protocol, config.eval_budgets)  # its final evaluation resumes per batch
             result = train(
                 config,
                 model,
@@ -266,8 +268,10 @@ class Runner:
                 callback=record,
                 run_dir=run_dir,
                 runtime=self.runtime,
-                evaluation=final_protocol(run, config),
+                evaluation=protocol,
+                evaluation_log=EvalLog(self.store, run.id, key),
             )
+            result["batches"] = batches_key(key)
             queue.complete(run.id, self.worker, result, provenance=info)  # owner-checked: else LeaseLost
             if self.prune:
                 (run_dir / "last.pt").unlink(missing_ok=True)
@@ -311,7 +315,12 @@ class Runner:
             return stored_evaluation([stored[b] for b in budgets], protocol), 0
         model, loader = self.final_model(run)
         todo = [b for b in budgets if b not in stored]
-        result = evaluate_budgets(model, loader, todo, protocol, device=self.runtime.device)
+        key = evaluation_key(protocol, todo)  # a killed evaluation continues at its first missing batch
+        log, n_classes = EvalLog(self.store, run.id, key), len(loader.dataset.classes)
+        result = evaluate_budgets(
+            model, loader, todo, protocol, device=self.runtime.device, n_classes=n_classes, log=log
+        )
+        result["batches"] = batches_key(key)
         added = self.store.add_evaluation(run.id, result, kind="extra")
         fresh = {row["budget"]: row for row in result["budgets"]}
         result["budgets"] = [
@@ -361,7 +370,10 @@ class Runner:
 def final_protocol(run: Run, config: RunConfig) -> EvalProtocol:
     """How a run's final evaluation is measured: its grid's protocol and precision, its own attack steps."""
     return EvalProtocol(
-        protocol=run.eval_protocol, precision=run.eval_precision, steps=config.eval_attack_steps
+        protocol=run.eval_protocol,
+        precision=run.eval_precision,
+        steps=config.eval_attack_steps,
+        norm=config.norm,
     )
 
 
@@ -383,4 +395,5 @@ def stored_evaluation(rows: list, protocol: EvalProtocol) -> dict:
         ],
         "attacks_run": sum(r.attacks_run for r in rows),
         "protocol": protocol.as_dict(),
+        **({"per_attack": {r.budget: r.details["per_attack"] for r in rows}} if protocol.autoattack else {}),
     }

@@ -10,12 +10,17 @@ SQLite runs in WAL mode with a busy timeout, so several processes of one node ca
 
 Stored results are permanent: an evaluation row is keyed by its run, budget and full protocol
 (`EVALUATION_KEY`), so a new protocol adds a row, the same protocol again adds nothing, and a run's `final`
-evaluation is never replaced. A database written by an earlier release is upgraded on open by the
-versioned `MIGRATIONS`, in one transaction, after a copy of a SQLite file is kept beside it.
+evaluation is never replaced. Each evaluation's per-batch results (`EvalBatch`: every sample's robust flag
+at every ε, and after each attack of AutoAttack) are kept under the evaluation's `batches` key: they make
+a killed evaluation resumable (`EvalLog`) and the worst case over several evaluations recomputable.
+
+A database written by an earlier release is upgraded on open by the versioned `MIGRATIONS`, in one
+transaction, after a copy of a SQLite file is kept beside it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -30,10 +35,10 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Field, Session, SQLModel, create_engine, delete, select
 
-from rftbench.config import parse_eps
+from rftbench.config import parse_budget, parse_eps
 from rftbench.metrics import EvalProtocol, adaptation_start_epoch
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 STATES = ("pending", "running", "interrupted", "completed", "failed")
 DEFAULT_DB = "rftbench.db"
 ADVISORY_LOCK = 0x5F7B3E  # PostgreSQL's advisory lock key of rftbench's exclusive transactions
@@ -111,11 +116,11 @@ class Evaluation(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     run_id: str = Field(foreign_key="run.id", index=True)
     kind: str = "final"  # "final": at the end of training; "extra": `rftbench evaluate`
-    budget: str  # ε_g of this row, "8/255"
+    budget: str  # ε_g of this row, "8/255" (ℓ∞) or "0.5" (ℓ2)
     budget_value: float
     clean: float
     adv: float
-    eadv: float
+    eadv: float | None = None  # None: measured at ε_g only (AutoAttack)
     eps_grid: list = Field(default_factory=list, sa_column=Column(JSON))  # ["0/255", ..., budget]
     accuracies: list = Field(default_factory=list, sa_column=Column(JSON))  # one per eps_grid point
     n: int
@@ -131,9 +136,68 @@ class Evaluation(SQLModel, table=True):
     attacks_run: int = 0
     seconds: float | None = None  # wall time of the whole evaluation this row came from
     created_at: datetime = Field(default_factory=now)
+    implementation: str | None = None  # the package that measured it: "rftbench 0.1.0", "torchattacks 3.5.1"
+    batches: str | None = None  # its EvalBatch rows' key (None: measured before schema v4)
+    details: dict = Field(default_factory=dict, sa_column=Column(JSON))  # AutoAttack: accuracy per attack
 
     def eval_protocol(self) -> EvalProtocol:
         return EvalProtocol(**{k: getattr(self, k) for k in EvalProtocol.__dataclass_fields__})
+
+
+class EvalBatch(SQLModel, table=True):
+    """One batch of one evaluation: which samples stayed robust at each ε (texts of '0'/'1' in the test
+    loader's fixed order), what it cost; written as soon as it is measured, never changed."""
+
+    __tablename__ = "eval_batch"
+    __table_args__ = (UniqueConstraint("run_id", "key", "batch", name="uq_eval_batch"),)
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(foreign_key="run.id", index=True)
+    key: str  # evaluation_key's hash: protocol and ε grid
+    batch: int  # 0-based, in the test loader's order
+    start: int  # its first sample's index
+    n: int
+    result: dict = Field(default_factory=dict, sa_column=Column(JSON))  # flags, stages, attacks_run, seconds
+    created_at: datetime = Field(default_factory=now)
+
+
+def batches_key(key: dict) -> str:
+    """The EvalBatch key of an evaluation (`rftbench.evaluation.evaluation_key`): 16 hex digits."""
+    text = json.dumps(key, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class EvalLog:
+    """The per-batch log of one evaluation of one run in the store (`rftbench.evaluation.BatchLog`)."""
+
+    def __init__(self, store: Store, run_id: str, key: dict) -> None:
+        self.store, self.run_id, self.key = store, run_id, batches_key(key)
+
+    def done(self) -> dict[int, dict]:
+        with self.store.session() as session:
+            query = select(EvalBatch).where(EvalBatch.run_id == self.run_id, EvalBatch.key == self.key)
+            return {b.batch: b.result | {"n": b.n, "start": b.start} for b in session.exec(query).all()}
+
+    def save(self, index: int, payload: dict) -> None:
+        result = {k: v for k, v in payload.items() if k not in ("n", "start")}
+        values = {"run_id": self.run_id, "key": self.key, "batch": index, "start": payload["start"],
+                  "n": payload["n"], "result": result}  # fmt: skip
+        with self.store.session() as session:
+            if insert := upsert_insert(self.store.engine):  # a second evaluator of the same batch: kept once
+                session.exec(
+                    insert(EvalBatch)
+                    .values(**values)
+                    .on_conflict_do_nothing(index_elements=["run_id", "key", "batch"])
+                )
+            elif (
+                session.exec(
+                    select(EvalBatch.id).where(
+                        *(getattr(EvalBatch, k) == values[k] for k in ("run_id", "key", "batch"))
+                    )
+                ).first()
+                is None
+            ):
+                session.add(EvalBatch(**values))
+            session.commit()
 
 
 class Adaptation(SQLModel, table=True):
@@ -358,7 +422,7 @@ class Store:
                 "run_id": run_id,
                 "kind": kind,
                 "budget": row["budget"],
-                "budget_value": float(parse_eps(row["budget"])),
+                "budget_value": float(parse_budget(row["budget"], protocol["norm"])),
                 "clean": row["clean"],
                 "adv": row["adv"],
                 "eadv": row["eadv"],
@@ -367,6 +431,11 @@ class Store:
                 "n": evaluation["n"],
                 "attacks_run": evaluation.get("attacks_run", 0),
                 "seconds": evaluation.get("seconds"),
+                "implementation": evaluation.get("implementation"),
+                "batches": evaluation.get("batches"),
+                "details": {"per_attack": evaluation["per_attack"].get(row["budget"], {})}
+                if "per_attack" in evaluation
+                else {},
                 **protocol,
             }
             same_key = [getattr(Evaluation, k) == values[k] for k in EVALUATION_KEY]
@@ -439,6 +508,26 @@ class Store:
         with self.session() as session:
             query = select(Evaluation).where(Evaluation.run_id == run_id)
             return list(session.exec(query.order_by(Evaluation.budget_value, Evaluation.steps)).all())
+
+    def worst_case(self, run_id: str, budget: str) -> float | None:
+        """Accuracy at `budget` when a sample counts as robust only if every evaluation of the run stored
+        with per-sample flags at that budget (any attack, protocol or precision) failed on it; None without
+        two such evaluations of the same test samples."""
+        with self.session() as session:
+            keys = session.exec(
+                select(Evaluation.batches).where(Evaluation.run_id == run_id, Evaluation.batches.is_not(None))
+            ).all()
+            vectors = []
+            for key in dict.fromkeys(keys):
+                query = select(EvalBatch).where(EvalBatch.run_id == run_id, EvalBatch.key == key)
+                batches = session.exec(query.order_by(EvalBatch.batch)).all()
+                if batches and all(budget in b.result["flags"] for b in batches):
+                    vectors.append("".join(b.result["flags"][budget] for b in batches))
+        vectors = [v for v in vectors if len(v) == len(vectors[0])] if vectors else []
+        if len(vectors) < 2:
+            return None
+        robust = sum(all(v[i] == "1" for v in vectors) for i in range(len(vectors[0])))
+        return robust / len(vectors[0])
 
     def adaptation(self, run_id: str) -> list[Adaptation]:
         with self.session() as session:
@@ -742,4 +831,26 @@ def _v2_to_v3(connection: Connection) -> None:
     op.add_column("run", sa.Column("worker", sa.String, nullable=True))
 
 
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v3}  # from version k to k + 1
+def _v3_to_v4(connection: Connection) -> None:
+    """Schema v3 to v4: evaluations without E.adv (AutoAttack, at ε_g only), the package that measured each
+    one, the key of its per-batch results and its per-attack accuracies; the per-batch results themselves
+    (`eval_batch`). Every v3 row was measured by rftbench's own APGD."""
+    from alembic.migration import MigrationContext
+    from alembic.operations import Operations
+
+    op = Operations(MigrationContext.configure(connection))
+    with op.batch_alter_table("evaluation", recreate="auto") as batch:
+        batch.alter_column("eadv", existing_type=sa.Float, nullable=True)
+        batch.add_column(sa.Column("implementation", sa.String, nullable=True))
+        batch.add_column(sa.Column("batches", sa.String, nullable=True))
+        batch.add_column(sa.Column("details", sa.JSON, nullable=True))
+    evaluation = sa.table("evaluation", sa.column("implementation"))
+    connection.execute(sa.update(evaluation).values(implementation="rftbench"))
+    EvalBatch.__table__.create(connection)
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {
+    1: _v1_to_v2,
+    2: _v2_to_v3,
+    3: _v3_to_v4,
+}  # from version k to k + 1

@@ -33,9 +33,9 @@ from torch import Tensor, nn
 from rftbench.attacks import apgd
 from rftbench.backbones import BACKBONES, get_backbone_spec
 from rftbench.checkpoint import resume_training, save_checkpoint, training_state
-from rftbench.config import RunConfig, RuntimeOptions, eps_text, parse_eps
+from rftbench.config import RunConfig, RuntimeOptions, budget_text, parse_budget
 from rftbench.data import augment_batch, augment_params, covering_loader, to_unit_float
-from rftbench.evaluation import AUTOCAST, evaluate_budgets
+from rftbench.evaluation import AUTOCAST, BatchLog, evaluate_budgets
 from rftbench.metrics import EvalProtocol
 
 
@@ -121,7 +121,7 @@ def val_adv_budget(config: RunConfig) -> float:
     """ε_g; for a standard run its smallest evaluation budget, so its curves compare with fix/sched."""
     if config.eps_value > 0 or not config.eval_budgets:
         return config.eps_value
-    return float(parse_eps(config.eval_budgets[0]))
+    return float(parse_budget(config.eval_budgets[0], config.norm))
 
 
 def train_one_epoch(
@@ -139,7 +139,7 @@ def train_one_epoch(
         y = y.to(device, non_blocking=True)
         eps = eps_at(step=step)
         x = apgd(net, x, y, eps, config.train_attack_steps, random_start=config.attack_random_start,
-                 mode=config.attack_mode, autocast_dtype=amp)  # fmt: skip
+                 mode=config.attack_mode, autocast_dtype=amp, norm=config.norm)  # fmt: skip
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             logits = net(x).float()
         loss = F.cross_entropy(logits, y)
@@ -161,7 +161,7 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def validate(net, loader, adv_loader, eps, steps, device, amp, fmt) -> dict:
+def validate(net, loader, adv_loader, eps, steps, device, amp, fmt, norm="Linf") -> dict:
     """Clean loss/accuracy on `loader`; APGD loss/accuracy at `eps` on `adv_loader` (when eps > 0)."""
     net.eval()
     sums, n, n_adv = torch.zeros(4, device=device), 0, 0  # clean loss, clean correct, adv loss, adv correct
@@ -170,7 +170,7 @@ def validate(net, loader, adv_loader, eps, steps, device, amp, fmt) -> dict:
             x = to_unit_float(x.to(device, non_blocking=True)).contiguous(memory_format=fmt)
             y = y.to(device, non_blocking=True)
             if slot:
-                x = apgd(net, x, y, eps, steps, returned="misclassified", autocast_dtype=amp)
+                x = apgd(net, x, y, eps, steps, returned="misclassified", autocast_dtype=amp, norm=norm)
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 logits = net(x).float()
             sums[slot] += F.cross_entropy(logits, y, reduction="sum")
@@ -192,9 +192,11 @@ def train(
     run_dir: str | Path | None = None,
     runtime: RuntimeOptions = RuntimeOptions(),
     evaluation: EvalProtocol | None = None,
+    evaluation_log: BatchLog | None = None,
 ) -> dict:
     """Fine-tune `model` under `config`, then evaluate it on `test_loader` under `evaluation` (default: the
-    paper protocol with the run's `eval_attack_steps`, fp32); returns the final evaluation."""
+    paper protocol with the run's `eval_attack_steps`, fp32; logged per batch in `evaluation_log`, so a
+    killed final evaluation continues where it stopped); returns the final evaluation."""
     device, amp = torch.device(runtime.device), AUTOCAST[config.precision]
     configure_device(device, runtime)
     fmt = memory_format(config, runtime)
@@ -235,14 +237,15 @@ def train(
         trained = train_one_epoch(
             net, train_loader, optimizer, scheduler, scaler, eps_at, config, device, amp, fmt, augment
         )
-        val = validate(net, val_loader, val_adv_loader, val_eps, config.eval_attack_steps, device, amp, fmt)
+        val = validate(net, val_loader, val_adv_loader, val_eps, config.eval_attack_steps, device, amp, fmt,
+                       config.norm)  # fmt: skip
         metrics = {
             "epoch": epoch,
             "eps": eps_at(step=0),
             "lr": lr,
             **trained,
             **val,
-            "val_adv_eps": eps_text(val_eps),
+            "val_adv_eps": budget_text(val_eps, config.norm),
             "val_adv_subset": "stratified" if val["val_adv_acc"] is not None else None,
             "epoch_seconds": time.perf_counter() - start,
         }
@@ -252,9 +255,11 @@ def train(
             state = training_state(config, history, model, optimizer, scheduler, scaler, device)
             save_checkpoint(last, state)
 
-    evaluation = evaluation or EvalProtocol(steps=config.eval_attack_steps)
+    evaluation = evaluation or EvalProtocol(steps=config.eval_attack_steps, norm=config.norm)
     result = {"run_id": config.run_id}
-    result |= evaluate_budgets(net, test_loader, config.eval_budgets, evaluation, device=device)
+    result |= evaluate_budgets(
+        net, test_loader, config.eval_budgets, evaluation, device=device, log=evaluation_log
+    )
     if last is not None:  # the final weights, so later evaluations need no retraining
         final = {"run_id": config.run_id, "config": config.canonical_json(), "evaluation": result}
         save_checkpoint(last.with_name("final.pt"), final | {"model": model.state_dict()})

@@ -113,7 +113,7 @@ def test_shell_completion_offers_names_from_the_registries_the_grids_and_the_dat
     assert complete("run", "--dataset", "C") == ["Cars", "Caltech", "Cub"]
     assert complete("run-grid", "--setting", "s") == ["standard", "sched"]
     assert complete("run-grid", "--grid", "s") == ["sweep", "smoke"]  # the bundled experiments file's
-    assert complete("report", "--table", "a") == ["averages", "ablation"]
+    assert complete("report", "--table", "a") == ["averages", "ablation", "autoattack"]
     assert complete("plot", "r") == ["robustness"]
     assert complete("data", "fetch", "C") == ["Cars", "Caltech", "Cub"]
     stored = sorted(r.id for r in Store.open(db).runs())

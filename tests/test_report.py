@@ -20,8 +20,8 @@ from rftbench.config import RunConfig
 from rftbench.grids import Job
 from rftbench.jobqueue import JobQueue, Worker
 from rftbench.metrics import EvalProtocol
-from rftbench.report import Results, Selection, build, render
-from rftbench.store import Store
+from rftbench.report import ReportError, Results, Selection, build, render
+from rftbench.store import EvalLog, Store, batches_key
 
 PAPER_CSV = Path(__file__).resolve().parents[1].parent / "shared" / "paper" / "results.csv"
 BACKBONES, DATASETS = ["ViT", "SWIN"], ["Aircraft", "Cars", "Cub"]
@@ -343,3 +343,65 @@ def test_a_cell_run_twice_under_two_grid_definitions_shows_its_newest_run_and_sa
     lone = Store.open(str(tmp_path / "lone.db"))
     add_run(lone, "paper", fp32, [0.1, 0.2], evaluation("4/255", 50.0, 10.0, 30.0))
     assert "set aside" not in Results.from_store(lone, grid="paper").missing
+
+
+def test_the_paper_autoattack_table_is_table_6(tmp_path):
+    result = CliRunner().invoke(
+        app,
+        [
+            "report",
+            "--results",
+            "paper",
+            "--table",
+            "autoattack",
+            "--format",
+            "md",
+            "--out",
+            str(tmp_path / "t.md"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "t.md").read_text()
+    # SWIN-Aircraft fix at 4/255: clean 7.70, APGD 4.80 / 6.11, AutoAttack 3.30 / 4.97 (Table 6)
+    assert "| SWIN | Aircraft | fix | 7.70 | 4.80 | 6.11 | 3.30 | 4.97 |" in text
+    assert "| SWIN | Cars | sched | 78.00 | 23.50 | 53.57 | 22.90 | 52.81 |" in text  # 8/255
+
+
+def test_the_autoattack_table_and_the_worst_case_over_stored_attacks(db, tmp_path):
+    """AutoAttack rows sit beside the selected APGD rows of the same run; the worst case is the share of
+    samples that every evaluation stored with per-sample flags left correct, by hand: APGD 1101 0110 and
+    AutoAttack 1011 0100 leave 1001 0100, 3 of 8."""
+    path = tmp_path / "r.db"
+    with sqlite3.connect(db) as source, sqlite3.connect(path) as copy:
+        source.backup(copy)
+    store = Store.open(str(path))
+    run = next(
+        r for r in store.runs(grid="g") if (r.backbone, r.dataset, r.setting) == ("SWIN", "Cars", "fix")
+    )
+    for flags, protocol in (
+        (("1101", "0110"), EvalProtocol(steps=50)),
+        (("1011", "0100"), EvalProtocol(attack="autoattack-standard", steps=100, protocol="budget")),
+    ):
+        key = {"protocol": protocol.as_dict(), "eps": ["0/255", "4/255"]}
+        log = EvalLog(store, run.id, key)
+        for index, text in enumerate(flags):
+            log.save(index, {"n": 4, "start": 4 * index, "flags": {"0/255": "1111", "4/255": text}})
+        accuracy = sum(t.count("1") for t in flags) / 8
+        row = evaluation("4/255", 60.2, 100 * accuracy, 0.0, **protocol.as_dict())
+        row["budgets"][0]["eadv"] = None if protocol.autoattack else 0.3
+        row |= {"batches": batches_key(key), "per_attack": {"4/255": {"apgd-ce": 0.5, "square": accuracy}}}
+        store.add_evaluation(run.id, row, kind="extra")
+    assert store.worst_case(run.id, "4/255") == 3 / 8
+    (section,) = build("autoattack", Results.from_store(store, grid="g"))
+    row = section.table.set_index(["Backbone", "Dataset", "Setting"]).loc[("SWIN", "Cars", "fix")]
+    assert (row["Clean"], row["APGD Adv."], row["APGD E. adv."]) == (
+        "60.20",
+        "29.70",
+        "44.74",
+    )  # the final row
+    assert (row["AA Adv."], row["AA E. adv."], row["Worst Adv."]) == ("50.00", "", "37.50")
+    assert len(section.table) == 1  # only runs with an AutoAttack evaluation
+    (plain,) = build("evaluations", Results.from_store(store, grid="g"), run_id=run.id)
+    assert set(plain.table.attack) == {"apgd-ce Linf", "autoattack-standard Linf"}
+    with pytest.raises(ReportError, match="no AutoAttack evaluations in this database"):
+        build("autoattack", Results.from_store(store, grid="sweep"))

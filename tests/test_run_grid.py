@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -262,6 +263,152 @@ def test_evaluate_adds_rows_without_retraining(reference, tmp_path):
     assert snapshot(db)[fix.id][1] == epochs
     missing = CliRunner().invoke(app, ["evaluate", "ffff", "--db", str(db)])
     assert missing.exit_code == 2 and "no run with id 'ffff'" in missing.output
+
+
+def test_evaluate_with_autoattack_and_under_l2(reference, tmp_path):
+    """The CLI's other attacks and norm, through the store: AutoAttack at a budget APGD-CE alone breaks (so
+    that Square, 5,000 queries per survivor, has none to query on CPU), ℓ2 on its own grid, and their
+    bad flags: one line each, nothing stored."""
+    db = copy_db(reference, tmp_path / "r.db")
+    store = Store.open(str(db), create=False)
+    fix = next(r for r in store.runs() if r.setting == "fix")
+    at = ["--db", str(db), "--runs-dir", str(reference.parent / "runs")]
+    aa = [
+        "evaluate",
+        fix.id,
+        "--attack",
+        "autoattack",
+        "--eps",
+        "64/255",
+        "--protocol",
+        "budget",
+        "--steps",
+        "5",
+    ]
+    result = CliRunner().invoke(app, [*aa, *at])
+    assert result.exit_code == 0, result.output
+    assert "AutoAttack standard ℓ∞" in result.output and "square" in result.output
+    l2 = CliRunner().invoke(app, ["evaluate", fix.id, "--norm", "L2", "--eps", "0.5", "--steps", "2", *at])
+    assert l2.exit_code == 0, l2.output
+    rows = {(e.attack, e.norm): e for e in store.evaluations(fix.id) if e.kind == "extra"}
+    auto, ell2 = rows["autoattack-standard", "Linf"], rows["apgd-ce", "L2"]
+    assert auto.implementation.startswith("torchattacks ") and auto.eadv is None and auto.adv == 0
+    assert auto.eps_grid == ["0/255", "64/255"] and auto.details["per_attack"]["apgd-ce"] == 0
+    assert ell2.implementation.startswith("rftbench ") and ell2.budget == "0.5" and len(ell2.eps_grid) == 9
+    again = CliRunner().invoke(app, [*aa, *at])
+    assert again.exit_code == 0 and "nothing measured" in again.output and "square" in again.output
+    digest = db_digest(db)
+    for args, message in [
+        (["--attack", "fgsm"], "--attack 'fgsm' unknown: choose apgd or autoattack"),
+        (["--attack", "autoattack", "--version", "rand"], "--version 'rand' unknown"),
+        (["--norm", "L1"], "norm 'L1' unknown"),
+        (["--norm", "L2"], "was trained under Linf: pass --eps for an L2 evaluation"),
+        (["--norm", "L2", "--eps", "2/255"], "write it as a number"),
+        (["--attack", "autoattack", "--random-start"], "AutoAttack takes no --random-start"),
+    ]:
+        bad = CliRunner().invoke(app, ["evaluate", fix.id, *args, *at])
+        assert bad.exit_code == 2 and message in bad.output and bad.output.count("\n") == 1, (
+            args,
+            bad.output,
+        )
+    assert db_digest(db) == digest
+
+
+def test_an_l2_grid_trains_validates_and_evaluates_under_l2(tmp_path):
+    """`norm = "L2"` in a grid: budgets as numbers, ℓ2 APGD in training, validation and the final evaluation
+    (on the explicit grid ε_g·k/8), a new run id (ℓ∞ runs keep theirs), and the reports read it."""
+    experiments = tmp_path / "experiments.toml"
+    experiments.write_text(
+        EXPERIMENTS.read_text() + '\n[grids.l2]\nbackbones = ["cifar_resnet20"]\ndatasets = ["synthetic"]\n'
+        'settings = [{ setting = "sched", t1 = 0, t2 = 2 }]\neps = ["0.5"]\nnorm = "L2"\npretrained = false\n'
+        "epochs = 3\nresolution = 16\n"
+        "batch_size = 50\nlr = 2e-3\nwarmup_epochs = 0\ntrain_attack_steps = 2\neval_attack_steps = 3\n"
+        "val_adv_samples = 50\nadaptation_threshold = 0.2\n"
+    )
+    db = tmp_path / "l2.db"
+    args = ["--experiments", str(experiments), "--db", str(db), "--runs-dir", str(tmp_path / "runs")]
+    result = CliRunner().invoke(app, ["run-grid", "--grid", "l2", *args])
+    assert result.exit_code == 0 and "1 completed" in result.output, result.output
+    store = Store.open(str(db), create=False)
+    (run,) = store.runs()
+    assert (run.eps, run.eps_value) == ("0.5", 0.5) and json.loads(run.config)["norm"] == "L2"
+    assert [e.val_adv_eps for e in store.epochs(run.id)] == ["0.5"] * 3
+    assert [round(e.eps, 6) for e in store.epochs(run.id)] == [0, 0.25, 0.5]  # a linear ramp, in ℓ2 units
+    (final,) = store.evaluations(run.id)
+    assert (final.norm, final.budget, len(final.eps_grid), final.eps_grid[1]) == ("L2", "0.5", 9, "0.0625")
+    assert final.accuracies[0] >= final.adv and final.implementation.startswith("rftbench")
+    report = CliRunner().invoke(app, ["report", "--table", "main", "--db", str(db)])
+    assert report.exit_code == 0 and "ε_g = 0.5" in report.output and "APGD-CE ℓ2" in report.output, (
+        report.output
+    )
+    again = CliRunner().invoke(app, ["evaluate", run.id, *args[2:]])  # the run's own norm and budget
+    assert again.exit_code == 0 and "nothing measured" in again.output, again.output
+
+
+# Runs `rftbench evaluate` in a subprocess that stops for good right after storing batch N.
+PAUSING_EVALUATION = """
+import os, sys, time
+import rftbench.store as store
+from rftbench.cli import app
+real = store.EvalLog.save
+def save(self, index, payload):
+    real(self, index, payload)
+    if index == int(os.environ["PAUSE_AFTER_BATCH"]):
+        open(os.environ["PAUSE_MARKER"], "w").write(str(os.getpid()))
+        time.sleep(600)
+store.EvalLog.save = save
+app(sys.argv[1:], prog_name="rftbench")
+"""
+
+
+def test_a_killed_evaluation_continues_where_it_stopped(reference, tmp_path):
+    """SIGKILL after the first of two test batches is stored: no evaluation row, one batch row; the same
+    command again measures only the second batch and stores what an uninterrupted evaluation stores."""
+    store = Store.open(str(reference), create=False, write=False)
+    fix = next(r for r in store.runs() if r.setting == "fix")
+    runs = reference.parent / "runs"
+    args = ["evaluate", fix.id, "--eps", "4/255", "--steps", "4", "--random-start", "--seed", "7"]
+    whole, killed = copy_db(reference, tmp_path / "whole.db"), copy_db(reference, tmp_path / "killed.db")
+    result = CliRunner().invoke(app, [*args, "--db", str(whole), "--runs-dir", str(runs)])
+    assert result.exit_code == 0, result.output
+    marker = tmp_path / "paused"
+    env = os.environ | {"PAUSE_AFTER_BATCH": "0", "PAUSE_MARKER": str(marker)}
+    command = [sys.executable, "-c", PAUSING_EVALUATION, *args, "--db", str(killed), "--runs-dir", str(runs)]
+    child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for(marker, child)
+    child.kill()
+    child.wait()
+
+    def batches(db: Path) -> list[tuple]:
+        """This evaluation's batch rows (the final evaluations' are there since training)."""
+        query = (
+            "select batch, id, created_at, result from eval_batch where key not in "
+            "(select batches from evaluation where kind = 'final') order by batch"
+        )
+        with sqlite3.connect(db) as connection:
+            return connection.execute(query).fetchall()
+
+    extra = "select count(*) from evaluation where kind = 'extra'"
+    with sqlite3.connect(killed) as connection:
+        assert connection.execute(extra).fetchone() == (0,)
+    first = batches(killed)
+    assert [b[0] for b in first] == [0]
+    result = CliRunner().invoke(app, [*args, "--db", str(killed), "--runs-dir", str(runs)])
+    assert result.exit_code == 0 and "stored 1 new evaluation row" in result.output, result.output
+    after = batches(killed)
+    assert [b[0] for b in after] == [0, 1] and after[0] == first[0]  # batch 0 read back, not measured again
+    flags = [{k: v for k, v in json.loads(b[3]).items() if k != "seconds"} for b in after]
+    assert flags == [{k: v for k, v in json.loads(b[3]).items() if k != "seconds"} for b in batches(whole)]
+
+    def measured(db: Path) -> list:
+        rows = Store.open(str(db), create=False, write=False).evaluations(fix.id)
+        return [
+            (e.budget, e.clean, e.adv, e.eadv, e.accuracies, e.attacks_run, e.batches)
+            for e in rows
+            if e.kind == "extra"
+        ]
+
+    assert measured(killed) == measured(whole) and len(measured(whole)) == 1
 
 
 def test_bad_input_leaves_the_database_untouched(reference, tmp_path):

@@ -55,10 +55,10 @@ def test_schema_version_is_written_once_and_checked(tmp_path):
     store = Store.open(str(tmp_path / "s.db"))
     Store.open(str(tmp_path / "s.db"))
     with store.session() as session:
-        assert session.exec(select(SchemaVersion.version)).all() == [SCHEMA_VERSION] == [3]
+        assert session.exec(select(SchemaVersion.version)).all() == [SCHEMA_VERSION] == [4]
         session.get(SchemaVersion, SCHEMA_VERSION).version = 99
         session.commit()
-    with pytest.raises(StoreError, match=r"schema version 99, this rftbench reads up to 3: upgrade rftbench"):
+    with pytest.raises(StoreError, match=r"schema version 99, this rftbench reads up to 4: upgrade rftbench"):
         Store.open(str(tmp_path / "s.db"))
     with sqlite3.connect(tmp_path / "s.db") as connection:  # a new file is in WAL mode: readers never block
         assert connection.execute("pragma journal_mode").fetchone() == ("wal",)
