@@ -19,7 +19,16 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from rftbench import __version__
-from rftbench.config import PLOTS, TABLES, RunConfig, RuntimeOptions, budget_text, eps_text, parse_eps
+from rftbench.config import (
+    PLOTS,
+    TABLES,
+    RunConfig,
+    RuntimeOptions,
+    budget_text,
+    budget_value,
+    eps_text,
+    parse_eps,
+)
 from rftbench.schedules import SCHEDULES, ScheduleSpec
 
 console = Console(soft_wrap=True)  # log lines stay whole in files and narrow terminals
@@ -33,7 +42,14 @@ EXPECTED = {
     "rftbench.checkpoint": ("CheckpointError",),
     "rftbench.config": ("ConfigError",),
     "rftbench.fetch": ("FetchError",),
+    "rftbench.evaluation": ("EvaluationError",),
 }
+
+
+def budget_arg(text: str) -> str:
+    """A budget flag as rows store it: '4/255' canonical (ℓ∞), a plain number as given (ℓ2 runs' form)."""
+    budget_value(text)  # ValueError: one line
+    return eps_text(text) if "/" in text else text.strip()
 
 
 def fail(message: str) -> None:
@@ -684,7 +700,7 @@ def run_grid(
                          slurm_mem, slurm_jobs, slurm_parallelism, slurm_folder, wait)  # fmt: skip
     spec = read_experiments(experiments, parse_pairs("--root", root, "Cub=/data/CUB", DATASETS, "dataset"))
     try:
-        budgets = [eps_text(e) for e in eps]
+        budgets = [budget_arg(e) for e in eps]
     except ValueError as exc:
         fail(f"--eps: {exc}")
     spec.recorded[grid] = recorded_splits(db, grid)
@@ -946,7 +962,7 @@ def evaluate(
         [], "--eps", help="budgets, k/255 for Linf, a number for L2 (repeatable) [default: the run's]"
     ),
     attack: str = typer.Option(
-        "apgd", "--attack", help="apgd: rftbench's APGD-CE; autoattack: AutoAttack (torchattacks), at ε_g"
+        "apgd", "--attack", help="apgd: rftbench's APGD-CE; autoattack: AutoAttack (torchattacks)"
     ),
     version: str = typer.Option("standard", "--version", help="with --attack autoattack: standard or plus"),
     norm: str | None = typer.Option(None, "--norm", help="threat model: Linf or L2 [default: the run's]"),
@@ -1007,6 +1023,10 @@ def evaluate(
         threat = norm or config.norm
         if threat != config.norm and not eps:
             fail(f"run {run_.id} was trained under {config.norm}: pass --eps for an {threat} evaluation")
+        plain = [e for e in eps if threat == "Linf" and "/" not in e and budget_value(e) != 0]
+        if plain:
+            fail(f"--eps {plain[0]}: run {run_.id} is ℓ∞, whose budgets are written k/255; for an ℓ2 "
+                 f"evaluation pass --norm L2")  # fmt: skip
         try:
             budgets = [budget_text(e, threat) for e in eps] or list(config.scored_budgets)
         except ValueError as exc:
@@ -1156,7 +1176,7 @@ def report(
     if format_ not in ("md", "csv", "latex"):
         fail(f"--format {format_!r}: choose md, csv or latex")
     try:
-        budgets = [eps_text(e) for e in eps]
+        budgets = [budget_arg(e) for e in eps]
         selection = Selection(protocol, precision, steps)
         if compare and protocol != "paper":
             raise ReportError("--compare paper lines up against the paper protocol: drop --protocol monotone")
@@ -1217,7 +1237,7 @@ def plot(
     if kind not in PLOTS:
         fail(f"unknown plot {kind!r}: choose one of {', '.join(PLOTS)}")
     try:
-        budget = eps_text(eps) if eps else None
+        budget = budget_arg(eps) if eps else None
         if kind == "schedule":
             written = plots.plot_schedules(epochs, budget or "4/255", out, t1=t1, t2=t2)
         else:

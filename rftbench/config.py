@@ -119,7 +119,7 @@ def budget_value(text: str | float | Fraction) -> Fraction:
 
 def budget_text(value: str | float | Fraction, norm: str = "Linf") -> str:
     """Canonical text of a budget under `norm`: '4/255' (ℓ∞, `eps_text`), '0.5' (ℓ2)."""
-    return eps_text(value) if norm == "Linf" else f"{float(parse_budget(value, norm)):g}"
+    return eps_text(value) if norm == "Linf" else f"{float(parse_budget(value, norm)):.15g}"
 
 
 @dataclass(frozen=True)

@@ -17,15 +17,16 @@ batch's randomness is drawn from (seed, batch index), never from what ran before
 AutoAttack is not re-implemented: torchattacks' APGD, APGDT, FAB and Square run with auto-attack's own
 parameters, which torchattacks' `AutoAttack` class does not pass (it runs APGD and FAB for 10 iterations, and
 targets n_classes - 1 classes): 100 iterations for APGD-CE, APGD-T (9 target classes) and FAB-T (9), 5,000
-queries for Square (p_init 0.8), one restart each ("standard"; "plus" adds APGD-DLR and untargeted FAB with
-5 restarts), each attack on the samples that survived the ones before, as auto-attack does. adv-lib (the
-other candidate on the package registry) has neither Square nor the ensemble. torchattacks is an optional
-extra (`pip install rftbench[autoattack]`; its metadata pins an old `requests`, so install it with
-`--no-deps`).
+queries for Square (p_init 0.8, the margin loss, p's schedule not rescaled to the query count), one restart
+each ("standard"; "plus" adds APGD-DLR and untargeted FAB with 5 restarts), each attack on the samples that
+survived the ones before, as auto-attack does. adv-lib (the other candidate on the package registry) has
+neither Square nor the ensemble. torchattacks is optional: its metadata pins an old `requests`, so it is
+installed with `pip install --no-deps torchattacks==3.5.1` (it imports only torch, numpy and scipy).
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -46,6 +47,8 @@ TARGETS = 9  # auto-attack's target classes for APGD-T and FAB-T (fewer where th
 
 class BatchLog(Protocol):
     """Where an evaluation keeps its per-batch results (`rftbench.store.EvalLog`): read back on resume."""
+
+    key: str  # which evaluation of which weights (`evaluation_key`), as stored with its rows
 
     def done(self) -> dict[int, dict]: ...
 
@@ -194,19 +197,21 @@ def autoattack_attacks(model: nn.Module, eps: float, protocol: EvalProtocol, n_c
     common = dict(norm=protocol.norm, eps=eps, seed=protocol.seed)
     steps = protocol.steps
     fab_t = dict(steps=steps, n_restarts=1, multi_targeted=True, n_classes=targets)
+    # auto-attack's Square: p's schedule over 10,000 queries whatever their number (torchattacks rescales it)
+    square = dict(n_queries=5000, n_restarts=1, p_init=0.8, loss="margin", resc_schedule=False)
     if protocol.attack == "autoattack-standard":
         return [
             ("apgd-ce", ta.APGD(model, steps=steps, n_restarts=1, loss="ce", **common)),
             ("apgd-t", ta.APGDT(model, steps=steps, n_restarts=1, n_classes=targets, **common)),
             ("fab-t", ta.FAB(model, **fab_t, **common)),
-            ("square", ta.Square(model, n_queries=5000, n_restarts=1, p_init=0.8, **common)),
+            ("square", ta.Square(model, **square, **common)),
         ]
     restarts = protocol.restarts
     return [
         ("apgd-ce", ta.APGD(model, steps=steps, n_restarts=restarts, loss="ce", **common)),
         ("apgd-dlr", ta.APGD(model, steps=steps, n_restarts=restarts, loss="dlr", **common)),
         ("fab", ta.FAB(model, steps=steps, n_restarts=restarts, n_classes=n_classes, **common)),
-        ("square", ta.Square(model, n_queries=5000, n_restarts=1, p_init=0.8, **common)),
+        ("square", ta.Square(model, **square, **common)),
         ("apgd-t", ta.APGDT(model, steps=steps, n_restarts=1, n_classes=targets, **common)),
         ("fab-t", ta.FAB(model, **fab_t, **common)),
     ]
@@ -236,7 +241,8 @@ def autoattack_curve(
     grid = sorted({parse_budget(e, protocol.norm) for e in eps} | {Fraction(0)})
     texts = [budget_text(e, protocol.norm) for e in grid]
     dtype = AUTOCAST[protocol.precision]
-    attacked = Autocast(model, dtype) if dtype is not None else model
+    # (torchattacks puts back the mode it found on what it attacks: a new wrapper must be in eval mode)
+    attacked = Autocast(model, dtype).eval() if dtype is not None else model
     predict = predictor(model, dtype)
 
     def measure(batch_index: int, x: Tensor, y: Tensor) -> dict:
@@ -247,7 +253,11 @@ def autoattack_curve(
             for name, attack in autoattack_attacks(attacked, float(e), protocol, n_classes):
                 idx = robust.nonzero().squeeze(1)
                 if idx.numel():
-                    with torch.random.fork_rng(devices=[]), torch.enable_grad():  # they reseed the global RNG
+                    cuda = [x.device] if x.device.type == "cuda" else []
+                    with (
+                        torch.random.fork_rng(devices=cuda),
+                        torch.enable_grad(),
+                    ):  # they reseed the global RNGs
                         x_adv = attack(x[idx], y[idx])
                     valid = inside_ball(x_adv, x[idx], float(e), protocol.norm)
                     outside += int((~valid).sum())
@@ -295,8 +305,8 @@ def evaluate_budgets(
     log: BatchLog | None = None,
 ) -> dict:
     """A run's evaluation under `protocol`: clean accuracy, then for each budget ε_g its accuracy under
-    the attack (`adv`), and for APGD the accuracy at every point of its E.adv grid and E.adv, from one pass
-    over the union of the budgets' grids (AutoAttack: at ε_g only, no E.adv). The result names its protocol
+    the attack (`adv`), the accuracy at every point of its E.adv grid and E.adv, from one pass over the
+    union of the budgets' grids (protocol `budget`: at ε_g only, no E.adv). The result names its protocol
     and the package that measured it, as every stored row must. `log`: resumable per batch."""
     extra, grid = {}, evaluated_grid(protocol, budgets)
     if protocol.autoattack:
@@ -321,8 +331,8 @@ def evaluate_budgets(
         rows = [curve.summary(b, [Fraction(0), parse_budget(b, protocol.norm)]) for b in budgets]
     else:
         rows = [curve.summary(budget) for budget in budgets]
-    if protocol.autoattack:  # at each ε_g
-        extra["per_attack"] = {row["budget"]: extra["per_attack"][row["budget"]] for row in rows}
+    if protocol.autoattack:  # at each ε_g (none at 0)
+        extra["per_attack"] = {row["budget"]: extra["per_attack"].get(row["budget"], {}) for row in rows}
     return {
         "n": curve.n,
         "clean": curve.accuracies[0],
@@ -343,7 +353,23 @@ def evaluated_grid(protocol: EvalProtocol, budgets: Sequence[str | float | Fract
     return sorted({Fraction(0)} | {e for b in budgets for e in eps_grid(b, protocol.norm)})
 
 
-def evaluation_key(protocol: EvalProtocol, budgets: Sequence[str]) -> dict:
-    """What makes two evaluations' batches interchangeable: the protocol and the ε grid measured."""
+def evaluation_key(protocol: EvalProtocol, budgets: Sequence[str], model: nn.Module) -> dict:
+    """What makes two evaluations' batches interchangeable: the protocol, the ε grid, the package that
+    measures them, and the weights (a run trained again from scratch never reads its predecessor's)."""
     grid = evaluated_grid(protocol, budgets)
-    return {"protocol": protocol.as_dict(), "eps": [budget_text(e, protocol.norm) for e in grid]}
+    return {
+        "protocol": protocol.as_dict(),
+        "eps": [budget_text(e, protocol.norm) for e in grid],
+        "implementation": implementation(protocol),
+        "weights": weights_fingerprint(model),
+    }
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """sha256 of the model's parameters and buffers (names, dtypes, shapes, bytes), 16 hex digits."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()[:16]

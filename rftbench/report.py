@@ -184,7 +184,8 @@ class Results:
                     }
                     autoattack += [
                         {**keys, "seed": run.seed, "run_id": run.id, "version": version, "steps": ev.steps,
-                         "protocol": ev.protocol, "metric": m, "value": 100 * v}
+                         "protocol": ev.protocol, "precision": ev.precision, "aa_seed": ev.seed, "metric": m,
+                         "value": 100 * v}
                         for m, v in measured.items() if v is not None
                     ]  # fmt: skip
             for ev in chosen:
@@ -751,17 +752,23 @@ def autoattack_table(results: Results) -> list[Section]:
             key: dict(zip(g.metric, g.value)) for key, g in frame.groupby(index, dropna=False, sort=False)
         }
 
+    # one AutoAttack evaluation per cell: rows of another version, protocol, steps, precision or seed apart
+    aspects = [c for c in ("version", "protocol", "steps", "precision", "aa_seed") if c in aa.columns]
+    variants = aa[aspects].drop_duplicates().sort_values(aspects).to_dict("records")
     apgd, seeds, versions = cells(results.values), len(set(aa.seed)) > 1, sorted(set(aa.version))
     sections = []
     for budget in eps_order(set(aa.eps)):
         rows, long = [], []
-        for version in versions:
-            measured = cells(aa[(aa.eps == budget) & (aa.version == version)])
+        for variant in variants:
+            version = variant["version"]
+            chosen = (aa.eps == budget) & np.logical_and.reduce([aa[c] == v for c, v in variant.items()])
+            measured = cells(aa[chosen])
             for key in sort_keys(measured):
                 row, theirs, ours = dict(zip(index, key)), measured[key], apgd.get(key, {})
                 out = {"Backbone": row["backbone"], "Dataset": row["dataset"], "Setting": row["setting"]}
                 out |= {"Seed": row["seed"]} if seeds else {}
-                out |= {"AutoAttack": version} if len(versions) > 1 else {}
+                if len(variants) > 1:
+                    out["AutoAttack"] = ", ".join(str(variant[c]) for c in aspects)
                 out["Clean"] = fmt(theirs.get("clean", ours.get("clean", np.nan)))
                 for source, values in (("APGD", ours), ("AA", theirs)):
                     for metric in ("adv", "eadv"):

@@ -33,7 +33,7 @@ from rftbench.datasets import build_dataset, check_data, data_root, stratified_s
 from rftbench.evaluation import evaluate_budgets, evaluation_key
 from rftbench.jobqueue import JobQueue, LeaseLost, Worker
 from rftbench.metrics import EvalProtocol
-from rftbench.store import EvalLog, Run, Store, batches_key
+from rftbench.store import EvalLog, Run, Store
 from rftbench.trainer import configure_device, train
 
 LEASE_SECONDS = 120.0
@@ -258,7 +258,10 @@ class Runner:
                 for data in (train_set, val_set, test_set)
             )
             protocol = final_protocol(run, config)
-            key = evaluation_key(protocol, config.eval_budgets)  # its final evaluation resumes per batch
+
+            def final_log(trained: torch.nn.Module) -> EvalLog:  # its final evaluation resumes per batch
+                return EvalLog(self.store, run.id, evaluation_key(protocol, config.eval_budgets, trained))
+
             result = train(
                 config,
                 model,
@@ -269,9 +272,8 @@ class Runner:
                 run_dir=run_dir,
                 runtime=self.runtime,
                 evaluation=protocol,
-                evaluation_log=EvalLog(self.store, run.id, key),
+                evaluation_log=final_log,
             )
-            result["batches"] = batches_key(key)
             queue.complete(run.id, self.worker, result, provenance=info)  # owner-checked: else LeaseLost
             if self.prune:
                 (run_dir / "last.pt").unlink(missing_ok=True)
@@ -315,12 +317,14 @@ class Runner:
             return stored_evaluation([stored[b] for b in budgets], protocol), 0
         model, loader = self.final_model(run)
         todo = [b for b in budgets if b not in stored]
-        key = evaluation_key(protocol, todo)  # a killed evaluation continues at its first missing batch
+        key = evaluation_key(
+            protocol, todo, model
+        )  # a killed evaluation continues at its first missing batch
         log, n_classes = EvalLog(self.store, run.id, key), len(loader.dataset.classes)
         result = evaluate_budgets(
             model, loader, todo, protocol, device=self.runtime.device, n_classes=n_classes, log=log
         )
-        result["batches"] = batches_key(key)
+        result["batches"] = log.key
         added = self.store.add_evaluation(run.id, result, kind="extra")
         fresh = {row["budget"]: row for row in result["budgets"]}
         result["budgets"] = [

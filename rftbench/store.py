@@ -35,7 +35,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Field, Session, SQLModel, create_engine, delete, select
 
-from rftbench.config import parse_budget, parse_eps
+from rftbench.config import budget_text, parse_budget, parse_eps
 from rftbench.metrics import EvalProtocol, adaptation_start_epoch
 
 SCHEMA_VERSION = 4
@@ -405,17 +405,18 @@ class Store:
         with no budget: one row at 0/255), keyed by its protocol. A row already stored under the same key
         stays as it is (the same measurement again adds nothing; a final row is never relabelled); returns
         how many rows were new."""
+        protocol = EvalProtocol(**evaluation["protocol"]).as_dict()
+        zero = budget_text(0, protocol["norm"])
         rows = evaluation["budgets"] or [
             {
-                "budget": "0/255",
+                "budget": zero,
                 "clean": evaluation["clean"],
                 "adv": evaluation["clean"],
                 "eadv": evaluation["clean"],
-                "eps": ["0/255"],
+                "eps": [zero],
                 "accuracies": [evaluation["clean"]],
             }
         ]
-        protocol = EvalProtocol(**evaluation["protocol"]).as_dict()
         added = 0
         for row in rows:
             values = {
@@ -517,17 +518,18 @@ class Store:
             keys = session.exec(
                 select(Evaluation.batches).where(Evaluation.run_id == run_id, Evaluation.batches.is_not(None))
             ).all()
-            vectors = []
+            vectors = {}  # layout (each batch's start and size) -> the evaluations' flags at `budget`
             for key in dict.fromkeys(keys):
                 query = select(EvalBatch).where(EvalBatch.run_id == run_id, EvalBatch.key == key)
                 batches = session.exec(query.order_by(EvalBatch.batch)).all()
                 if batches and all(budget in b.result["flags"] for b in batches):
-                    vectors.append("".join(b.result["flags"][budget] for b in batches))
-        vectors = [v for v in vectors if len(v) == len(vectors[0])] if vectors else []
-        if len(vectors) < 2:
+                    layout = tuple((b.start, b.n) for b in batches)
+                    vectors.setdefault(layout, []).append("".join(b.result["flags"][budget] for b in batches))
+        # the same test samples in the same order; where evaluations saw different data, the most of them
+        flags = max(vectors.values(), key=len, default=[])
+        if len(flags) < 2:
             return None
-        robust = sum(all(v[i] == "1" for v in vectors) for i in range(len(vectors[0])))
-        return robust / len(vectors[0])
+        return sum(all(v[i] == "1" for v in flags) for i in range(len(flags[0]))) / len(flags[0])
 
     def adaptation(self, run_id: str) -> list[Adaptation]:
         with self.session() as session:
@@ -576,7 +578,10 @@ class Store:
         lacking = []
         for job in jobs:
             wanted = EvalProtocol(
-                job.eval_protocol, steps=job.config.eval_attack_steps, precision=job.eval_precision
+                job.eval_protocol,
+                steps=job.config.eval_attack_steps,
+                precision=job.eval_precision,
+                norm=job.config.norm,
             )
             if job.run_id in done and any(
                 (job.run_id, b, wanted) not in have for b in job.config.scored_budgets

@@ -192,11 +192,11 @@ def train(
     run_dir: str | Path | None = None,
     runtime: RuntimeOptions = RuntimeOptions(),
     evaluation: EvalProtocol | None = None,
-    evaluation_log: BatchLog | None = None,
+    evaluation_log: Callable[[nn.Module], BatchLog] | None = None,
 ) -> dict:
     """Fine-tune `model` under `config`, then evaluate it on `test_loader` under `evaluation` (default: the
-    paper protocol with the run's `eval_attack_steps`, fp32; logged per batch in `evaluation_log`, so a
-    killed final evaluation continues where it stopped); returns the final evaluation."""
+    paper protocol with the run's `eval_attack_steps`, fp32; logged per batch in `evaluation_log(model)`,
+    so a killed final evaluation continues where it stopped); returns the final evaluation."""
     device, amp = torch.device(runtime.device), AUTOCAST[config.precision]
     configure_device(device, runtime)
     fmt = memory_format(config, runtime)
@@ -257,9 +257,10 @@ def train(
 
     evaluation = evaluation or EvalProtocol(steps=config.eval_attack_steps, norm=config.norm)
     result = {"run_id": config.run_id}
-    result |= evaluate_budgets(
-        net, test_loader, config.eval_budgets, evaluation, device=device, log=evaluation_log
-    )
+    log = evaluation_log(model) if evaluation_log is not None else None
+    result |= evaluate_budgets(net, test_loader, config.eval_budgets, evaluation, device=device, log=log)
+    if log is not None:
+        result["batches"] = log.key
     if last is not None:  # the final weights, so later evaluations need no retraining
         final = {"run_id": config.run_id, "config": config.canonical_json(), "evaluation": result}
         save_checkpoint(last.with_name("final.pt"), final | {"model": model.state_dict()})

@@ -401,6 +401,17 @@ def test_the_autoattack_table_and_the_worst_case_over_stored_attacks(db, tmp_pat
     )  # the final row
     assert (row["AA Adv."], row["AA E. adv."], row["Worst Adv."]) == ("50.00", "", "37.50")
     assert len(section.table) == 1  # only runs with an AutoAttack evaluation
+    other = evaluation("4/255", 60.2, 40.0, 45.0, attack="autoattack-standard", steps=20)  # another one
+    store.add_evaluation(run.id, other, kind="extra")
+    (section,) = build("autoattack", Results.from_store(store, grid="g"))
+    assert list(section.table["AutoAttack"]) == [
+        "standard, budget, 100, fp32, 0",
+        "standard, paper, 20, fp32, 0",
+    ]
+    assert list(section.table["AA Adv."]) == ["50.00", "40.00"] and list(section.table["AA E. adv."]) == [
+        "",
+        "45.00",
+    ]
     (plain,) = build("evaluations", Results.from_store(store, grid="g"), run_id=run.id)
     assert set(plain.table.attack) == {"apgd-ce Linf", "autoattack-standard Linf"}
     with pytest.raises(ReportError, match="no AutoAttack evaluations in this database"):

@@ -350,3 +350,16 @@ def test_readers_of_an_earlier_releases_database_never_write_it(tmp_path):
     assert db.read_bytes() == before and sorted(p.name for p in db.parent.iterdir()) == files
     Store.open(str(db), create=False)  # a writer upgrades it in place
     assert rows(db)["schema_version"].keys() == {(SCHEMA_VERSION,)}
+
+
+def test_an_l2_run_scored_at_no_budget_stores_its_clean_row_at_budget_0(store):
+    """A standard ℓ2 run with no evaluation budget: one row at "0" (its scored budget), not "0/255"."""
+    c = config(norm="L2", eps="0", setting="standard")
+    assert c.scored_budgets == ("0",)
+    store.record_grid("g", jobs(c), adaptation_threshold=0.05)
+    queue, worker = JobQueue(store), Worker("test")
+    queue.claim(worker, [c.run_id], 60)
+    protocol = EvalProtocol(norm="L2").as_dict()
+    queue.complete(c.run_id, worker, {"n": 10, "clean": 0.7, "budgets": [], "protocol": protocol})
+    (row,) = store.evaluations(c.run_id)
+    assert (row.budget, row.eps_grid, row.adv, row.norm) == ("0", ["0"], 0.7, "L2")
