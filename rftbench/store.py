@@ -156,7 +156,8 @@ class EvalBatch(SQLModel, table=True):
     batch: int  # 0-based, in the test loader's order
     start: int  # its first sample's index
     n: int
-    result: dict = Field(default_factory=dict, sa_column=Column(JSON))  # flags, stages, attacks_run, seconds
+    result: dict = Field(default_factory=dict, sa_column=Column(JSON))  # flags, stages, attacks_run
+    seconds: float | None = None  # what measuring it took
     created_at: datetime = Field(default_factory=now)
 
 
@@ -178,9 +179,9 @@ class EvalLog:
             return {b.batch: b.result | {"n": b.n, "start": b.start} for b in session.exec(query).all()}
 
     def save(self, index: int, payload: dict) -> None:
-        result = {k: v for k, v in payload.items() if k not in ("n", "start")}
+        result = {k: v for k, v in payload.items() if k not in ("n", "start", "seconds")}
         values = {"run_id": self.run_id, "key": self.key, "batch": index, "start": payload["start"],
-                  "n": payload["n"], "result": result}  # fmt: skip
+                  "n": payload["n"], "result": result, "seconds": payload.get("seconds")}  # fmt: skip
         with self.store.session() as session:
             if insert := upsert_insert(self.store.engine):  # a second evaluator of the same batch: kept once
                 session.exec(
