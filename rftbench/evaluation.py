@@ -64,8 +64,10 @@ def bits(flags: Tensor) -> str:
     return (flags.to(torch.uint8).cpu().numpy() + ord("0")).tobytes().decode()
 
 
-def count(text: str) -> int:
-    return text.count("1")
+def accuracies(payloads: list[dict], texts: Sequence[str]) -> list[float]:
+    """The share of robust samples over all batches for each of `texts` (ε, or attack), from their flags."""
+    n = max(sum(p["n"] for p in payloads), 1)
+    return [sum(p["flags"][t].count("1") for p in payloads) / n for t in texts]
 
 
 def run_batches(
@@ -159,11 +161,11 @@ def robustness_curve(
     start = time.perf_counter()
     with module_modes(model, training=False):
         payloads = run_batches(batches, measure, device, log)
-    n = sum(p["n"] for p in payloads)
-    accuracies = [sum(count(p["flags"][t]) for p in payloads) / max(n, 1) for t in texts]
-    attacks_run = sum(p["attacks_run"] for p in payloads)
+    n, attacks_run = sum(p["n"] for p in payloads), sum(p["attacks_run"] for p in payloads)
     seconds = time.perf_counter() - start
-    return RobustnessCurve(grid, accuracies, n, attacks_run, n * (len(grid) - 1), seconds, norm)
+    return RobustnessCurve(
+        grid, accuracies(payloads, texts), n, attacks_run, n * (len(grid) - 1), seconds, norm
+    )
 
 
 class Autocast(nn.Module):
@@ -270,18 +272,17 @@ def autoattack_curve(
     start = time.perf_counter()
     with module_modes(model, training=False):
         payloads = run_batches(batches, measure, device, log)
-    n = max(sum(p["n"] for p in payloads), 1)
-    accuracies = [sum(count(p["flags"][t]) for p in payloads) / n for t in texts]
-    per_attack = {
-        t: {a: sum(count(p["stages"][t][a]) for p in payloads) / n for a in payloads[0]["stages"][t]}
-        for t in texts[1:]
-        if payloads
-    }
-    outside = sum(p["outside_ball"] for p in payloads)
+    per_attack = {}
+    for t in texts[1:] if payloads else ():
+        attacks = list(payloads[0]["stages"][t])
+        per_attack[t] = dict(
+            zip(attacks, accuracies([{"n": p["n"], "flags": p["stages"][t]} for p in payloads], attacks))
+        )
+    outside, n = sum(p["outside_ball"] for p in payloads), sum(p["n"] for p in payloads)
+    attacks_run, seconds = sum(p["attacks_run"] for p in payloads), time.perf_counter() - start
     curve = RobustnessCurve(
-        grid, accuracies, sum(p["n"] for p in payloads), sum(p["attacks_run"] for p in payloads),
-        sum(p["n"] for p in payloads) * (len(grid) - 1), time.perf_counter() - start, protocol.norm,
-    )  # fmt: skip
+        grid, accuracies(payloads, texts), n, attacks_run, n * (len(grid) - 1), seconds, protocol.norm
+    )
     return curve, {"per_attack": per_attack, "outside_ball": outside}
 
 
