@@ -163,6 +163,8 @@ class RunConfig:
     # The threat model of training, validation and the final evaluation: "Linf" (budgets 'k/255') or "L2"
     # (budgets as numbers, '0.5'; the E.adv grid ε_g·k/8, rftbench.metrics)
     norm: str = "Linf"
+    # The piecewise schedule's ((epoch, fraction of ε_g), …) (rftbench.schedules); () for every other one
+    points: tuple[tuple[float, float], ...] = ()
 
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
@@ -175,6 +177,7 @@ class RunConfig:
             patience=self.patience,
             tolerance=self.tolerance,
             granularity=self.schedule_granularity,
+            points=self.points,
         ).canonical()
         spec.validate(self.epochs)
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
@@ -184,7 +187,7 @@ class RunConfig:
             (text(self.eps),) if parse_budget(self.eps, self.norm) > 0 else ()
         )
         set_("eps", text(self.eps) if spec.eps else text(0))
-        for name in ("setting", "t1", "t2", "patience", "tolerance", "granularity"):
+        for name in ("setting", "t1", "t2", "patience", "tolerance", "granularity", "points"):
             set_("schedule_granularity" if name == "granularity" else name, getattr(spec, name))
         set_("eval_budgets", tuple(sorted(set(budgets), key=lambda b: parse_budget(b, self.norm))))
         if self.precision not in PRECISIONS:
@@ -233,11 +236,13 @@ class RunConfig:
             patience=self.patience,
             tolerance=self.tolerance,
             granularity=self.schedule_granularity,
+            points=self.points,
         )
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
         out["eval_budgets"] = list(self.eval_budgets)
+        out["points"] = [list(point) for point in self.points]
         return out
 
     def canonical_json(self) -> str:
@@ -249,7 +254,11 @@ class RunConfig:
         values = self.to_dict()
         out = {key: RETIRED[key] if key in RETIRED else values[RENAMED.get(key, key)] for key in IDENTITY_V1}
         for f in dataclasses.fields(self):
-            if f.name not in IDENTITY_V1 and f.name not in RENAMED.values() and values[f.name] != f.default:
+            if (
+                f.name not in IDENTITY_V1
+                and f.name not in RENAMED.values()
+                and getattr(self, f.name) != f.default
+            ):
                 out[f.name] = values[f.name]
         return out
 
@@ -277,6 +286,8 @@ class RunConfig:
             )
         if "eval_budgets" in data:
             data["eval_budgets"] = tuple(data["eval_budgets"])
+        if "points" in data:
+            data["points"] = tuple(tuple(point) for point in data["points"])
         return cls(**data)
 
     @classmethod

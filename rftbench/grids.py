@@ -46,9 +46,9 @@ from rftbench.config import (
     eps_text,
 )
 from rftbench.datasets import DATASETS, PAPER_SPLITS, SPLIT_FOLDER, data_root, paper_split_dir, resolve_root
-from rftbench.schedules import SCHEDULES
+from rftbench.schedules import SCHEDULES, check_points
 
-SETTING_KEYS = ("setting", "t1", "t2", "patience", "tolerance", "schedule_granularity")
+SETTING_KEYS = ("setting", "t1", "t2", "patience", "tolerance", "schedule_granularity", "points")
 AXIS_KEYS = ("backbone", "dataset", "eps", "seed")
 # Run-config fields a [defaults], grid or override table may set: everything but the grid's axes.
 _TOML_TYPES = {
@@ -485,6 +485,11 @@ class _Checker:
             ):
                 if key in entry:
                     entry[key] = self.type(f"{where}.settings[{i}].{key}", entry[key], kind)
+            if "points" in entry:
+                try:
+                    entry["points"] = check_points(entry["points"])
+                except ValueError as exc:
+                    self.fail(f"{where}.settings[{i}].points", str(exc))
             t1, t2 = entry.get("t1"), entry.get("t2")
             if t1 is not None and t2 is not None and t1 > t2:
                 self.fail(
