@@ -187,25 +187,50 @@ def schedule(
     epochs: int = typer.Option(50, min=1),
     t1: float | None = typer.Option(None, help="sched: first epoch of the ramp (0-based)"),
     t2: float | None = typer.Option(None, help="sched/linear: epoch at which ε reaches ε_g"),
+    points: str | None = typer.Option(
+        None, "--points", help="piecewise: EPOCH:FRACTION of ε_g pairs, e.g. 0:0,5:0.5,30:1"
+    ),
+    val_acc: str | None = typer.Option(
+        None, "--val-acc", help="auto/adaptive: the clean validation accuracies per epoch, e.g. 0.2,0.5,0.6"
+    ),
     seed: int = typer.Option(0, help="uniform: the run's seed"),
+    plot: Path | None = typer.Option(None, "--plot", help="also draw ε(t) to this PNG"),
 ) -> None:
-    """Print ε(t) per 0-based epoch for a schedule (auto needs a validation history, so it is not shown)."""
+    """Print ε(t) per 0-based epoch for any schedule (auto and adaptive: for a given validation history)."""
+    from rftbench.schedules import HISTORY_SETTINGS, parse_points
+
     try:
-        spec = ScheduleSpec(setting, float(parse_eps(eps)), t1=t1, t2=t2).canonical()
+        history = [float(v) for v in val_acc.split(",")] if val_acc else []
+    except ValueError:
+        fail(f"--val-acc {val_acc!r}: write fractions separated by commas, e.g. 0.2,0.5,0.6")
+    try:
+        shape = parse_points(points) if points else ()
+        spec = ScheduleSpec(setting, float(parse_eps(eps)), t1=t1, t2=t2, points=shape).canonical()
         spec.validate(epochs)
     except ValueError as exc:
         fail(str(exc))
-    if spec.setting == "auto":
-        fail("auto depends on the validation accuracy of a run; it has no fixed ε(t) to print")
+    if spec.setting in HISTORY_SETTINGS and len(history) < epochs - 1:
+        fail(
+            f"{spec.setting} depends on a run's validation accuracy: give the {epochs - 1} accuracies of "
+            f"epochs 0-{epochs - 2} with --val-acc (got {len(history)})"
+        )
+    if any(not 0 <= v <= 1 for v in history):
+        fail("--val-acc: accuracies are fractions in [0, 1], e.g. 0.2,0.5,0.6")
     for note in spec.notes(epochs):
         console.print(f"[yellow]note:[/] {note}", highlight=False)
-    table = Table(title=f"{spec.setting}: ε_g = {eps_text(eps)}, {epochs} epochs")
+    values = spec.values(epochs, seed=seed, val_accuracies=history)
+    table = Table(title=f"{spec.label}: ε_g = {eps_text(eps)}, {epochs} epochs")
     for column in ("epoch", "α(t)", "ε(t) × 255", "ε(t)"):
         table.add_column(column, justify="right")
-    for epoch, value in enumerate(spec.values(epochs, seed=seed)):
+    for epoch, value in enumerate(values):
         alpha = value / spec.eps if spec.eps else 0.0
         table.add_row(str(epoch), f"{alpha:.4f}", f"{value * 255:.4f}", f"{value:.6f}")
     console.print(table)
+    if plot is not None:
+        from rftbench.plots import plot_schedule
+
+        check_out(plot)
+        console.print(f"wrote {plot_schedule(spec.label, values, eps_text(eps), plot)}")
 
 
 def parse_pairs(flag: str, items: list[str], example: str, valid: dict, kind: str) -> dict[str, str]:
@@ -794,7 +819,7 @@ def show_jobs(grid: str, jobs, db: str | None) -> None:
         table.add_column(column, no_wrap=True)
     for job in jobs:
         c = job.config
-        hinge = f"{c.t1:g}/{c.t2:g}" if c.t2 is not None else ""
+        hinge = f"{c.t1:g}/{c.t2:g}" if c.t2 is not None else c.schedule.label.removeprefix(c.setting).strip()
         table.add_row(
             str(job.position),
             job.run_id[:8],
@@ -826,6 +851,9 @@ def run(
     eps: str = typer.Option("4/255", "--eps", help='ε_g as k/255 (a number in a grid with norm = "L2")'),
     t1: float | None = typer.Option(None, "--t1", help="sched: first epoch of the ramp"),
     t2: float | None = typer.Option(None, "--t2", help="sched/linear: epoch at which ε reaches ε_g"),
+    points: str | None = typer.Option(
+        None, "--points", help="piecewise: EPOCH:FRACTION of ε_g pairs, e.g. 0:0,5:0.5,30:1"
+    ),
     seed: int | None = typer.Option(None, "--seed"),
     grid: str | None = typer.Option(
         None, "--grid", help="take this grid's defaults and overrides", autocompletion=complete_grid
@@ -849,9 +877,15 @@ def run(
 
     spec = read_experiments(experiments, parse_pairs("--root", root, "Cub=/data/CUB", DATASETS, "dataset"))
     check_filters([backbone], [dataset], [setting])
+    from rftbench.schedules import parse_points
+
     entry = (
         {"setting": setting} | ({"t1": t1} if t1 is not None else {}) | ({"t2": t2} if t2 is not None else {})
     )
+    try:
+        entry |= {"points": parse_points(points)} if points else {}
+    except ValueError as exc:
+        fail(str(exc))
     spec.recorded[grid or "defaults"] = recorded_splits(db, grid)
     try:
         job = spec.single(
@@ -1160,12 +1194,21 @@ def report(
     include_standard: bool = typer.Option(
         False, "--include-standard", help="delay: correlate ε = 0 runs too"
     ),
+    spread: str = typer.Option(
+        "sd", "--spread", help="over seeds: sd (mean ± standard deviation), ci (± 95% CI half-width), none"
+    ),
+    pair: list[str] = typer.Option(
+        [],
+        "--pair",
+        help="ttest: compare A:B, e.g. adaptive:sched (repeatable) [default: each vs fix, new vs sched]",
+    ),
     protocol: str = PROTOCOL,
     precision: str = PRECISION,
     steps: int | None = STEPS,
     db: str | None = DB,
 ) -> None:
-    """The paper's tables from the database (or from the paper's numbers), in %, two decimals."""
+    """The paper's tables from the database (or from the paper's numbers), in %, two decimals; several
+    seeds of a cell show as mean ± spread."""
     from rftbench.report import ReportError, Results, Selection, build, render
 
     if results not in ("ours", "paper") or compare not in (None, "paper"):
@@ -1175,6 +1218,9 @@ def report(
         fail(f"--threshold {threshold:g}: an adaptation threshold is a validation accuracy in [0, 1)")
     if format_ not in ("md", "csv", "latex"):
         fail(f"--format {format_!r}: choose md, csv or latex")
+    pairs = [tuple(p.split(":")) for p in pair]
+    if any(len(p) != 2 or not all(p) for p in pairs):
+        fail(f"--pair {' '.join(pair)}: write each as A:B, e.g. --pair adaptive:sched")
     try:
         budgets = [budget_arg(e) for e in eps]
         selection = Selection(protocol, precision, steps)
@@ -1188,6 +1234,8 @@ def report(
             compare=Results.paper(table) if compare else None,
             include_standard=include_standard,
             run_id=run_id,
+            spread=spread,
+            pairs=pairs or None,
         )
     except (ReportError, ValueError) as exc:
         fail(str(exc))

@@ -16,9 +16,9 @@ import numpy as np
 from matplotlib.figure import Figure  # the object API: no pyplot state, no display backend
 from matplotlib.ticker import MaxNLocator
 
-from rftbench.config import PLOTS, parse_eps
+from rftbench.config import PLOTS, budget_value, parse_eps
 from rftbench.metrics import adaptation_start_epoch
-from rftbench.report import ReportError, Results, eps_order, setting_labels
+from rftbench.report import ReportError, Results, eps_order, setting_labels, summary
 from rftbench.schedules import ScheduleSpec
 
 COLOURS = {
@@ -26,8 +26,10 @@ COLOURS = {
     "fix": "tab:red",
     "sched": "tab:blue",
     "linear": "tab:purple",
+    "piecewise": "tab:pink",
     "uniform": "tab:orange",
     "auto": "tab:brown",
+    "adaptive": "tab:cyan",
 }
 KINDS = PLOTS
 
@@ -58,9 +60,27 @@ def _colour(label: str) -> str:
     return COLOURS.get(label.split()[0], "tab:gray")
 
 
+def _band(ax, x, curves: np.ndarray, colour: str, label: str, **style) -> None:
+    """The mean of `curves` (one row per seed) as a line, ± their standard deviation as a band."""
+    mean = np.nanmean(curves, axis=0)
+    ax.plot(x, mean, color=colour, label=label, **style)
+    if len(curves) > 1:
+        sd = np.nanstd(curves, axis=0, ddof=1)
+        ax.fill_between(x, mean - sd, mean + sd, color=colour, alpha=0.15, lw=0)
+
+
+def _seeds(n: int) -> str:
+    return f" (mean of {n} seeds ± sd)" if n > 1 else ""
+
+
 def plot_curves(results: Results, backbone: str, dataset: str, eps: str | None, out: str | Path) -> Path:
+    return _save(curves_figure(results, backbone, dataset, eps), out)
+
+
+def curves_figure(results: Results, backbone: str, dataset: str, eps: str | None) -> Figure:
     """Validation clean (solid) and adversarial (dashed) accuracy per epoch for each setting of one backbone
-    × dataset (ε_g = `eps`, plus standard fine-tuning), ε(t) on the right axis, adaptation starts marked."""
+    × dataset (ε_g = `eps`, plus standard fine-tuning), ε(t) on the right axis, adaptation starts marked;
+    several seeds of a setting draw their mean and a ± standard deviation band."""
     runs = results.runs
     runs = runs[(runs.backbone == backbone) & (runs.dataset == dataset)]
     if eps is not None:
@@ -73,35 +93,48 @@ def plot_curves(results: Results, backbone: str, dataset: str, eps: str | None, 
     runs = runs.assign(label=setting_labels(runs))
     fig, ax = _subplots(figsize=(8, 4.5))
     eps_ax = ax.twinx()
-    for run in runs.itertuples():
-        history = results.epochs[results.epochs.run_id == run.run_id].sort_values("epoch")
-        label = run.label if run.setting == "standard" else f"{run.label} {run.eps}"
-        colour = _colour(run.label)
-        ax.plot(history.epoch, 100 * history.val_acc, color=colour, lw=2, label=f"{label}: clean")
-        if history.val_adv_acc.notna().any():
-            adv_eps = history.val_adv_eps.dropna().iloc[0] if history.val_adv_eps.notna().any() else ""
-            ax.plot(
-                history.epoch,
-                100 * history.val_adv_acc,
-                color=colour,
-                lw=1.5,
-                ls="--",
-                label=f"{label}: APGD at {adv_eps}",
+    seeds = 1
+    for (label, budget), group in runs.groupby(["label", "eps"], sort=False):
+        histories = [results.epochs[results.epochs.run_id == r].sort_values("epoch") for r in group.run_id]
+        length = max(len(h) for h in histories)  # a run still training is padded (its band narrows)
+        x = np.arange(length)
+
+        def stack(column: str, histories=histories, length=length) -> np.ndarray:
+            return np.array(
+                [
+                    np.pad(h[column].to_numpy(float), (0, length - len(h)), constant_values=np.nan)
+                    for h in histories
+                ]
             )
-        eps_ax.plot(history.epoch, history.eps * 255, color=colour, lw=1, ls=":", alpha=0.8)
-        start = adaptation_start_epoch(list(history.val_acc), run.threshold, run.epochs)
-        if start < run.epochs:
+
+        name = label if label == "standard" else f"{label} {budget}"
+        colour, seeds = _colour(label), max(seeds, len(histories))
+        _band(ax, x, 100 * stack("val_acc"), colour, f"{name}: clean", lw=2)
+        if any(h.val_adv_acc.notna().any() for h in histories):
+            adv_eps = next(
+                (h.val_adv_eps.dropna().iloc[0] for h in histories if h.val_adv_eps.notna().any()), ""
+            )
+            _band(ax, x, 100 * stack("val_adv_acc"), colour, f"{name}: APGD at {adv_eps}", lw=1.5, ls="--")
+        eps_ax.plot(x, np.nanmean(stack("eps"), axis=0) * 255, color=colour, lw=1, ls=":", alpha=0.8)
+        starts = [
+            adaptation_start_epoch(list(h.val_acc), r.threshold, r.epochs)
+            for h, r in zip(histories, group.itertuples())
+        ]
+        reached = [v for v in starts if v < group.epochs.iloc[0]]
+        if reached:
+            start = float(np.mean(reached))
             ax.axvline(start, color=colour, lw=1, alpha=0.5)
-            ax.annotate(f"start {start}", (start, 2), color=colour, fontsize=8, rotation=90, va="bottom")
+            text = f"start {start:g}" if len(set(starts)) == 1 else f"start {min(starts)}-{max(starts)}"
+            ax.annotate(text, (start, 2), color=colour, fontsize=8, rotation=90, va="bottom")
     ax.set_xlabel("epoch (0-based)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("validation accuracy (%)")
     eps_ax.set_ylabel("ε(t) × 255 (dotted)")
     ax.set_ylim(0, 100)
-    ax.set_title(f"{backbone} on {dataset}: task adaptation under fixed vs scheduled ε")
+    ax.set_title(f"{backbone} on {dataset}: task adaptation under fixed vs scheduled ε{_seeds(seeds)}")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.1, 1.0))  # outside: curves stay visible
     ax.grid(alpha=0.3)
-    return _save(fig, out)
+    return fig
 
 
 def plot_robustness(
@@ -111,7 +144,14 @@ def plot_robustness(
     dataset: str | None = None,
     eps: str | None = None,
 ) -> Path:
-    """Test accuracy against ε over each run's E.adv grid; the shaded area under a curve is E.adv × ε_g."""
+    return _save(robustness_figure(results, backbone, dataset, eps), out)
+
+
+def robustness_figure(
+    results: Results, backbone: str | None = None, dataset: str | None = None, eps: str | None = None
+) -> Figure:
+    """Test accuracy against ε over each run's E.adv grid (the area under a curve is E.adv × ε_g); several
+    seeds of a setting draw their mean and a ± standard deviation band."""
     ev = results.selected
     if ev.empty:
         raise ReportError(f"no evaluation in this database under {results.protocol}; {results.missing}")
@@ -125,18 +165,24 @@ def plot_robustness(
     ev = ev.assign(label=setting_labels(ev))
     budgets = eps_order(ev.budget)
     fig, axes = _subplots(1, len(budgets), figsize=(6 * len(budgets), 4.5), squeeze=False)
+    seeds = 1
     for ax, budget in zip(axes[0], budgets):
-        for row in ev[ev.budget == budget].itertuples():
-            x = [float(parse_eps(e)) * 255 for e in row.eps_grid]
-            y = [100 * a for a in row.accuracies]
-            name = f"{row.backbone}/{row.dataset} {row.label}"
-            ax.plot(
-                x, y, marker="o", ms=3, color=_colour(row.label), label=f"{name}: E.adv {100 * row.eadv:.1f}%"
-            )
-            ax.fill_between(x, y, alpha=0.12, color=_colour(row.label))
+        for (b, d, label), group in ev[ev.budget == budget].groupby(
+            ["backbone", "dataset", "label"], sort=False
+        ):
+            grids = {tuple(g) for g in group.eps_grid}
+            if len(grids) > 1:
+                raise ReportError(f"{b}/{d} {label}: its seeds were evaluated on different ε grids")
+            x = [float(budget_value(e) * 255) if "/" in e else float(e) for e in group.eps_grid.iloc[0]]
+            curves = 100 * np.array([list(a) for a in group.accuracies], dtype=float)
+            eadv = summary(100 * group.eadv)
+            text = f"{eadv['mean']:.1f}" + (f" ± {eadv['sd']:.1f}" if eadv["n"] > 1 else "")
+            _band(ax, x, curves, _colour(label), f"{b}/{d} {label}: E.adv {text}%", marker="o", ms=3)
+            seeds = max(seeds, len(group))
         _decorate(ax, "ε × 255", "test accuracy under APGD (%)", f"Robustness curves up to ε_g = {budget}")
+    fig.suptitle(f"Test accuracy against ε{_seeds(seeds)}", fontsize=10)
     fig.text(0.01, -0.02, results.protocol, fontsize=8, ha="left", va="top")
-    return _save(fig, out)
+    return fig
 
 
 def plot_sweep(results: Results, out: str | Path, backbone: str | None = None) -> Path:
@@ -167,6 +213,17 @@ def plot_sweep(results: Results, out: str | Path, backbone: str | None = None) -
             "clean test accuracy (%)",
             f"{name}: fixed-ε adversarial fine-tuning",
         )
+    return _save(fig, out)
+
+
+def plot_schedule(label: str, values: list[float], eps: str, out: str | Path) -> Path:
+    """One schedule's ε(t) per 0-based epoch (`rftbench schedule --plot`): any setting, points or history."""
+    fig, ax = _subplots(figsize=(8, 4))
+    ax.step(range(len(values)), np.array(values) * 255, where="post", color=_colour(label), label=label, lw=2)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _decorate(
+        ax, "epoch (0-based)", "ε(t) × 255", f"{label}: ε_g = {eps}, {len(values)} epochs", percent=False
+    )
     return _save(fig, out)
 
 

@@ -42,11 +42,12 @@ PAPER_TABLES = {
     "autoattack": ("6-apgd", "6-autoattack"),
 }
 ATTACK_LABELS = {"6-apgd": "APGD", "6-autoattack": "AutoAttack"}
-BASELINE_SETTINGS = ("fix", "uniform", "auto", "sched")
+BASELINE_SETTINGS = ("fix", "uniform", "auto", "sched", "adaptive")
 DATASET_ORDER = list(
     dict.fromkeys(["Aircraft", "Caltech", "Cars", "Cub", "Dogs", *DATASETS])
 )  # the paper's order
 KEYS = ["backbone", "dataset", "setting", "eps", "t1", "t2"]
+SPREADS = ("sd", "ci", "none")  # what ± shows over seeds: standard deviation, 95% CI, nothing
 
 
 NORM_SIGNS = {"Linf": "ℓ∞", "L2": "ℓ2"}
@@ -152,7 +153,7 @@ class Results:
             keys = {
                 "backbone": run.backbone,
                 "dataset": run.dataset,
-                "setting": run.setting,
+                "setting": config.schedule.label,  # a piecewise run names its points
                 "eps": run.eps,
                 "t1": run.t1,
                 "t2": run.t2,
@@ -249,14 +250,14 @@ def newest_per_cell(runs: list) -> tuple[list, str]:
     them would mix two experiments into one number."""
     newest: dict[tuple, object] = {}
     for run in sorted(runs, key=lambda r: r.created_at):
-        newest[(run.backbone, run.dataset, run.setting, run.eps, run.t1, run.t2, run.seed)] = run
+        newest[cell_key(run)] = run
     kept = {run.id for run in newest.values()}
     aside = [run for run in runs if run.id not in kept]
     if not aside:
         return runs, ""
     differ: set[str] = set()
     for run in aside:
-        shown = newest[(run.backbone, run.dataset, run.setting, run.eps, run.t1, run.t2, run.seed)]
+        shown = newest[cell_key(run)]
         old, new = json.loads(run.config), json.loads(shown.config)
         differ |= {key for key in old.keys() | new.keys() if old.get(key) != new.get(key)}
     return [run for run in runs if run.id in kept], (
@@ -264,6 +265,12 @@ def newest_per_cell(runs: list) -> tuple[list, str]:
         f"{', …' if len(aside) > 5 else ''}): a newer run of the same cell differs in "
         f"{', '.join(sorted(differ))}; each cell shows its newest run"
     )
+
+
+def cell_key(run) -> tuple:
+    """The table cell and seed a stored run fills (piecewise runs of different points are different cells)."""
+    points = json.loads(run.config).get("points") or []
+    return (run.backbone, run.dataset, run.setting, run.eps, run.t1, run.t2, str(points), run.seed)
 
 
 def missing_note(without: dict[str, set], unread: list[str], selection: Selection) -> str:
@@ -335,11 +342,53 @@ def fmt(value: float) -> str:
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}"
 
 
+def summary(values) -> dict:
+    """Mean, standard deviation (n - 1), n and the 95% confidence interval of the mean (Student t) of
+    one cell's values over seeds; sd and the interval are NaN for a single seed."""
+    v = np.asarray([x for x in values if x is not None and not math.isnan(x)], dtype=float)
+    n = len(v)
+    mean = float(v.mean()) if n else np.nan
+    sd = float(v.std(ddof=1)) if n > 1 else np.nan
+    half = float(stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)) if n > 1 else np.nan
+    return {"mean": mean, "sd": sd, "n": n, "ci_low": mean - half, "ci_high": mean + half}
+
+
+def cell(stat: dict, spread: str) -> str:
+    """`53.60 ± 1.20`: the mean over seeds ± their standard deviation (spread "sd") or the half-width of
+    the 95% confidence interval ("ci"); one seed, or spread "none", shows the value alone."""
+    if stat["n"] < 2 or spread == "none":
+        return fmt(stat["mean"])
+    half = stat["sd"] if spread == "sd" else stat["ci_high"] - stat["mean"]
+    return f"{stat['mean']:.2f} ± {half:.2f}"
+
+
+def spread_note(seeds: int, spread: str) -> str:
+    """What ± means in a table whose cells pool up to `seeds` seeds (empty for single-seed tables)."""
+    if seeds < 2 or spread == "none":
+        return f"means over up to {seeds} seeds" if seeds > 1 else ""
+    what = "standard deviation" if spread == "sd" else "half-width of the 95% confidence interval (Student t)"
+    return f"mean ± {what} over up to {seeds} seeds (n per cell in the CSV)"
+
+
+def _stat_columns(stat: dict | None) -> dict:
+    if stat is None or stat["n"] < 2:
+        return {}
+    return {"n": stat["n"], **{k: round(stat[k], 2) for k in ("sd", "ci_low", "ci_high")}}
+
+
 # ---- the tables -----------------------------------------------------------------------------------
 
 
-def main_table(results: Results, eps: list[str], compare: Results | None = None) -> list[Section]:
-    """Tables 1 and 2: rows backbone × setting, columns dataset × {Clean, Adv., E. adv.}, one per ε_g."""
+def cell_stats(frame: pd.DataFrame, by: list[str]) -> dict[tuple, dict]:
+    """`summary` of `value` over seeds for every group of `by`."""
+    return {key: summary(group.value) for key, group in frame.groupby(by, sort=False)}
+
+
+def main_table(
+    results: Results, eps: list[str], compare: Results | None = None, spread: str = "sd"
+) -> list[Section]:
+    """Tables 1 and 2: rows backbone × setting, columns dataset × {Clean, Adv., E. adv.}, one per ε_g;
+    several seeds of a cell show as their mean ± their spread."""
     frame = results.values.assign(label=setting_labels(results.values))
     sections = []
     for budget in eps:
@@ -347,7 +396,7 @@ def main_table(results: Results, eps: list[str], compare: Results | None = None)
         pending = results.pending[results.pending.eps == budget] if len(results.pending) else results.pending
         if sub.empty and pending.empty:
             continue
-        means = sub.groupby(["backbone", "label", "dataset", "metric"]).value.mean()
+        cells = cell_stats(sub, ["backbone", "label", "dataset", "metric"])
         paper = _paper_means(compare, budget) if compare is not None else None
         backbones = order(list(sub.backbone) + list(pending.get("backbone", [])), BACKBONES)
         datasets = order(list(sub.dataset) + list(pending.get("dataset", [])), DATASET_ORDER)
@@ -360,22 +409,28 @@ def main_table(results: Results, eps: list[str], compare: Results | None = None)
                 for dataset in datasets:
                     status = _status(pending, backbone, label, dataset)
                     for metric, name in METRICS.items():
-                        value = means.get((backbone, label, dataset, metric), np.nan)
+                        stat = cells.get((backbone, label, dataset, metric), summary([]))
+                        value = stat["mean"]
                         present |= not math.isnan(value) or bool(status)
-                        cell = fmt(value) or (status if metric == "clean" else "")
+                        text = cell(stat, spread) or (status if metric == "clean" else "")
                         if paper is not None:
                             ref = paper.get((backbone, label, dataset, metric), np.nan)
-                            cell = _compare_cell(value, ref) or cell
-                            long.append(_long(backbone, dataset, label, budget, metric, value, ref))
+                            text = _compare_cell(value, ref) or text
+                            long.append(_long(backbone, dataset, label, budget, metric, value, ref) |
+                                        _stat_columns(stat))  # fmt: skip
                         elif not math.isnan(value):
-                            long.append(_long(backbone, dataset, label, budget, metric, value))
-                        row[f"{dataset} {name}"] = cell
+                            long.append(
+                                _long(backbone, dataset, label, budget, metric, value) | _stat_columns(stat)
+                            )
+                        row[f"{dataset} {name}"] = text
                 if present:
                     rows.append(row)
         title = f"Main results at ε_g = {budget} (test accuracy, %)" + (
             " [paper]" if results.source == "paper" else ""
         )
-        note = "ours (paper, ours - paper)" if compare is not None else ""
+        seeds = max((c["n"] for c in cells.values()), default=0)
+        note = "; ".join(n for n in ("ours (paper, ours - paper)" if compare is not None else "",
+                                     spread_note(seeds, spread)) if n)  # fmt: skip
         sections.append(Section(title, pd.DataFrame(rows), pd.DataFrame(long), note))
     if not sections:
         raise ReportError(f"no results at ε_g = {', '.join(eps)} in the {results.source}")
@@ -429,8 +484,9 @@ def _long(backbone, dataset, setting, eps, metric, value, paper=None, t1=None, t
     return row
 
 
-def averages_table(results: Results, eps: list[str]) -> list[Section]:
-    """Tables 10 and 11: per-backbone means over datasets and per-dataset means over backbones."""
+def averages_table(results: Results, eps: list[str], spread: str = "sd") -> list[Section]:
+    """Tables 10 and 11: per-backbone means over datasets and per-dataset means over backbones; with
+    several seeds, the spread is over the per-seed means."""
     frame = results.values.assign(label=setting_labels(results.values))
     sections = []
     for group, over, title in (
@@ -441,77 +497,109 @@ def averages_table(results: Results, eps: list[str]) -> list[Section]:
             sub = frame[frame.eps == budget]
             if sub.empty:
                 continue
-            per_cell = sub.groupby([group, over, "label", "metric"]).value.mean().reset_index()
-            agg = per_cell.groupby([group, "label", "metric"]).value.agg(["mean", "count"]).reset_index()
-            names = order(agg[group], BACKBONES if group == "backbone" else DATASET_ORDER)
-            rows, long = [], []
+            per_seed = sub.groupby([group, "label", "metric", "seed"])
+            counts = per_seed[over].nunique().groupby([group, "label", "metric"]).max()
+            cells = cell_stats(per_seed.value.mean().reset_index(), [group, "label", "metric"])
+            names = order(sub[group], BACKBONES if group == "backbone" else DATASET_ORDER)
+            rows, long, seeds = [], [], 0
             for name in names:
-                for label in setting_order(agg.label):
-                    hit = agg[(agg[group] == name) & (agg.label == label)]
-                    if hit.empty:
+                for label in setting_order(sub.label):
+                    if (name, label, "clean") not in counts and (name, label, "adv") not in counts:
                         continue
-                    row = {group.capitalize(): name, "Setting": label, f"n {over}s": int(hit["count"].max())}
+                    n = max(counts.get((name, label, m), 0) for m in METRICS)
+                    row = {group.capitalize(): name, "Setting": label, f"n {over}s": int(n)}
                     for metric, metric_name in METRICS.items():
-                        value = hit[hit.metric == metric]["mean"]
-                        row[metric_name] = fmt(value.iloc[0]) if len(value) else ""
-                        if len(value):
+                        stat = cells.get((name, label, metric))
+                        row[metric_name] = cell(stat, spread) if stat else ""
+                        if stat:
+                            seeds = max(seeds, stat["n"])
                             long.append(
-                                {
-                                    "group": group,
-                                    "name": name,
-                                    "setting": label,
-                                    "eps": budget,
-                                    "metric": metric,
-                                    "value": round(value.iloc[0], 2),
-                                }
-                            )
+                                {"group": group, "name": name, "setting": label, "eps": budget,
+                                 "metric": metric, "value": round(stat["mean"], 2)} | _stat_columns(stat)
+                            )  # fmt: skip
                     rows.append(row)
-            sections.append(Section(f"{title} at ε_g = {budget} (%)", pd.DataFrame(rows), pd.DataFrame(long)))
+            sections.append(Section(f"{title} at ε_g = {budget} (%)", pd.DataFrame(rows), pd.DataFrame(long),
+                                    spread_note(seeds, spread)))  # fmt: skip
     if not sections:
         raise ReportError(f"no results at ε_g = {', '.join(eps)} in the {results.source}")
     return sections
 
 
-def ttest_table(results: Results, eps: list[str], a: str = "sched", b: str = "fix") -> list[Section]:
-    """Paired t-tests `a` vs `b` over the (backbone, dataset, seed) triples present in both."""
+def default_pairs(labels) -> list[tuple[str, str]]:
+    """The paper's sched vs fix first, then every other setting vs fix, then every non-paper schedule vs
+    sched (adaptive vs sched, …): the comparisons a table of these settings is read for."""
+    labels = setting_order(labels)
+    sched = next((label for label in labels if label.split()[0] == "sched"), None)
+    pairs = [(sched, "fix")] if sched and "fix" in labels else []
+    pairs += [(label, "fix") for label in labels if label not in ("fix", sched) and "fix" in labels]
+    pairs += [
+        (label, sched) for label in labels if sched and label.split()[0] not in ("fix", "sched", "standard")
+    ]
+    return pairs
+
+
+def ttest_table(
+    results: Results, eps: list[str], pairs: list[tuple[str, str]] | None = None
+) -> list[Section]:
+    """Paired t-tests a vs b over the (backbone, dataset, seed) triples present in both, with the 95%
+    confidence interval of the mean difference and each setting's seed-to-seed standard deviation (the
+    mean over cells of the sd over seeds), so a difference can be read against the noise."""
     frame = results.values.assign(label=setting_labels(results.values))
     labels = set(frame.label)
-    if a not in labels:  # several hinge pairs present: compare the paper's
-        a = next((label for label in sorted(labels) if label.startswith(a)), a)
+    pairs = pairs or default_pairs(labels)
+    for i, (a, b) in enumerate(pairs):  # "sched" names the hinge when one T1/T2 pair is shown with its own
+        pairs[i] = tuple(next((x for x in sorted(labels) if x.split()[0] == v), v) for v in (a, b))
     rows, long = [], []
-    for budget in eps:
-        for metric, name in METRICS.items():
-            sub = frame[(frame.eps == budget) & (frame.metric == metric)]
-            pivot = sub.pivot_table(index=["backbone", "dataset", "seed"], columns="label", values="value")
-            if a not in pivot or b not in pivot:
-                continue
-            pairs = pivot[[a, b]].dropna()
-            diff = pairs[a] - pairs[b]
-            t, p = stats.ttest_rel(pairs[a], pairs[b]) if len(pairs) > 1 else (np.nan, np.nan)
-            row = {
-                "ε_g": budget,
-                "Metric": name,
-                "n pairs": len(pairs),
-                "mean diff (pp)": fmt(diff.mean()),
-                "t": f"{t:.3f}" if not math.isnan(t) else "",
-                "p": f"{p:.2e}" if not math.isnan(p) else "",
-                "wins": int((diff > 0).sum()),
-                "losses": int((diff < 0).sum()),
-            }
-            rows.append(row)
-            for stat, value in (
-                ("n", len(pairs)),
-                ("mean_diff", diff.mean()),
-                ("t", t),
-                ("p", p),
-                ("wins", row["wins"]),
-                ("losses", row["losses"]),
-            ):
-                long.append({"eps": budget, "metric": metric, "statistic": stat, "value": value})
+    for a, b in pairs:
+        for budget in eps:
+            for metric, name in METRICS.items():
+                sub = frame[(frame.eps == budget) & (frame.metric == metric)]
+                pivot = sub.pivot_table(
+                    index=["backbone", "dataset", "seed"], columns="label", values="value"
+                )
+                if a not in pivot or b not in pivot:
+                    continue
+                paired = pivot[[a, b]].dropna()
+                diff = paired[a] - paired[b]
+                t, p = stats.ttest_rel(paired[a], paired[b]) if len(paired) > 1 else (np.nan, np.nan)
+                ci = summary(diff)
+                noise = paired.groupby(level=["backbone", "dataset"]).std(ddof=1).mean()
+                row = {
+                    "Comparison": f"{a} vs {b}",
+                    "ε_g": budget,
+                    "Metric": name,
+                    "n pairs": len(paired),
+                    "mean diff (pp)": fmt(diff.mean()),
+                    "95% CI (pp)": f"[{ci['ci_low']:.2f}, {ci['ci_high']:.2f}]" if ci["n"] > 1 else "",
+                    "seed sd a / b (pp)": (
+                        f"{noise[a]:.2f} / {noise[b]:.2f}" if not math.isnan(noise[a]) else ""
+                    ),
+                    "t": f"{t:.3f}" if not math.isnan(t) else "",
+                    "p": f"{p:.2e}" if not math.isnan(p) else "",
+                    "wins": int((diff > 0).sum()),
+                    "losses": int((diff < 0).sum()),
+                }
+                rows.append(row)
+                for stat, value in (
+                    ("n", len(paired)),
+                    ("mean_diff", diff.mean()),
+                    ("ci_low", ci["ci_low"]),
+                    ("ci_high", ci["ci_high"]),
+                    ("seed_sd_a", noise[a]),
+                    ("seed_sd_b", noise[b]),
+                    ("t", t),
+                    ("p", p),
+                    ("wins", row["wins"]),
+                    ("losses", row["losses"]),
+                ):
+                    long.append({"a": a, "b": b, "eps": budget, "metric": metric, "statistic": stat,
+                                 "value": value})  # fmt: skip
     if not rows:
-        raise ReportError(f"no (backbone, dataset) pair has both {a} and {b} results in the {results.source}")
-    title = f"Paired t-tests, {a} vs {b} (percentage points)"
-    return [Section(title, pd.DataFrame(rows), pd.DataFrame(long), "t and p from scipy.stats.ttest_rel")]
+        wanted = ", ".join(f"{a} and {b}" for a, b in pairs) or "two settings"
+        raise ReportError(f"no (backbone, dataset, seed) has both {wanted} results in the {results.source}")
+    title = "Paired t-tests over (backbone, dataset, seed) (percentage points)"
+    note = "t and p from scipy.stats.ttest_rel; seed sd: standard deviation over seeds, mean over cells"
+    return [Section(title, pd.DataFrame(rows), pd.DataFrame(long), note)]
 
 
 def delay_table(results: Results, include_standard: bool = False) -> list[Section]:
@@ -538,6 +626,7 @@ def delay_table(results: Results, include_standard: bool = False) -> list[Sectio
             "Dataset": runs.dataset,
             "Setting": runs.setting,
             "ε_g": runs.eps,
+            "Seed": runs.seed,
             "threshold": runs.threshold.map("{:g}".format),
             "start epoch": runs.start,
             "final val acc": runs.final_val.map(fmt),
@@ -546,7 +635,7 @@ def delay_table(results: Results, include_standard: bool = False) -> list[Sectio
         }
     )
     per_run_long = runs.melt(
-        id_vars=["backbone", "dataset", "setting", "eps", "run_id"],
+        id_vars=["backbone", "dataset", "setting", "eps", "seed", "run_id"],
         value_vars=["start", "final_val"],
         var_name="metric",
     )
@@ -575,16 +664,19 @@ def delay_table(results: Results, include_standard: bool = False) -> list[Sectio
             ("spearman_rho", spearman.statistic if spearman else None),
         ):
             long.append({"backbone": backbone, "dataset": dataset, "statistic": stat, "value": value})
-    drops = []
-    base = runs[(runs.setting == "standard")].groupby(["backbone", "dataset"]).clean.first()
+    drops = []  # each fix run against standard fine-tuning of the same seed (else the mean over seeds)
+    standard = runs[(runs.setting == "standard")]
+    base = standard.groupby(["backbone", "dataset", "seed"]).clean.mean()
+    base_mean = standard.groupby(["backbone", "dataset"]).clean.mean()
     for r in runs[(runs.setting == "fix")].itertuples():
-        ref = base.get((r.backbone, r.dataset), np.nan)
+        ref = base.get((r.backbone, r.dataset, r.seed), base_mean.get((r.backbone, r.dataset), np.nan))
         if not math.isnan(ref) and not math.isnan(r.clean):
             drops.append(
                 {
                     "Backbone": r.backbone,
                     "Dataset": r.dataset,
                     "ε_g": r.eps,
+                    "Seed": r.seed,
                     "clean": fmt(r.clean),
                     "ε = 0 clean": fmt(ref),
                     "drop (pp)": fmt(ref - r.clean),
@@ -598,13 +690,33 @@ def delay_table(results: Results, include_standard: bool = False) -> list[Sectio
             "start epoch: first 0-based epoch with validation accuracy above the threshold",
         )
     ]
+    if runs.seed.nunique() > 1:  # the start epoch is noisy too: its spread over seeds, per setting
+        runs["label"] = setting_labels(runs)
+        starts = []
+        for label in setting_order(runs.label):
+            for (backbone, dataset, budget), group in runs[runs.label == label].groupby(
+                ["backbone", "dataset", "eps"]
+            ):
+                stat = summary(group.start)
+                starts.append(
+                    {
+                        "Backbone": backbone,
+                        "Dataset": dataset,
+                        "Setting": label,
+                        "ε_g": budget,
+                        "seeds": stat["n"],
+                        "start epoch": cell(stat, "sd"),
+                        "starts": ", ".join(str(v) for v in group.sort_values("seed").start),
+                    }
+                )
+        note = "mean ± standard deviation over seeds; starts in seed order"
+        table = pd.DataFrame(starts)
+        sections.append(Section("Task-adaptation start over seeds", table, table, note))
     scope = "ε_g ≥ 0" if include_standard else "ε_g > 0"
     complete = rows and all(row["Pearson r"] for row in rows)
-    note = (
-        ""
-        if complete
-        else "a correlation needs 3 or more finished fix runs of a pair, with varying start epochs"
-    )
+    few = "a correlation needs 3 or more finished fix runs of a pair, with varying start epochs"
+    seeds = "every seed's run is one point" if runs.seed.nunique() > 1 else ""
+    note = "; ".join(n for n in (seeds, "" if complete else few) if n)
     sections.append(
         Section(
             f"Delay correlations over the fix sweep ({scope}): start epoch vs final val acc",
@@ -624,7 +736,7 @@ def delay_table(results: Results, include_standard: bool = False) -> list[Sectio
     return sections
 
 
-def ablation_table(results: Results, eps: list[str]) -> list[Section]:
+def ablation_table(results: Results, eps: list[str], spread: str = "sd") -> list[Section]:
     """Table 7: T1/T2 pairs (fix is 0/0, linear 0/T2) of every backbone × dataset with hinge runs."""
     frame = results.values[results.values.setting.isin(["fix", "linear", "sched"])].copy()
     frame["t1"], frame["t2"] = frame.t1.fillna(0.0), frame.t2.fillna(0.0)
@@ -632,55 +744,61 @@ def ablation_table(results: Results, eps: list[str]) -> list[Section]:
     sections = []
     for backbone, dataset in pairs.itertuples(index=False):
         sub = frame[(frame.backbone == backbone) & (frame.dataset == dataset) & frame.eps.isin(eps)]
-        means = sub.groupby(["t1", "t2", "eps", "metric"]).value.mean()
+        cells = cell_stats(sub, ["t1", "t2", "eps", "metric"])
         rows, long = [], []
         for t1, t2 in sorted(set(zip(sub.t1, sub.t2))):
             row = {"T1": f"{t1:g}", "T2": f"{t2:g}"}
             for budget in eps_order(sub.eps):
                 for metric, name in METRICS.items():
-                    value = means.get((t1, t2, budget, metric), np.nan)
-                    row[f"{budget} {name}"] = fmt(value)
-                    if not math.isnan(value):
-                        long.append(_long(backbone, dataset, "sched", budget, metric, value, t1=t1, t2=t2))
+                    stat = cells.get((t1, t2, budget, metric), summary([]))
+                    row[f"{budget} {name}"] = cell(stat, spread)
+                    if stat["n"]:
+                        value = _long(backbone, dataset, "sched", budget, metric, stat["mean"], t1=t1, t2=t2)
+                        long.append(value | _stat_columns(stat))
             rows.append(row)
-        sections.append(
-            Section(f"T1/T2 ablation, {backbone}-{dataset} (%)", pd.DataFrame(rows), pd.DataFrame(long))
-        )
+        seeds = max((c["n"] for c in cells.values()), default=0)
+        sections.append(Section(f"T1/T2 ablation, {backbone}-{dataset} (%)", pd.DataFrame(rows),
+                                pd.DataFrame(long), spread_note(seeds, spread)))  # fmt: skip
     if not sections:
         raise ReportError(f"no sched/linear runs in the {results.source}")
     return sections
 
 
-def baselines_table(results: Results, eps: list[str]) -> list[Section]:
-    """Tables 4 and 8: fix, uniform, auto and sched side by side on the pairs with a uniform or auto run."""
+def baselines_table(results: Results, eps: list[str], spread: str = "sd") -> list[Section]:
+    """Tables 4 and 8: fix, uniform, auto and sched side by side on the pairs with a uniform or auto run,
+    and adaptive beside them where it ran."""
     frame = results.values[results.values.setting.isin(BASELINE_SETTINGS)]
     sched = frame[frame.setting == "sched"]
     if len(sched):  # beside an ablation: one sched, the paper's 12/37 if present, else the most common T1/T2
         counts = sched.groupby(["t1", "t2"]).size()
         t1, t2 = (12.0, 37.0) if (12.0, 37.0) in counts.index else counts.idxmax()
         frame = frame[(frame.setting != "sched") | ((frame.t1 == t1) & (frame.t2 == t2))]
-    pairs = frame[frame.setting.isin(["uniform", "auto"])][["backbone", "dataset"]].drop_duplicates()
+    pairs = frame[frame.setting.isin(["uniform", "auto", "adaptive"])][
+        ["backbone", "dataset"]
+    ].drop_duplicates()
     if pairs.empty:
-        raise ReportError(f"no uniform or auto runs in the {results.source}")
+        raise ReportError(f"no uniform, auto or adaptive runs in the {results.source}")
     sections = []
     for budget in eps:
         sub = frame[frame.eps == budget]
-        means = sub.groupby(["backbone", "dataset", "setting", "metric"]).value.mean()
+        cells = cell_stats(sub, ["backbone", "dataset", "setting", "metric"])
         settings = [s for s in BASELINE_SETTINGS if s in set(sub.setting)]
         rows, long = [], []
         for backbone, dataset in pairs.itertuples(index=False):
             row = {"Backbone": backbone, "Dataset": dataset}
             for setting in settings:
                 for metric, name in METRICS.items():
-                    value = means.get((backbone, dataset, setting, metric), np.nan)
-                    row[f"{setting} {name}"] = fmt(value)
-                    if not math.isnan(value):
-                        long.append(_long(backbone, dataset, setting, budget, metric, value))
+                    stat = cells.get((backbone, dataset, setting, metric), summary([]))
+                    row[f"{setting} {name}"] = cell(stat, spread)
+                    if stat["n"]:
+                        long.append(_long(backbone, dataset, setting, budget, metric, stat["mean"])
+                                    | _stat_columns(stat))  # fmt: skip
             rows.append(row)
         if settings:
-            sections.append(
-                Section(f"Baselines at ε_g = {budget} (%)", pd.DataFrame(rows), pd.DataFrame(long))
-            )
+            seeds = max((c["n"] for c in cells.values()), default=0)
+            title = f"Baselines at ε_g = {budget} (%)"
+            note = spread_note(seeds, spread)
+            sections.append(Section(title, pd.DataFrame(rows), pd.DataFrame(long), note))
     return sections
 
 
@@ -802,10 +920,15 @@ def build(
     compare: Results | None = None,
     include_standard: bool = False,
     run_id: str | None = None,
+    spread: str = "sd",
+    pairs: list[tuple[str, str]] | None = None,
 ) -> list[Section]:
-    """The sections of report `name` (one of TABLES)."""
+    """The sections of report `name` (one of TABLES); `spread` is what ± shows over seeds (SPREADS),
+    `pairs` the (a, b) settings the t-test table compares (default: `default_pairs`)."""
     if name not in TABLES:
         raise ReportError(f"unknown table {name!r}: choose one of {', '.join(TABLES)}")
+    if spread not in SPREADS:
+        raise ReportError(f"--spread {spread!r}: choose one of {', '.join(SPREADS)}")
     budgets = eps or eps_order(v for v in results.values.eps if budget_value(v) > 0)
     if compare is not None and name != "main":
         raise ReportError("--compare paper is available for the main table")
@@ -814,12 +937,12 @@ def build(
     if name == "autoattack":
         return autoattack_table(results)
     sections = {
-        "main": lambda: main_table(results, budgets, compare),
-        "averages": lambda: averages_table(results, budgets),
-        "ttest": lambda: ttest_table(results, budgets),
+        "main": lambda: main_table(results, budgets, compare, spread),
+        "averages": lambda: averages_table(results, budgets, spread),
+        "ttest": lambda: ttest_table(results, budgets, pairs),
         "delay": lambda: delay_table(results, include_standard),
-        "ablation": lambda: ablation_table(results, budgets),
-        "baselines": lambda: baselines_table(results, budgets),
+        "ablation": lambda: ablation_table(results, budgets, spread),
+        "baselines": lambda: baselines_table(results, budgets, spread),
     }[name]()
     said = f"test accuracies: {results.protocol}"
     for section in sections:  # every table says how its numbers were measured, and what it leaves out

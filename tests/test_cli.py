@@ -40,6 +40,31 @@ def test_bad_schedule_parameters_exit_non_zero_with_one_line():
     assert result.exit_code == 2 and "valid ones are standard, fix, sched" in result.output
 
 
+def test_schedule_prints_and_plots_piecewise_and_adaptive_schedules(tmp_path):
+    shown = runner.invoke(app, ["schedule", "piecewise", "--points", "0:0,2:0.5,6:1", "--eps", "8/255",
+                                "--epochs", "8", "--plot", str(tmp_path / "p.png")])  # fmt: skip
+    assert shown.exit_code == 0, shown.output
+    rows = [line for line in shown.output.splitlines() if line.startswith("│")]
+    alphas = [float(r.split("│")[2]) for r in rows]  # 0 → 0.5 over epochs 0-2, 0.5 → 1 over 2-6
+    assert alphas == [0, 0.25, 0.5, 0.625, 0.75, 0.875, 1, 1] and "piecewise 0:0,2:0.5,6:1" in shown.output
+    assert (tmp_path / "p.png").stat().st_size > 5_000
+    hinge = runner.invoke(app, ["schedule", "piecewise", "--points", "2:0,6:1", "--epochs", "8"])
+    assert hinge.exit_code == 0 and "sched: ε_g = 4/255, 8 epochs" in hinge.output  # its canonical form
+    history = "0.5,0.52,0.40,0.45,0.46,0.47,0.48"  # test_schedules: α = 0, 0, 0.5, 0.75, 1, …
+    adaptive = runner.invoke(app, ["schedule", "adaptive", "--epochs", "8", "--val-acc", history])
+    assert [float(r.split("│")[2]) for r in adaptive.output.splitlines() if r.startswith("│")] == [
+        0, 0, 0.5, 0.75, 1, 1, 1, 1
+    ]  # fmt: skip
+    for args, message in (
+        (["adaptive", "--epochs", "8"], "give the 7 accuracies of epochs 0-6 with --val-acc (got 0)"),
+        (["piecewise", "--points", "0-0,5-1"], "write EPOCH:FRACTION pairs, e.g. 0:0,5:0.5,30:1"),
+        (["piecewise", "--points", "0:0,5:2"], "fractions of ε_g in [0, 1]"),
+        (["sched", "--t1", "1", "--t2", "3", "--points", "0:1"], "points are for the piecewise schedule"),
+    ):
+        bad = runner.invoke(app, ["schedule", *args])
+        assert bad.exit_code == 2 and message in bad.output and "Traceback" not in bad.output, args
+
+
 def test_version():
     result = runner.invoke(app, ["version"])
     assert result.exit_code == 0 and result.output.startswith("rftbench ")
@@ -131,7 +156,7 @@ def test_init_writes_a_copy_of_the_bundled_grids_that_commands_there_read(tmp_pa
     assert made.exit_code == 0, made.output
     copy = tmp_path / "study" / "experiments.toml"
     assert copy.read_text().endswith(BUNDLED.read_text()) and copy.read_text().startswith("# Written by")
-    assert "paper, sweep, ablation, baselines, smoke, demo" in made.output
+    assert "paper, sweep, ablation, baselines, adaptive, smoke, demo" in made.output
     again = runner.invoke(app, ["init", str(tmp_path / "study")])
     assert again.exit_code == 2 and "exists: edit it, or add --force" in again.output
     copy.write_text(

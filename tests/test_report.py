@@ -416,3 +416,123 @@ def test_the_autoattack_table_and_the_worst_case_over_stored_attacks(db, tmp_pat
     assert set(plain.table.attack) == {"apgd-ce Linf", "autoattack-standard Linf"}
     with pytest.raises(ReportError, match="no AutoAttack evaluations in this database"):
         build("autoattack", Results.from_store(store, grid="sweep"))
+
+
+# ---- seeds -----------------------------------------------------------------------------------------------
+
+# (clean, adv, eadv) in % per seed, for fix and sched at 8/255 on two pairs, and a piecewise run
+SEEDED = {
+    ("fix", "SWIN", "Cars"): [(40.0, 10.0, 20.0), (44.0, 12.0, 21.0), (42.0, 11.0, 25.0)],
+    ("sched", "SWIN", "Cars"): [(50.0, 12.0, 26.0), (51.0, 11.0, 27.0), (55.0, 13.0, 29.0)],
+    ("fix", "ViT", "Cub"): [(30.0, 5.0, 10.0), (31.0, 6.0, 12.0), (35.0, 4.0, 11.0)],
+    ("sched", "ViT", "Cub"): [(36.0, 6.0, 13.0), (33.0, 6.0, 12.0), (38.0, 7.0, 15.0)],
+}
+SEEDED_CURVES = {0: [0.01, 0.02, 0.3, 0.5], 1: [0.01, 0.2, 0.4, 0.5], 2: [0.02, 0.03, 0.04, 0.04]}
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory) -> str:
+    path = str(tmp_path_factory.mktemp("seeds") / "s.db")
+    store = Store.open(path)
+    for (setting, backbone, dataset), per_seed in SEEDED.items():
+        hinge = {"t1": 1, "t2": 3} if setting == "sched" else {}
+        for seed, numbers in enumerate(per_seed):
+            config = RunConfig(backbone=backbone, dataset=dataset, setting=setting, eps="8/255", epochs=4,
+                               seed=seed, **hinge)  # fmt: skip
+            curve = SEEDED_CURVES[seed] if setting == "fix" else [0.5] * 4
+            add_run(store, "s", config, curve, evaluation("8/255", *numbers))
+    for seed, clean in enumerate((60.0, 62.0)):
+        points = ((0, 0), (1, 0.5), (3, 1))
+        config = RunConfig(backbone="SWIN", dataset="Cars", setting="piecewise", points=points, eps="8/255",
+                           epochs=4, seed=seed)  # fmt: skip
+        add_run(store, "s", config, [0.5] * 4, evaluation("8/255", clean, 9.0, 19.0))
+    return path
+
+
+def test_cells_over_seeds_show_mean_and_spread(seeded):
+    data = results(seeded)
+    (section,) = build("main", data)
+    row = section.table.set_index(["Backbone", "Setting"]).loc[("SWIN", "fix")]
+    # clean 40, 44, 42: mean 42, sd 2; E.adv 20, 21, 25: mean 22, sd sqrt(7) = 2.6458
+    assert row["Cars Clean"] == "42.00 ± 2.00" and row["Cars E. adv."] == "22.00 ± 2.65"
+    assert "mean ± standard deviation over up to 3 seeds" in section.note
+    piecewise = section.table.set_index(["Backbone", "Setting"]).loc[("SWIN", "piecewise 0:0,1:0.5,3:1")]
+    assert piecewise["Cars Clean"] == "61.00 ± 1.41"  # its own row, named by its points
+    (ci,) = build("main", data, spread="ci")
+    half = stats.t.ppf(0.975, 2) * 2 / np.sqrt(3)  # 4.9683
+    assert (
+        ci.table.set_index(["Backbone", "Setting"]).loc[("SWIN", "fix"), "Cars Clean"]
+        == f"42.00 ± {half:.2f}"
+    )
+    assert "95% confidence interval" in ci.note
+    long = ci.long.set_index(["backbone", "setting", "metric"]).loc[("SWIN", "fix", "clean")]
+    assert (long.value, long.n, long.sd) == (42.0, 3, 2.0) and long.ci_low == round(42 - half, 2)
+    (plain,) = build("main", data, spread="none")
+    assert plain.table.set_index(["Backbone", "Setting"]).loc[("SWIN", "fix"), "Cars Clean"] == "42.00"
+    # per-backbone averages: the spread is over seeds of the per-seed mean over datasets
+    sections = build("averages", data)
+    swin = sections[0].table.set_index(["Backbone", "Setting"]).loc[("SWIN", "sched")]
+    assert swin["Clean"] == f"52.00 ± {np.std([50, 51, 55], ddof=1):.2f}"
+
+
+def test_the_paper_numbers_show_as_they_are():
+    (section, _) = build("main", Results.paper("main"))
+    assert not section.table.map(lambda v: "±" in str(v)).any().any()
+    assert "seeds" not in section.note
+
+
+def test_ttest_pairs_by_backbone_dataset_and_seed(seeded):
+    (section,) = build("ttest", results(seeded), pairs=[("sched", "fix")])
+    row = section.table.set_index(["Comparison", "Metric"]).loc[("sched vs fix", "E. adv.")]
+    fix = [v[2] for key in (("fix", "SWIN", "Cars"), ("fix", "ViT", "Cub")) for v in SEEDED[key]]
+    sched = [v[2] for key in (("sched", "SWIN", "Cars"), ("sched", "ViT", "Cub")) for v in SEEDED[key]]
+    t, p = stats.ttest_rel(sched, fix)  # paired seed by seed: (SWIN, Cars, 0) with (SWIN, Cars, 0), …
+    diff = np.subtract(sched, fix)
+    half = stats.t.ppf(0.975, 5) * diff.std(ddof=1) / np.sqrt(6)
+    assert (row["n pairs"], row["t"], row["p"]) == (6, f"{t:.3f}", f"{p:.2e}")
+    assert row["95% CI (pp)"] == f"[{diff.mean() - half:.2f}, {diff.mean() + half:.2f}]"
+    # seed sd: the sd over seeds of each cell, averaged over the two cells
+    sd_fix = np.mean([np.std([20, 21, 25], ddof=1), np.std([10, 12, 11], ddof=1)])
+    sd_sched = np.mean([np.std([26, 27, 29], ddof=1), np.std([13, 12, 15], ddof=1)])
+    assert row["seed sd a / b (pp)"] == f"{sd_sched:.2f} / {sd_fix:.2f}"
+    # by default: sched vs fix, then every other setting vs fix, then every other vs sched
+    (default,) = build("ttest", results(seeded))
+    assert list(dict.fromkeys(default.table.Comparison)) == [
+        "sched vs fix", "piecewise 0:0,1:0.5,3:1 vs fix", "piecewise 0:0,1:0.5,3:1 vs sched"
+    ]  # fmt: skip
+    made = CliRunner().invoke(app, ["report", "--table", "ttest", "--db", seeded, "--pair", "sched"])
+    assert made.exit_code == 2 and "write each as A:B" in made.output
+
+
+def test_delay_uses_every_seeds_point(seeded):
+    sections = {s.title: s for s in build("delay", results(seeded))}
+    starts = sections["Task-adaptation start over seeds"].table.set_index(["Backbone", "Setting"])
+    # fix SWIN-Cars, threshold 0.05: seed 0 starts at 2, seed 1 at 1, seed 2 never (4 epochs)
+    assert starts.loc[("SWIN", "fix"), "starts"] == "2, 1, 4"
+    assert (
+        starts.loc[("SWIN", "fix"), "start epoch"]
+        == f"{np.mean([2, 1, 4]):.2f} ± {np.std([2, 1, 4], ddof=1):.2f}"
+    )
+    correlations = sections["Delay correlations over the fix sweep (ε_g > 0): start epoch vs final val acc"]
+    row = correlations.table.set_index(["Backbone", "Dataset"]).loc[("SWIN", "Cars")]
+    r = stats.pearsonr([2, 1, 4], [50.0, 50.0, 4.0]).statistic
+    assert row["n runs"] == 3 and row["Pearson r"] == f"{r:.3f}" and "every seed's run" in correlations.note
+
+
+def test_plots_draw_a_band_per_setting_over_seeds(seeded, tmp_path):
+    from matplotlib.collections import PolyCollection
+
+    from rftbench.plots import curves_figure, robustness_figure
+
+    data = results(seeded)
+    ax = curves_figure(data, "SWIN", "Cars", "8/255").axes[0]
+    bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    # fix, sched and piecewise: a clean and an adversarial band each, one mean line per curve
+    assert len(bands) == 6 and len(ax.lines) >= 6
+    fix = next(line for line in ax.lines if line.get_label() == "fix 8/255: clean")
+    assert list(fix.get_ydata()) == pytest.approx(100 * np.mean(list(SEEDED_CURVES.values()), axis=0))
+    ax = robustness_figure(data, backbone="SWIN", dataset="Cars").axes[0]
+    assert len([c for c in ax.collections if isinstance(c, PolyCollection)]) == 3
+    assert any("fix: E.adv 22.0 ± 2.6%" in line.get_label() for line in ax.lines)
+    made = CliRunner().invoke(app, ["plot", "curves", "--db", seeded, "--out", str(tmp_path / "c.png")])
+    assert made.exit_code == 0 and Image.open(tmp_path / "c.png").size[0] > 500

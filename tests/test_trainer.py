@@ -3,6 +3,7 @@ run killed mid-epoch then resumed, which must equal the uninterrupted run."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -22,6 +23,7 @@ from rftbench.data import (
 )
 from rftbench.metrics import EvalProtocol
 from rftbench.models import with_normalization
+from rftbench.schedules import adaptive_alphas
 
 CONFIG = RunConfig(backbone="test_resnet", dataset="cifar10-jpeg", setting="sched", eps="8/255", t1=0.5, t2=1,
                    schedule_granularity="step", epochs=2, batch_size=32, lr=1e-3, warmup_epochs=0.5,
@@ -241,3 +243,24 @@ def test_a_checkpoint_from_four_gpus_resumes_on_one_gpu(tmp_path):
     assert len(state["cuda"]) == 1
     set_rng_state({**state, "cuda": [torch.cuda.get_rng_state(0)] * 4}, "cuda")  # release-0.1 form, 4 GPUs
     set_rng_state(state, "cuda")
+
+
+def test_adaptive_follows_the_validation_history_and_a_killed_run_replays_it(data, tmp_path):
+    """The trainer hands `adaptive` the validation accuracies of the epochs before: the stored ε of every
+    epoch is the rule applied to the stored history, and a run killed after epoch 1 resumes to the same ε
+    and the same result (the history comes back from the checkpoint)."""
+    config = dataclasses.replace(CONFIG, setting="adaptive", t1=None, t2=None, schedule_granularity="epoch",
+                                 epochs=4)  # fmt: skip
+    history, result, _ = run(config, data, tmp_path / "whole")
+    accuracies = [m["val_acc"] for m in history]
+    alphas = adaptive_alphas(accuracies[:-1], config.epochs)
+    assert [m["eps"] for m in history] == pytest.approx([a * config.eps_value for a in alphas])
+    assert alphas[:2] == [0, 0] and alphas[-1] == 1  # T1 = 1 at the latest (4 epochs), ε_g by epoch 3
+    loader = make_loader(data["train"], config.batch_size, shuffle=True)
+    with pytest.raises(Interrupted):
+        train(config, build_model(config), DiesMidEpoch(loader, epoch=2, after=1),
+              make_loader(data["val"], 32, shuffle=False), make_loader(data["test"], 32, shuffle=False),
+              run_dir=tmp_path / "killed")  # fmt: skip
+    resumed, again, _ = run(config, data, tmp_path / "killed")
+    assert without_timings(resumed) == without_timings(history)
+    assert without_timings(again) == without_timings(result)
