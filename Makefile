@@ -46,18 +46,23 @@ format:
 bench:
 	$(BIN)/python benchmarks/step_ratio.py
 
-# The demo: run-grid + report + plot on the demo grid (offline; finished runs are reused).
+# The demo: run-grid (two CPU worker processes) + report + plot on the demo grid (offline; finished runs are
+# reused).
 DEMO_DIR ?= demo
 DEMO_EXPERIMENTS ?= rftbench/experiments.toml
 DEMO_FLAGS = --db $(DEMO_DIR)/demo.db --grid demo
+DEMO_REPORT = $(DEMO_FLAGS) --protocol monotone
+DEMO_PROCESSES ?= 2
 demo:
 	@mkdir -p $(DEMO_DIR)
-	$(BIN)/rftbench run-grid $(DEMO_FLAGS) --experiments $(DEMO_EXPERIMENTS) --runs-dir $(DEMO_DIR)/runs --prune-checkpoints
-	$(BIN)/rftbench report --table main $(DEMO_FLAGS) --out $(DEMO_DIR)/main.md
-	$(BIN)/rftbench report --table delay $(DEMO_FLAGS) --out $(DEMO_DIR)/delay.md
-	$(BIN)/rftbench plot curves $(DEMO_FLAGS) --out $(DEMO_DIR)/curves.png
-	$(BIN)/rftbench plot robustness $(DEMO_FLAGS) --out $(DEMO_DIR)/robustness.png
-	@echo "demo: tables in $(DEMO_DIR)/main.md and $(DEMO_DIR)/delay.md, plots in $(DEMO_DIR)/curves.png and $(DEMO_DIR)/robustness.png"
+	$(BIN)/rftbench run-grid $(DEMO_FLAGS) --experiments $(DEMO_EXPERIMENTS) --runs-dir $(DEMO_DIR)/runs --prune-checkpoints \
+		--executor local --processes $(DEMO_PROCESSES)
+	$(BIN)/rftbench report --table main $(DEMO_REPORT) --out $(DEMO_DIR)/main.md
+	$(BIN)/rftbench report --table ttest $(DEMO_REPORT) --out $(DEMO_DIR)/ttest.md
+	$(BIN)/rftbench report --table delay $(DEMO_REPORT) --out $(DEMO_DIR)/delay.md
+	$(BIN)/rftbench plot curves $(DEMO_REPORT) --out $(DEMO_DIR)/curves.png
+	$(BIN)/rftbench plot robustness $(DEMO_REPORT) --out $(DEMO_DIR)/robustness.png
+	@echo "demo: tables in $(DEMO_DIR)/main.md, $(DEMO_DIR)/ttest.md and $(DEMO_DIR)/delay.md, plots in $(DEMO_DIR)/curves.png and $(DEMO_DIR)/robustness.png"
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -53,7 +53,7 @@ def main() -> None:
     for job in experiments.jobs("demo"):
         config = job.config
         new = dict(changes)
-        if config.t2 is not None:  # keep the hinge at 25% and 75% of training
+        if config.t2 is not None:  # keep the hinge at 25% and 75% of training (adaptive scales itself)
             epochs = new.get("epochs", config.epochs)
             new |= {"t1": 0.25 * epochs, "t2": 0.75 * epochs}
         if args.backbone:
@@ -78,39 +78,45 @@ def main() -> None:
 
 
 def print_effect(jobs, results: Results, wall: float, threshold: float) -> None:
+    """Per setting, means over the grid's seeds (± sd where there are several), then the effect sizes."""
     c = jobs[0].config
+    seeds = sorted({j.config.seed for j in jobs})
     print(
         f"demo: {c.backbone} on {c.dataset}, {c.train_subset or 'all'} training images at {c.resolution} px, "
-        f"{c.epochs} epochs, APGD-{c.train_attack_steps} training, threshold {threshold:g}; wall {wall:.0f} s"
+        f"{c.epochs} epochs, APGD-{c.train_attack_steps} training, threshold {threshold:g}, seeds {seeds}; "
+        f"wall {wall:.0f} s"
     )
-    values = results.values.pivot_table(index="setting", columns="metric", values="value", aggfunc="mean")
-    runs = results.runs.set_index("setting")
+    values = results.values.groupby(["setting", "metric"]).value
+    mean, sd = values.mean(), values.std()
     epochs = results.epochs
     print(
-        "| setting | ε_g | clean % | adv % | E.adv % | adaptation start | val acc, epoch 0 | val acc, last |"
+        "| setting | ε_g | clean % | adv % | E.adv % | adaptation starts | val acc, epoch 0 | val acc, last |"
     )
     print("|---|---|---|---|---|---|---|---|")
-    starts = {}
-    for setting in ("standard", "fix", "sched"):
-        if setting not in runs.index:
+    budget = next(j.config.eps for j in jobs if j.config.setting != "standard")
+    for setting in ("standard", "fix", "sched", "adaptive"):
+        runs = results.runs[results.runs.setting == setting].sort_values("seed")
+        if runs.empty:
             continue
-        run = runs.loc[setting]
-        curve = epochs[epochs.run_id == run.run_id].sort_values("epoch").val_acc.tolist()
-        starts[setting] = next((i for i, a in enumerate(curve) if a > threshold), len(curve))
-        v = values.loc[setting]
-        budget = next(j.config.eps for j in jobs if j.config.setting == "fix")
+        curves = [epochs[epochs.run_id == r].sort_values("epoch").val_acc.tolist() for r in runs.run_id]
+        starts = [next((i for i, a in enumerate(curve) if a > threshold), len(curve)) for curve in curves]
+        cells = [
+            f"{mean[(setting, m)]:.2f}" + (f" ± {sd[(setting, m)]:.2f}" if len(seeds) > 1 else "")
+            for m in ("clean", "adv", "eadv")
+        ]
+        first = sum(curve[0] for curve in curves) / len(curves)
+        last = sum(curve[-1] for curve in curves) / len(curves)
         print(
-            f"| {setting} | {run.eps if setting != 'standard' else f'0 (at {budget})'} | {v.clean:.2f} | "
-            f"{v.adv:.2f} | {v.eadv:.2f} | {starts[setting]} | {100 * curve[0]:.1f} | {100 * curve[-1]:.1f} |"
+            f"| {setting} | {runs.eps.iloc[0] if setting != 'standard' else f'0 (at {budget})'} | "
+            f"{' | '.join(cells)} | {', '.join(map(str, starts))} | {100 * first:.1f} | {100 * last:.1f} |"
         )
-    if {"standard", "fix", "sched"} <= set(values.index):
-        gap = values.loc["standard", "clean"] - values.loc["fix", "clean"]
-        recovered = values.loc["sched", "clean"] - values.loc["fix", "clean"]
+    if {"standard", "fix", "sched"} <= {s for s, _ in mean.index}:
+        gap = mean[("standard", "clean")] - mean[("fix", "clean")]
+        recovered = mean[("sched", "clean")] - mean[("fix", "clean")]
         print(
-            f"effect: fix is {gap:.2f} pp below standard in clean accuracy; sched recovers {recovered:.2f} "
-            f"pp ({100 * recovered / gap if gap > 0 else float('nan'):.0f}% of the gap); "
-            f"sched - fix E.adv {values.loc['sched', 'eadv'] - values.loc['fix', 'eadv']:+.2f} pp; "
-            f"adaptation starts fix {starts['fix']} vs sched {starts['sched']}"
+            f"effect (seed means): fix is {gap:.2f} pp below standard in clean accuracy; sched recovers "
+            f"{recovered:.2f} pp ({100 * recovered / gap if gap > 0 else float('nan'):.0f}% of the gap); "
+            f"sched - fix E.adv {mean[('sched', 'eadv')] - mean[('fix', 'eadv')]:+.2f} pp"
         )
 
 

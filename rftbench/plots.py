@@ -10,6 +10,7 @@ Reads `rftbench.report.Results` and never trains. Accuracies are drawn in percen
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,13 @@ def _band(ax, x, curves: np.ndarray, colour: str, label: str, **style) -> None:
         ax.fill_between(x, mean - sd, mean + sd, color=colour, alpha=0.15, lw=0)
 
 
+def _stack(histories: list, length: int, column: str) -> np.ndarray:
+    """One row per run of `column` over epochs; a run still training is padded with NaN (its band narrows)."""
+    return np.array(
+        [np.pad(h[column].to_numpy(float), (0, length - len(h)), constant_values=np.nan) for h in histories]
+    )
+
+
 def _seeds(n: int) -> str:
     return f" (mean of {n} seeds ± sd)" if n > 1 else ""
 
@@ -96,17 +104,8 @@ def curves_figure(results: Results, backbone: str, dataset: str, eps: str | None
     seeds = 1
     for (label, budget), group in runs.groupby(["label", "eps"], sort=False):
         histories = [results.epochs[results.epochs.run_id == r].sort_values("epoch") for r in group.run_id]
-        length = max(len(h) for h in histories)  # a run still training is padded (its band narrows)
-        x = np.arange(length)
-
-        def stack(column: str, histories=histories, length=length) -> np.ndarray:
-            return np.array(
-                [
-                    np.pad(h[column].to_numpy(float), (0, length - len(h)), constant_values=np.nan)
-                    for h in histories
-                ]
-            )
-
+        x = np.arange(max(len(h) for h in histories))
+        stack = functools.partial(_stack, histories, len(x))
         name = label if label == "standard" else f"{label} {budget}"
         colour, seeds = _colour(label), max(seeds, len(histories))
         _band(ax, x, 100 * stack("val_acc"), colour, f"{name}: clean", lw=2)
@@ -124,7 +123,7 @@ def curves_figure(results: Results, backbone: str, dataset: str, eps: str | None
         if reached:
             start = float(np.mean(reached))
             ax.axvline(start, color=colour, lw=1, alpha=0.5)
-            text = f"start {start:g}" if len(set(starts)) == 1 else f"start {min(starts)}-{max(starts)}"
+            text = f"start {start:g}" if len(set(starts)) == 1 else f"starts {','.join(map(str, starts))}"
             ax.annotate(text, (start, 2), color=colour, fontsize=8, rotation=90, va="bottom")
     ax.set_xlabel("epoch (0-based)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))

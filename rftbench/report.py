@@ -441,7 +441,9 @@ def _status(pending: pd.DataFrame, backbone: str, label: str, dataset: str) -> s
     if pending.empty:
         return ""
     hit = pending[
-        (pending.backbone == backbone) & (pending.setting == label.split()[0]) & (pending.dataset == dataset)
+        (pending.backbone == backbone)
+        & pending.setting.isin([label, label.split()[0]])
+        & (pending.dataset == dataset)
     ]
     if hit.empty:
         return ""

@@ -1,5 +1,6 @@
-"""`make demo` end to end on a reduced demo grid (100 training images, 2 epochs): the same commands,
-offline, real EfficientNet-Lite0 weights and real Fashion-MNIST; a second run reuses every finished run.
+"""`make demo` end to end on a reduced demo grid (fix and adaptive, 2 seeds, 100 training images, 2 epochs):
+the same commands, offline, real EfficientNet-Lite0 weights and real Fashion-MNIST, two worker processes;
+a second run reuses every finished run.
 This checks the pipeline, not the effect (benchmarks/demo_effect.py measures that)."""
 
 from __future__ import annotations
@@ -22,7 +23,11 @@ def reduced_demo(tmp_path: Path) -> Path:
     text = (ROOT / "rftbench" / "experiments.toml").read_text()
     block = text[text.index("[grids.demo]") :]
     reduced = re.sub(r"\nepochs = \d+", "\nepochs = 2", block)
-    reduced = reduced.replace("t1 = 2, t2 = 6", "t1 = 0.5, t2 = 1.5")
+    # two seeds of fix and adaptive: the spread over seeds and a schedule that reads the history, end to end
+    reduced = re.sub(
+        r"\nsettings = \[.*\]\n", '\nsettings = [{ setting = "fix" }, { setting = "adaptive" }]\n', reduced
+    )
+    reduced = reduced.replace("seeds = [0, 1, 2]", "seeds = [0, 1]")
     for key, value in (
         ("train_subset", 100),
         ("val_subset", 50),
@@ -31,7 +36,7 @@ def reduced_demo(tmp_path: Path) -> Path:
         ("eval_attack_steps", 2),
     ):
         reduced = re.sub(rf"\n{key} = \d+", f"\n{key} = {value}", reduced)
-    assert reduced.count("= 2\n") >= 1 and "t2 = 1.5" in reduced
+    assert reduced.count("= 2\n") >= 1 and '"adaptive" }]' in reduced and "seeds = [0, 1]\n" in reduced
     path = tmp_path / "experiments.toml"
     path.write_text(text.replace(block, reduced))
     return path
@@ -52,20 +57,27 @@ def test_make_demo_runs_offline_and_reuses_finished_runs(tmp_path):
     experiments, out = reduced_demo(tmp_path), tmp_path / "demo"
     first = make_demo(experiments, out)
     assert first.returncode == 0, first.stdout + first.stderr
-    assert "grid demo: 3 runs (3 new), 0 already completed" in first.stdout
+    assert "grid demo: 4 runs (4 new), 0 already completed" in first.stdout
     assert f"tables in {out}/main.md" in first.stdout
     store = Store.open(str(out / "demo.db"), create=False)
     runs = store.runs(grid="demo")
-    assert [(r.setting, r.status, r.attempts) for r in runs] == [
-        ("standard", "completed", 1), ("fix", "completed", 1), ("sched", "completed", 1)
+    assert sorted((r.setting, r.seed, r.status, r.attempts) for r in runs) == [
+        ("adaptive", 0, "completed", 1), ("adaptive", 1, "completed", 1),
+        ("fix", 0, "completed", 1), ("fix", 1, "completed", 1),
     ]  # fmt: skip
     assert all(len(store.epochs(r.id)) == 2 and store.adaptation(r.id) for r in runs)
     main = (out / "main.md").read_text()
-    assert "| tf_efficientnet_lite0 | fix |" in main and "fashion_mnist Clean" in main
-    assert "Task-adaptation start" in (out / "delay.md").read_text()
+    for setting in ("fix", "adaptive"):  # two seeds per cell: mean ± sd
+        row = next(
+            line for line in main.splitlines() if line.startswith(f"| tf_efficientnet_lite0 | {setting} |")
+        )
+        assert row.count(" ± ") == 3, row
+    assert "fashion_mnist Clean" in main and "over up to 2 seeds" in main
+    delay = (out / "delay.md").read_text()
+    assert "Task-adaptation start over seeds" in delay and "Paired t-tests" in (out / "ttest.md").read_text()
     for png in ("curves.png", "robustness.png"):
         assert (out / png).stat().st_size > 10_000
     second = make_demo(experiments, out)
-    assert second.returncode == 0 and "3 runs (0 new), 3 already completed" in second.stdout
+    assert second.returncode == 0 and "4 runs (0 new), 4 already completed" in second.stdout
     assert "nothing to run" in second.stdout
-    assert [r.attempts for r in Store.open(str(out / "demo.db"), create=False).runs()] == [1, 1, 1]
+    assert [r.attempts for r in Store.open(str(out / "demo.db"), create=False).runs()] == [1, 1, 1, 1]

@@ -32,6 +32,9 @@ def test_grid_sizes_and_shared_runs(experiments):
     assert len(ids(experiments, "paper") & ids(experiments, "ablation")) == 4  # fix and sched 12/37
     assert len(ids(experiments, "baselines")) == 78  # 36 + 54 less the 12 SWIN runs both blocks hold
     assert len(ids(experiments, "smoke")) == 3
+    assert len(ids(experiments, "adaptive")) == 144  # 2 × 3 pairs × 4 settings × 2 budgets × 3 seeds
+    assert len(ids(experiments, "adaptive") & ids(experiments, "baselines")) == 36  # fix, sched, auto, seed 0
+    assert len(ids(experiments, "demo")) == 12  # 4 settings × 3 seeds
 
 
 def test_paper_grid_configs(experiments):
@@ -65,6 +68,16 @@ def test_filters_narrow(experiments):
     assert len(ids(experiments, "paper", settings=["sched"])) == 60
     assert len(ids(experiments, "sweep", eps=["0"])) == 10  # any spelling of a budget
     assert ids(experiments, "paper", backbones=["SWIN"], settings=["fix"]) <= ids(experiments, "sweep")
+
+
+def test_piecewise_settings_in_a_grid(tmp_path):
+    points = 'settings = [{ setting = "piecewise", points = [[0, 0], [5, 0.5], [30, 1]] },\n'
+    hinge = '{ setting = "piecewise", points = [[12, 0], [37, 1]] }, { setting = "sched", t1 = 12, t2 = 37 }]'
+    jobs = load_experiments(write(tmp_path, E + points + hinge)).jobs("g")
+    # the hinge written as points is the hinge: one run, listed once
+    assert [(j.config.setting, j.config.points, j.config.t1) for j in jobs] == [
+        ("piecewise", ((0.0, 0.0), (5.0, 0.5), (30.0, 1.0)), None), ("sched", (), 12.0)
+    ]  # fmt: skip
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -148,6 +161,18 @@ BAD = [
     (
         '[datasets.Cars]\npath = "x"\n' + E,
         r"datasets\.Cars: unknown key\(s\) path; valid keys: root, split_file",
+    ),
+    (
+        E + 'settings = [{ setting = "piecewise", points = [[0, 0], [5, 2]] }]',
+        r"grids\.g\.settings\[0\]\.points: piecewise point \[5, 2\]: .*fractions of ε_g in \[0, 1\]",
+    ),
+    (
+        E + 'settings = [{ setting = "piecewise", points = "0:0,5:1" }]',
+        r"settings\[0\]\.points: piecewise points must",
+    ),
+    (
+        E + 'settings = [{ setting = "piecewise", points = [[0, 0], [5, 0.5], [60, 1]] }]',
+        r"point at epoch 60 > epochs",
     ),
     (G, r"grids\.g: missing `eps`"),
     ("[defaults]\nepochs = 3", r"no \[grids\.NAME\] table"),

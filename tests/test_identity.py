@@ -40,20 +40,68 @@ RELEASE_0_2 = {
 }
 
 
+# Grids a later release redefined on purpose (so new runs): the definition the pins above were made from.
+# Release 0.3 made the demo 3 seeds of standard / fix / sched / adaptive on smaller subsets.
+REDEFINED = {
+    "demo": """
+[grids.demo]
+description = "make demo: ImageNet EfficientNet-Lite0 on Fashion-MNIST, standard / fix / sched"
+backbones = ["tf_efficientnet_lite0"]
+datasets = ["fashion_mnist"]
+settings = [{ setting = "standard" }, { setting = "fix" }, { setting = "sched", t1 = 2, t2 = 6 }]
+eps = ["24/255"]
+precision = "fp32"        # CPU grids stay fp32, augmented in the loader
+augmentation = "loader"
+epochs = 8
+resolution = 16
+train_subset = 1000
+val_subset = 500
+test_subset = 500
+batch_size = 64
+lr = 1e-3
+warmup_epochs = 1
+train_attack_steps = 3
+eval_attack_steps = 5
+val_adv_samples = 200
+standard_eval_budgets = ["24/255"]
+adaptation_threshold = 0.5   # 10 classes: chance is 0.1
+""",
+}
+# The ids of the grids release 0.3 added or redefined, pinned for the releases after it.
+RELEASE_0_3 = {
+    "demo": (12, "ba5146192d986b6d"),
+    "adaptive": (144, "025424e40bfe5447"),
+}
+
+
+def grid_configs(grid: str, tmp_path: Path, redefined: bool = False) -> list[RunConfig]:
+    """The configs of `grid` in experiments.toml, or under its earlier definition (REDEFINED)."""
+    path = EXPERIMENTS
+    if redefined and grid in REDEFINED:
+        text = EXPERIMENTS.read_text()
+        start = text.index(f"[grids.{grid}]")
+        end = text.find("\n[", start + 1)
+        path = tmp_path / "experiments.toml"
+        path.write_text(text[:start] + REDEFINED[grid].strip() + "\n" + (text[end:] if end > 0 else ""))
+    return [job.config for job in load_experiments(path).jobs(grid)]
+
+
 def digest(configs) -> tuple[int, str]:
     ids = sorted(config.run_id for config in configs)
     return len(ids), hashlib.sha256(" ".join(ids).encode()).hexdigest()[:16]
 
 
-def test_every_grid_keeps_the_ids_release_0_1_gave_it():
+def test_every_grid_keeps_the_ids_release_0_1_gave_it(tmp_path):
     """Under release 0.1's definition (fp32, loader-side augmentation) every grid has 0.1's ids; under
-    this file's, 0.2's."""
-    experiments = load_experiments(EXPERIMENTS)
+    this file's, 0.2's, or 0.3's for the grids 0.3 added or redefined."""
     for grid, pinned in RELEASE_0_1.items():
-        configs = [job.config for job in experiments.jobs(grid)]
+        configs = grid_configs(grid, tmp_path, redefined=True)
         as_in_0_1 = [dataclasses.replace(c, precision="fp32", augmentation="loader") for c in configs]
         assert digest(as_in_0_1) == pinned, grid
         assert digest(configs) == RELEASE_0_2[grid], grid
+    for grid, pinned in RELEASE_0_3.items():
+        assert digest(grid_configs(grid, tmp_path)) == pinned, grid
+    assert set(load_experiments(EXPERIMENTS).grids) == set(RELEASE_0_1) | set(RELEASE_0_3)
     paper_sched = RunConfig(backbone="SWIN", dataset="Cars", setting="sched", eps="4/255", t1=12, t2=37)
     assert paper_sched.run_id == "09ed814cc629ad50"
 
