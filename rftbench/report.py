@@ -12,6 +12,10 @@ A run may hold evaluations under several protocols (rftbench.metrics). A report 
 picks, per run, the rows of that protocol (default: the paper's, fp32, each run's own attack steps), so no
 cell mixes two protocols; every table says which one it shows, and names the runs that have no row under
 it (`rftbench evaluate` adds one).
+
+Seeds are an axis: a cell with several seeds shows their mean ± their standard deviation, or the half-width
+of the 95% confidence interval of the mean (`spread`, SPREADS); paired tests pair by (backbone, dataset,
+seed); delay correlations take every seed's run as a point. One seed, and the paper's numbers, show as is.
 """
 
 from __future__ import annotations
@@ -548,9 +552,15 @@ def ttest_table(
     mean over cells of the sd over seeds), so a difference can be read against the noise."""
     frame = results.values.assign(label=setting_labels(results.values))
     labels = set(frame.label)
-    pairs = pairs or default_pairs(labels)
-    for i, (a, b) in enumerate(pairs):  # "sched" names the hinge when one T1/T2 pair is shown with its own
-        pairs[i] = tuple(next((x for x in sorted(labels) if x.split()[0] == v), v) for v in (a, b))
+
+    def named(setting: str) -> str:  # "sched" names the hinge when one T1/T2 pair is shown as "sched 12/37"
+        return (
+            setting
+            if setting in labels
+            else next((x for x in sorted(labels) if x.split()[0] == setting), setting)
+        )
+
+    pairs = [(named(a), named(b)) for a, b in pairs or default_pairs(labels)]
     rows, long = [], []
     for a, b in pairs:
         for budget in eps:
