@@ -124,6 +124,11 @@ def val_adv_budget(config: RunConfig) -> float:
     return float(parse_budget(config.eval_budgets[0], config.norm))
 
 
+def epoch_constant(value: float, step: int = 0) -> float:
+    """ε of a per-epoch schedule at any step (computed once: auto and adaptive replay the history)."""
+    return value
+
+
 def train_one_epoch(
     net, loader, optimizer, scheduler, scaler, eps_at, config, device, amp, fmt, augment=None
 ) -> dict:
@@ -230,6 +235,8 @@ def train(
             seed=config.seed,
             val_accuracies=[m["val_acc"] for m in history],
         )
+        if config.schedule_granularity == "epoch":  # one ε per epoch: computed once, not at every step
+            eps_at = functools.partial(epoch_constant, eps_at(step=0))
         lr, start = scheduler.get_last_lr()[0], time.perf_counter()
         augment = None
         if config.augmentation == "device":
