@@ -420,12 +420,11 @@ def main_table(
                         if paper is not None:
                             ref = paper.get((backbone, label, dataset, metric), np.nan)
                             text = _compare_cell(value, ref) or text
-                            long.append(_long(backbone, dataset, label, budget, metric, value, ref) |
-                                        _stat_columns(stat))  # fmt: skip
-                        elif not math.isnan(value):
                             long.append(
-                                _long(backbone, dataset, label, budget, metric, value) | _stat_columns(stat)
+                                _long(backbone, dataset, label, budget, metric, value, ref, stat=stat)
                             )
+                        elif not math.isnan(value):
+                            long.append(_long(backbone, dataset, label, budget, metric, value, stat=stat))
                         row[f"{dataset} {name}"] = text
                 if present:
                     rows.append(row)
@@ -433,8 +432,8 @@ def main_table(
             " [paper]" if results.source == "paper" else ""
         )
         seeds = max((c["n"] for c in cells.values()), default=0)
-        note = "; ".join(n for n in ("ours (paper, ours - paper)" if compare is not None else "",
-                                     spread_note(seeds, spread)) if n)  # fmt: skip
+        compared = "ours (paper, ours - paper)" if compare is not None else ""
+        note = "; ".join(n for n in (compared, spread_note(seeds, spread)) if n)
         sections.append(Section(title, pd.DataFrame(rows), pd.DataFrame(long), note))
     if not sections:
         raise ReportError(f"no results at ε_g = {', '.join(eps)} in the {results.source}")
@@ -471,7 +470,8 @@ def _diff(value: float, ref: float) -> float:
     return round(round(value, 2) - round(ref, 2), 2) + 0.0
 
 
-def _long(backbone, dataset, setting, eps, metric, value, paper=None, t1=None, t2=None) -> dict:
+def _long(backbone, dataset, setting, eps, metric, value, paper=None, t1=None, t2=None, stat=None) -> dict:
+    """One long-format row; `stat` (a `summary` over several seeds) adds n, sd and the 95% CI."""
     row = {
         "backbone": backbone,
         "dataset": dataset,
@@ -487,7 +487,7 @@ def _long(backbone, dataset, setting, eps, metric, value, paper=None, t1=None, t
             "paper": round(paper, 2) if not math.isnan(paper) else None,
             "diff": _diff(value, paper) if not (math.isnan(value) or math.isnan(paper)) else None,
         }
-    return row
+    return row | _stat_columns(stat)
 
 
 def averages_table(results: Results, eps: list[str], spread: str = "sd") -> list[Section]:
@@ -765,8 +765,19 @@ def ablation_table(results: Results, eps: list[str], spread: str = "sd") -> list
                     stat = cells.get((t1, t2, budget, metric), summary([]))
                     row[f"{budget} {name}"] = cell(stat, spread)
                     if stat["n"]:
-                        value = _long(backbone, dataset, "sched", budget, metric, stat["mean"], t1=t1, t2=t2)
-                        long.append(value | _stat_columns(stat))
+                        long.append(
+                            _long(
+                                backbone,
+                                dataset,
+                                "sched",
+                                budget,
+                                metric,
+                                stat["mean"],
+                                t1=t1,
+                                t2=t2,
+                                stat=stat,
+                            )
+                        )
             rows.append(row)
         seeds = max((c["n"] for c in cells.values()), default=0)
         sections.append(Section(f"T1/T2 ablation, {backbone}-{dataset} (%)", pd.DataFrame(rows),
@@ -803,8 +814,9 @@ def baselines_table(results: Results, eps: list[str], spread: str = "sd") -> lis
                     stat = cells.get((backbone, dataset, setting, metric), summary([]))
                     row[f"{setting} {name}"] = cell(stat, spread)
                     if stat["n"]:
-                        long.append(_long(backbone, dataset, setting, budget, metric, stat["mean"])
-                                    | _stat_columns(stat))  # fmt: skip
+                        long.append(
+                            _long(backbone, dataset, setting, budget, metric, stat["mean"], stat=stat)
+                        )
             rows.append(row)
         if settings:
             seeds = max((c["n"] for c in cells.values()), default=0)
