@@ -29,7 +29,7 @@ from rftbench.config import (
     eps_text,
     parse_eps,
 )
-from rftbench.schedules import SCHEDULES, ScheduleSpec
+from rftbench.schedules import SCHEDULES, ScheduleSpec, points_text
 
 console = Console(soft_wrap=True)  # log lines stay whole in files and narrow terminals
 # Errors that are the user's input or environment, not our bug: one line each (`expected_error`).
@@ -819,7 +819,7 @@ def show_jobs(grid: str, jobs, db: str | None) -> None:
         table.add_column(column, no_wrap=True)
     for job in jobs:
         c = job.config
-        hinge = f"{c.t1:g}/{c.t2:g}" if c.t2 is not None else c.schedule.label.removeprefix(c.setting).strip()
+        hinge = f"{c.t1:g}/{c.t2:g}" if c.t2 is not None else points_text(c.points)
         table.add_row(
             str(job.position),
             job.run_id[:8],
