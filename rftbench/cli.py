@@ -1518,7 +1518,7 @@ class RichFetchProgress:
 def data_fetch(
     names: list[str] = typer.Argument(
         ...,
-        help="datasets to fetch: Aircraft, Cars, Caltech, Cub, Dogs, fashion_mnist",
+        help="datasets to fetch: Aircraft, Cars, Caltech, Cub, Dogs, fashion_mnist, omniglot",
         autocompletion=complete_fetchable,
     ),
     root: list[str] = typer.Option(

@@ -313,6 +313,7 @@ LAYOUTS = {
     "Cub": "ROOT/CUB_200_2011/{images/,images.txt,image_class_labels.txt,train_test_split.txt,classes.txt}",
     "Dogs": "ROOT/{Images/<wnid-breed>/*.jpg,train_list.mat,test_list.mat}",
     "imagefolder": "ROOT/{train,val,test}/<class>/<image> or ROOT/<class>/<image>",
+    "omniglot": "ROOT/{train,test}/<Alphabet>_<NN>/<image id>_<drawer>.png (`rftbench data fetch omniglot`)",
     "fashion_mnist": "ROOT/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz (Debian: dataset-fashion-mnist)",
     "synthetic": "generated in memory from split_seed (no files)",
 }
@@ -327,6 +328,7 @@ DATASETS: dict[str, DatasetSpec] = {s.name: s for s in [
     DatasetSpec("Cub", 200, "5,394 / 600 / 5,794", _cub, "data/cub", 5394, 600, 5794),
     DatasetSpec("Dogs", 120, "10,800 / 1,200 / 8,580", _dogs, "data/dogs", 10800, 1200, 8580),
     DatasetSpec("imagefolder", 0, "folders, or 80 / 10 / 10 per class", _imagefolder, "data/imagefolder"),
+    DatasetSpec("omniglot", 242, "3,146 / 484 / 1,210", _imagefolder, "data/omniglot", 3146, 484, 1210),
     DatasetSpec("fashion_mnist", 10, "55,000 / 5,000 / 10,000", None, "/usr/share/datasets/fashion-mnist",
                 55000, 5000, 10000),
     DatasetSpec("synthetic", 10, "400 / 100 / 100 generated", None, "", 400, 100, 100),

@@ -25,6 +25,11 @@ Where each file comes from (looked up in 2026-12; every `Resource` names the sou
 - The split lists: `data_splits/<dataset>/{train,val,test}.json` of Hua et al.'s DongXzz/RoLI at commit
   5f34b8f (the paper's appendix A takes its splits from there), sha256 of each file pinned.
 - Fashion-MNIST: torchvision's own downloader (its mirrors and md5s), into a staging folder.
+- Omniglot (the demo's task): the authors' two 5-alphabet background archives from brendenlake/omniglot
+  (`python/images_background_small{1,2}.zip`, unchanged since 2015) and its LICENSE, at a pinned commit,
+  sha256 computed from that commit's blobs. torchvision's `Omniglot` knows the same folder but pins only
+  the 30-alphabet archives. The two archives share Greek and Latin (byte-identical; kept once): 242
+  characters of 8 alphabets, split by drawer (01-15 train, 16-20 test), as ../shared/data/omniglot holds.
 
 torchvision's other downloaders are not used: they neither resume a download nor filter archive members.
 
@@ -124,6 +129,37 @@ def _fashion_mnist(staging: Path) -> None:
         leftover.unlink()
 
 
+OMNIGLOT_COMMIT = "057f034baf2ecb8530bc5710e5a23584d2a519cc"
+OMNIGLOT_URL = f"https://raw.githubusercontent.com/brendenlake/omniglot/{OMNIGLOT_COMMIT}/"
+OMNIGLOT_TRAIN_DRAWERS = 15  # drawers 01-15 train, 16-20 test: test images are by people never seen
+
+
+def _omniglot_layout(root: Path) -> None:
+    """The authors' archives (images_background_small{1,2}/<Alphabet>/characterNN/<id>_<drawer>.png) as
+    one tree split by drawer, a class per <Alphabet>_<NN>; an alphabet both archives hold is kept once,
+    and only if both hold the same images."""
+    for archive in sorted(root.glob("images_background_small*")):
+        for image in sorted(archive.glob("*/character*/*.png")):
+            character = image.parent.name.removeprefix("character")
+            drawer = image.stem.rpartition("_")[2]
+            if not (drawer.isdigit() and character.isdigit()):
+                raise FetchError(
+                    f"Omniglot: {image.relative_to(root)} is not <id>_<drawer>.png in characterNN/"
+                )
+            split = "train" if int(drawer) <= OMNIGLOT_TRAIN_DRAWERS else "test"
+            target = root / split / f"{image.parent.parent.name}_{character}" / image.name
+            if target.exists():
+                if target.read_bytes() != image.read_bytes():
+                    raise FetchError(
+                        f"Omniglot: the two archives hold different images {image.relative_to(archive)}; "
+                        f"they are not the authors' archives: report it"
+                    )
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(image, target)
+        shutil.rmtree(archive)
+
+
 TFDS = "tensorflow_datasets url_checksums"
 SOURCES: dict[str, Source] = {s.dataset: s for s in [
     Source("Aircraft", (Resource(
@@ -163,6 +199,17 @@ SOURCES: dict[str, Source] = {s.dataset: s for s in [
                  checked_by=TFDS + "/stanford_dogs.txt"),
     )),
     Source("fashion_mnist", (), downloader=_fashion_mnist),
+    Source("omniglot", (
+        Resource(OMNIGLOT_URL + "python/images_background_small1.zip", "images_background_small1.zip",
+                 ("f38eb80f801274ac2b4dff5b24289016bfaba4a7d5bb50deebf27104ad6cb8a4",), 1319022,
+                 checked_by=f"brendenlake/omniglot at {OMNIGLOT_COMMIT[:7]} (md5 e704a628…)"),
+        Resource(OMNIGLOT_URL + "python/images_background_small2.zip", "images_background_small2.zip",
+                 ("3ccaa407515a8778e5d0861875af38b17e418f301ad5bb3b5a6b65d901a41c7f",), 1580917,
+                 checked_by=f"brendenlake/omniglot at {OMNIGLOT_COMMIT[:7]} (md5 b75a71a5…)"),
+        Resource(OMNIGLOT_URL + "LICENSE", "LICENSE",
+                 ("2efb425d9850e7bce985f151dc2ee1f4485e926a3582e08fd879cd28eb0388f5",), 1080, unpack=False,
+                 checked_by=f"brendenlake/omniglot at {OMNIGLOT_COMMIT[:7]}"),
+    ), fixup=_omniglot_layout),
 ]}  # fmt: skip
 
 # The paper's split lists (RoLI at ROLI_COMMIT): sha256 of each file, computed from that commit's blobs.

@@ -158,6 +158,26 @@ def test_imagefolder_without_split_folders_splits_80_10_10(tmp_path):
 
 
 @pytest.mark.skipif(not FASHION.exists(), reason="Debian package dataset-fashion-mnist not installed")
+def test_omniglot_the_demos_many_class_task_split_by_drawer():
+    """Omniglot as the demo reads it (../shared/data/omniglot, or `data fetch omniglot`): 242 characters,
+    drawers 01-15 for training (2 of them per character held out for validation, seeded) and 16-20 for
+    testing, so no test image is by a person seen in training; 1-bit PNGs decode to 3-channel images."""
+    root = require(SHARED / "data" / "omniglot")
+    counts = split_counts("omniglot", root)
+    assert [len(counts[s]) for s in ("train", "val", "test")] == [242] * 3
+    assert set(counts["train"].values()) == {13} and set(counts["val"].values()) == {2}
+    assert set(counts["test"].values()) == {5}
+    drawer = lambda path: int(Path(path).stem.rpartition("_")[2])  # noqa: E731
+    assert {drawer(p) for p in samples("omniglot", root, "test").paths} == {16, 17, 18, 19, 20}
+    assert max(drawer(p) for s in ("train", "val") for p in samples("omniglot", root, s).paths) == 15
+    assert_disjoint("omniglot", root)
+    spec = DATASETS["omniglot"]
+    assert (spec.train_images, spec.val_images, spec.test_images) == (3146, 484, 1210)
+    val = build_dataset("omniglot", root, "val", resolution=32)
+    assert val.images.shape == (484, 3, 32, 32) and len(val.classes) == 242
+    assert torch.equal(val.images[:, 0], val.images[:, 2]) and val.images.float().std() > 50  # strokes
+
+
 def test_fashion_mnist_from_the_debian_package():
     train = build_dataset("fashion_mnist", None, "val", resolution=32)
     test = build_dataset("fashion_mnist", None, "test", resolution=28)

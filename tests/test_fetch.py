@@ -21,7 +21,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import SHARED
+from conftest import SHARED, require
 from layouts import write_aircraft, write_caltech, write_cars, write_cub, write_dogs
 from servers import FileServer
 from typer.testing import CliRunner
@@ -438,3 +438,87 @@ def test_a_grid_keeps_the_splits_its_runs_were_recorded_with(mirror, tmp_path, m
     )
     (run,) = Store.open("r.db").runs()
     assert json.loads(run.config)["splits"] == "rules"
+
+
+OMNIGLOT = SHARED / "data" / "omniglot"
+# The authors' two background archives and their alphabets (Greek and Latin are in both)
+OMNIGLOT_ARCHIVES = {
+    "images_background_small1": ("Balinese", "Early_Aramaic", "Greek", "Korean", "Latin"),
+    "images_background_small2": ("Greek", "Japanese_(katakana)", "Latin", "Sanskrit", "Tagalog"),
+}
+OMNIGLOT_SOURCE = fetch_module.SOURCES["omniglot"]  # as shipped (tests point copies of it at a local server)
+
+
+def omniglot_archives(tree: Path, change: str = "") -> dict[str, bytes]:
+    """The authors' archives rebuilt from a split tree in their own layout (<archive>/<Alphabet>/characterNN/
+    <id>_<drawer>.png, every drawer of a character together), with the LICENSE; `change` names a member of
+    the second archive whose bytes differ from the first's."""
+    served = {"LICENSE": (tree / "LICENSE").read_bytes()}
+    for archive, alphabets in OMNIGLOT_ARCHIVES.items():
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w") as z:
+            for image in sorted(tree.glob("*/*/*.png")):
+                alphabet, _, number = image.parent.name.rpartition("_")
+                if alphabet in alphabets:
+                    name = f"{archive}/{alphabet}/character{number}/{image.name}"
+                    data = image.read_bytes()
+                    z.writestr(name, data + b"\0" if name == change else data)
+        served[f"python/{archive}.zip"] = out.getvalue()
+    return served
+
+
+def serve_omniglot(served: dict[str, bytes], monkeypatch) -> FileServer:
+    """A server at the real URLs' paths, and the omniglot source pointed at it with these files' sha256."""
+    server = FileServer()
+    real = "https://raw.githubusercontent.com"
+    resources = []
+    for resource in OMNIGLOT_SOURCE.resources:
+        path = resource.url.removeprefix(real)
+        data = served[path.split(f"/{fetch_module.OMNIGLOT_COMMIT}/")[1]]
+        server.files[path] = data
+        resources.append(dataclasses.replace(resource, url=server.url + path, size=len(data),
+                                             sha256=(hashlib.sha256(data).hexdigest(),)))  # fmt: skip
+    source = dataclasses.replace(OMNIGLOT_SOURCE, resources=tuple(resources))
+    monkeypatch.setitem(fetch_module.SOURCES, "omniglot", source)
+    return server
+
+
+def test_omniglot_from_the_authors_archives_is_the_demos_tree_image_for_image(tmp_path, monkeypatch):
+    """`data fetch omniglot` takes the authors' two archives at a pinned commit and lays them out as
+    ../shared/data/omniglot is (the demo's data offline): the same files, byte for byte, so the same
+    alphabets, characters and drawers, and the registry reads the same splits from both."""
+    urls = [r.url for r in OMNIGLOT_SOURCE.resources]
+    base = f"https://raw.githubusercontent.com/brendenlake/omniglot/{fetch_module.OMNIGLOT_COMMIT}/"
+    archives = [f"python/images_background_small{i}.zip" for i in (1, 2)]
+    assert urls == [base + archives[0], base + archives[1], base + "LICENSE"]
+    assert all(len(r.sha256) == 1 and r.size for r in OMNIGLOT_SOURCE.resources)
+    server = serve_omniglot(omniglot_archives(require(OMNIGLOT)), monkeypatch)
+    try:
+        result = fetch_cli("omniglot", "--root", str(tmp_path / "data"))
+        assert result.exit_code == 0, result.output
+        root = tmp_path / "data" / "omniglot"
+        assert f"omniglot: fetched in {root}" in result.output
+        files = lambda tree: sorted(  # noqa: E731
+            str(p.relative_to(tree)) for p in tree.rglob("*") if p.is_file() and p.name != MARKER
+        )
+        assert files(root) == files(OMNIGLOT) and len(files(root)) == 242 * 20 + 1
+        assert all((root / f).read_bytes() == (OMNIGLOT / f).read_bytes() for f in files(OMNIGLOT))
+        for split in ("train", "val", "test"):
+            got, want = samples("omniglot", root, split), samples("omniglot", OMNIGLOT, split)
+            assert (got.paths, got.labels, got.classes) == (want.paths, want.labels, want.classes)
+        assert len(got.classes) == DATASETS["omniglot"].classes == 242
+        assert not (root / "images_background_small1").exists()
+    finally:
+        server.stop()
+    # archives that disagree on an alphabet both hold are not the authors': refused, nothing left behind
+    changed = (
+        "images_background_small2/Greek/character01/"
+        + sorted((OMNIGLOT / "train" / "Greek_01").iterdir())[0].name
+    )
+    server = serve_omniglot(omniglot_archives(OMNIGLOT, change=changed), monkeypatch)
+    try:
+        refused = fetch_cli("omniglot", "--root", f"omniglot={tmp_path / 'other'}")
+        assert refused.exit_code == 2 and "the two archives hold different images" in refused.output
+        assert not (tmp_path / "other").exists() and not list(tmp_path.glob(".*partial*"))
+    finally:
+        server.stop()
