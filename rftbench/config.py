@@ -38,6 +38,7 @@ TABLES = (
     "averages",
     "ttest",
     "delay",
+    "effect",
     "ablation",
     "baselines",
     "evaluations",

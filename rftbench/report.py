@@ -614,11 +614,11 @@ def ttest_table(
     return [Section(title, pd.DataFrame(rows), pd.DataFrame(long), note)]
 
 
-def delay_table(results: Results, include_standard: bool = False) -> list[Section]:
-    """Per run: the task-adaptation start epoch and the final validation accuracy; per (backbone, dataset)
-    over the fix sweep: their Pearson and Spearman correlations; each fix run's clean drop from ε = 0."""
+def adaptation_starts(results: Results, table: str) -> tuple[pd.DataFrame, pd.Series]:
+    """The runs with per-epoch metrics, each with its task-adaptation start (at its threshold), final
+    validation accuracy (%) and whether its history is complete; and each run's validation curve."""
     if results.source == "paper":
-        raise ReportError("the paper publishes no per-run delay numbers: `delay` needs a database")
+        raise ReportError(f"the paper publishes no per-run delay numbers: `{table}` needs a database")
     if results.runs.empty or results.epochs.empty:
         raise ReportError("no run has per-epoch metrics in this database yet")
     epochs = results.epochs.sort_values(["run_id", "epoch"])
@@ -629,6 +629,85 @@ def delay_table(results: Results, include_standard: bool = False) -> list[Sectio
     ]
     runs["final_val"] = [100 * curves[r][-1] for r in runs.run_id]
     runs["complete"] = [len(curves[r.run_id]) == r.epochs for r in runs.itertuples()]
+    return runs, curves
+
+
+def effect_table(results: Results, eps: list[str]) -> list[Section]:
+    """The paper's story as this database tells it, per (backbone, dataset, ε_g), paired over seeds: what
+    fix lost to standard fine-tuning in clean accuracy, what each schedule won back (clean, and E.adv
+    against fix), new schedules against sched, and each setting's task-adaptation start per seed."""
+    runs, _ = adaptation_starts(results, "effect")
+    frame = results.values.assign(label=setting_labels(results.values))
+    rows, long, starts = [], [], []
+    for (backbone, dataset, budget), sub in frame[frame.eps.isin(eps)].groupby(
+        ["backbone", "dataset", "eps"], sort=False
+    ):
+        seeds = sub.pivot_table(index="seed", columns=["label", "metric"], values="value")
+        labels = setting_order(sub.label)
+        sched = next((label for label in labels if label.split()[0] == "sched"), None)
+        others = [label for label in labels if label not in ("standard", "fix")]
+        wanted = [("standard", "fix", "clean")] + [(a, "fix", m) for a in others for m in ("clean", "eadv")]
+        wanted += [(a, sched, m) for a in others if a != sched and sched for m in ("clean", "eadv")]
+        loss = None
+        for a, b, metric in wanted:
+            if (a, metric) not in seeds or (b, metric) not in seeds:
+                continue
+            paired = seeds[[(a, metric), (b, metric)]].dropna()
+            diff = paired[(a, metric)] - paired[(b, metric)]
+            stat = summary(diff)
+            p = stats.ttest_rel(paired[(a, metric)], paired[(b, metric)]).pvalue if len(diff) > 1 else np.nan
+            if (a, b, metric) == ("standard", "fix", "clean"):
+                loss, reading = stat["mean"], "what fix lost to standard fine-tuning"
+            elif b == "fix" and metric == "clean":
+                share = f" ({100 * stat['mean'] / loss:.0f}% of it)" if loss and loss > 0 else ""
+                reading = f"what {a} won back{share}"
+            else:
+                reading = ""
+            rows.append(
+                {"Backbone": backbone, "Dataset": dataset, "ε_g": budget, "Comparison": f"{a} − {b}",
+                 "Metric": METRICS[metric], "mean (pp)": f"{stat['mean']:+.2f}",
+                 "95% CI (pp)": f"[{stat['ci_low']:+.2f}, {stat['ci_high']:+.2f}]" if stat["n"] > 1 else "",
+                 "a > b": f"{int((diff > 0).sum())} of {len(diff)} seeds",
+                 "p": f"{p:.3f}" if not math.isnan(p) else "", "Reading": reading}
+            )  # fmt: skip
+            long.append(
+                {"backbone": backbone, "dataset": dataset, "eps": budget, "a": a, "b": b, "metric": metric,
+                 "n": stat["n"], "mean_diff": stat["mean"], "ci_low": stat["ci_low"],
+                 "ci_high": stat["ci_high"], "wins": int((diff > 0).sum()), "p": p}
+            )  # fmt: skip
+        cell_runs = runs[runs.run_id.isin(set(sub.run_id))].assign(label=setting_labels)
+        for label in setting_order(cell_runs.label):
+            group = cell_runs[cell_runs.label == label].sort_values("seed")
+            shown = [f"{s} (never)" if s == n else str(s) for s, n in zip(group.start, group.epochs)]
+            starts.append(
+                {"Backbone": backbone, "Dataset": dataset, "ε_g": budget, "Setting": label,
+                 "threshold": ", ".join(f"{t:g}" for t in dict.fromkeys(group.threshold)),
+                 "seeds": ", ".join(str(s) for s in group.seed), "start epoch per seed": ", ".join(shown),
+                 "mean": fmt(group.start.mean())}
+            )  # fmt: skip
+    if not rows and not starts:
+        raise ReportError(f"no results at ε_g = {', '.join(eps)} in the {results.source}")
+    return [
+        Section(
+            "What ε-scheduling changed, paired over seeds (test accuracy, percentage points)",
+            pd.DataFrame(rows),
+            pd.DataFrame(long),
+            "a − b per seed, then the mean, its 95% CI (Student t) and p (scipy.stats.ttest_rel); "
+            "a share won back is of fix's clean loss to standard",
+        ),
+        Section(
+            "Task-adaptation start (first 0-based epoch with validation accuracy above the threshold)",
+            pd.DataFrame(starts),
+            pd.DataFrame(starts),
+            "never: the run's epoch count, as the paper counts it",
+        ),
+    ]
+
+
+def delay_table(results: Results, include_standard: bool = False) -> list[Section]:
+    """Per run: the task-adaptation start epoch and the final validation accuracy; per (backbone, dataset)
+    over the fix sweep: their Pearson and Spearman correlations; each fix run's clean drop from ε = 0."""
+    runs, curves = adaptation_starts(results, "delay")
     clean = results.values[results.values.metric == "clean"].groupby("run_id").value.first()
     runs["clean"] = runs.run_id.map(clean)
     per_run = pd.DataFrame(
@@ -965,6 +1044,7 @@ def build(
         "averages": lambda: averages_table(results, budgets, spread),
         "ttest": lambda: ttest_table(results, budgets, pairs),
         "delay": lambda: delay_table(results, include_standard),
+        "effect": lambda: effect_table(results, budgets),
         "ablation": lambda: ablation_table(results, budgets, spread),
         "baselines": lambda: baselines_table(results, budgets, spread),
     }[name]()
