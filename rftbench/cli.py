@@ -1246,7 +1246,9 @@ def report(
             for column in section.table.columns:
                 rich_table.add_column(
                     str(column),
-                    justify="left" if column in ("Backbone", "Setting", "Dataset", "Run") else "right",
+                    justify="left"
+                    if column in ("Backbone", "Setting", "Dataset", "Run", "Finding")
+                    else "right",
                 )
             for row in section.table.itertuples(index=False):
                 rich_table.add_row(*(str(v) for v in row))

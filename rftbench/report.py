@@ -635,13 +635,14 @@ def adaptation_starts(results: Results, table: str) -> tuple[pd.DataFrame, pd.Se
 def effect_table(results: Results, eps: list[str]) -> list[Section]:
     """The paper's story as this database tells it, per (backbone, dataset, ε_g), paired over seeds: what
     fix lost to standard fine-tuning in clean accuracy, what each schedule won back (clean, and E.adv
-    against fix), new schedules against sched, and each setting's task-adaptation start per seed."""
+    against fix), new schedules against sched, and each setting's task-adaptation start per seed. Narrow
+    enough to read in a terminal: the cell is named in the title when there is one."""
     runs, _ = adaptation_starts(results, "effect")
     frame = results.values.assign(label=setting_labels(results.values))
+    frame = frame[frame.eps.isin(eps)]
     rows, long, starts = [], [], []
-    for (backbone, dataset, budget), sub in frame[frame.eps.isin(eps)].groupby(
-        ["backbone", "dataset", "eps"], sort=False
-    ):
+    for (backbone, dataset, budget), sub in frame.groupby(["backbone", "dataset", "eps"], sort=False):
+        where = {"Backbone": backbone, "Dataset": dataset, "ε_g": budget}
         seeds = sub.pivot_table(index="seed", columns=["label", "metric"], values="value")
         labels = setting_order(sub.label)
         sched = next((label for label in labels if label.split()[0] == "sched"), None)
@@ -656,19 +657,17 @@ def effect_table(results: Results, eps: list[str]) -> list[Section]:
             diff = paired[(a, metric)] - paired[(b, metric)]
             stat = summary(diff)
             p = stats.ttest_rel(paired[(a, metric)], paired[(b, metric)]).pvalue if len(diff) > 1 else np.nan
+            finding = f"{a} − {b}, {METRICS[metric]}"
             if (a, b, metric) == ("standard", "fix", "clean"):
-                loss, reading = stat["mean"], "what fix lost to standard fine-tuning"
+                loss, finding = stat["mean"], "what fix lost to standard (clean, standard − fix)"
             elif b == "fix" and metric == "clean":
-                share = f" ({100 * stat['mean'] / loss:.0f}% of it)" if loss and loss > 0 else ""
-                reading = f"what {a} won back{share}"
-            else:
-                reading = ""
+                share = f": {100 * stat['mean'] / loss:.0f}% of it" if loss and loss > 0 else ""
+                finding = f"what {a} won back (clean, {a} − fix){share}"
             rows.append(
-                {"Backbone": backbone, "Dataset": dataset, "ε_g": budget, "Comparison": f"{a} − {b}",
-                 "Metric": METRICS[metric], "mean (pp)": f"{stat['mean']:+.2f}",
-                 "95% CI (pp)": f"[{stat['ci_low']:+.2f}, {stat['ci_high']:+.2f}]" if stat["n"] > 1 else "",
+                {**where, "Finding": finding, "pp": f"{stat['mean']:+.2f}",
+                 "95% CI": f"[{stat['ci_low']:+.2f}, {stat['ci_high']:+.2f}]" if stat["n"] > 1 else "",
                  "a > b": f"{int((diff > 0).sum())} of {len(diff)} seeds",
-                 "p": f"{p:.3f}" if not math.isnan(p) else "", "Reading": reading}
+                 "p": f"{p:.3f}" if not math.isnan(p) else ""}
             )  # fmt: skip
             long.append(
                 {"backbone": backbone, "dataset": dataset, "eps": budget, "a": a, "b": b, "metric": metric,
@@ -680,25 +679,34 @@ def effect_table(results: Results, eps: list[str]) -> list[Section]:
             group = cell_runs[cell_runs.label == label].sort_values("seed")
             shown = [f"{s} (never)" if s == n else str(s) for s, n in zip(group.start, group.epochs)]
             starts.append(
-                {"Backbone": backbone, "Dataset": dataset, "ε_g": budget, "Setting": label,
-                 "threshold": ", ".join(f"{t:g}" for t in dict.fromkeys(group.threshold)),
+                {**where, "Setting": label,
+                 "threshold": ", ".join(f"{100 * t:g}%" for t in dict.fromkeys(group.threshold)),
                  "seeds": ", ".join(str(s) for s in group.seed), "start epoch per seed": ", ".join(shown),
                  "mean": fmt(group.start.mean())}
             )  # fmt: skip
     if not rows and not starts:
         raise ReportError(f"no results at ε_g = {', '.join(eps)} in the {results.source}")
+    rows, starts = pd.DataFrame(rows), pd.DataFrame(starts)
+    cells = starts[["Backbone", "Dataset", "ε_g"]].drop_duplicates()
+    named = ""
+    if len(cells) == 1:  # one cell: named once in the titles, not on every row
+        named = " — {} on {} at ε_g = {}".format(*cells.iloc[0])
+        rows, starts = (
+            t.drop(columns=["Backbone", "Dataset", "ε_g"], errors="ignore") for t in (rows, starts)
+        )
     return [
         Section(
-            "What ε-scheduling changed, paired over seeds (test accuracy, percentage points)",
-            pd.DataFrame(rows),
+            f"What ε-scheduling changed{named}: test accuracy, percentage points, paired over seeds",
+            rows,
             pd.DataFrame(long),
-            "a − b per seed, then the mean, its 95% CI (Student t) and p (scipy.stats.ttest_rel); "
-            "a share won back is of fix's clean loss to standard",
+            "a − b per seed, then the mean, its 95% CI (Student t) and p (scipy.stats.ttest_rel); a share "
+            "won back is of fix's clean loss to standard",
         ),
         Section(
-            "Task-adaptation start (first 0-based epoch with validation accuracy above the threshold)",
-            pd.DataFrame(starts),
-            pd.DataFrame(starts),
+            f"Task-adaptation start{named}: the first 0-based epoch with validation accuracy above the "
+            "threshold",
+            starts,
+            starts,
             "never: the run's epoch count, as the paper counts it",
         ),
     ]

@@ -538,7 +538,7 @@ def test_plots_draw_a_band_per_setting_over_seeds(seeded, tmp_path):
     assert made.exit_code == 0 and Image.open(tmp_path / "c.png").size[0] > 500
 
 
-def test_effect_tells_the_story_paired_over_seeds(tmp_path):
+def test_effect_tells_the_story_paired_over_seeds(tmp_path, seeded):
     """`report --table effect` (what `make demo` ends with): per cell and paired over seeds, what fix lost
     to standard fine-tuning, what sched won back and its share of that loss, E.adv, and each setting's
     task-adaptation start per seed; the numbers by hand and from scipy."""
@@ -557,23 +557,29 @@ def test_effect_tells_the_story_paired_over_seeds(tmp_path):
             curve = SEEDED_CURVES[seed] if setting == "fix" else [0.1, 0.3, 0.5, 0.6]
             add_run(store, "e", config, curve, evaluation("8/255", *values))
     story, starts = build("effect", results(path))
-    rows = story.table.set_index(["Comparison", "Metric"])
-    assert list(story.table.Comparison) == ["standard − fix", "sched − fix", "sched − fix"]
-    lost = rows.loc[("standard − fix", "Clean")]  # 20, 18, 19: mean 19, sd 1
+    assert story.title.startswith("What ε-scheduling changed — SWIN on Cars at ε_g = 8/255")
+    rows = story.table.set_index("Finding")
+    assert list(rows.index) == [
+        "what fix lost to standard (clean, standard − fix)",
+        "what sched won back (clean, sched − fix): 53% of it",  # 10 of 19
+        "sched − fix, E. adv.",
+    ]
+    lost = rows.iloc[0]  # 20, 18, 19: mean 19, sd 1
     half = stats.t.ppf(0.975, 2) / np.sqrt(3)
-    assert (lost["mean (pp)"], lost["95% CI (pp)"]) == ("+19.00", f"[{19 - half:+.2f}, {19 + half:+.2f}]")
-    assert lost["a > b"] == "3 of 3 seeds" and lost.Reading == "what fix lost to standard fine-tuning"
+    assert (lost.pp, lost["95% CI"]) == ("+19.00", f"[{19 - half:+.2f}, {19 + half:+.2f}]")
+    assert lost["a > b"] == "3 of 3 seeds" and "Backbone" not in rows  # one cell: named in the title
     assert lost.p == f"{stats.ttest_rel([60, 62, 61], [40, 44, 42]).pvalue:.3f}"
-    won = rows.loc[("sched − fix", "Clean")]  # 10, 7, 13: mean 10, 53% of 19
-    assert won["mean (pp)"] == "+10.00" and won.Reading == "what sched won back (53% of it)"
-    eadv = rows.loc[("sched − fix", "E. adv.")]  # 6, 6, 4
-    assert eadv["mean (pp)"] == "+5.33" and eadv["a > b"] == "3 of 3 seeds"
+    assert rows.iloc[1].pp == "+10.00" and rows.iloc[2].pp == "+5.33"  # E.adv: 6, 6, 4
+    assert rows.iloc[2]["a > b"] == "3 of 3 seeds"
     shown = starts.table.set_index("Setting")["start epoch per seed"].to_dict()
     assert shown == {"standard": "0, 0, 0", "fix": "2, 1, 4 (never)", "sched": "0, 0, 0"}
-    assert set(starts.table.threshold) == {"0.05"} and set(starts.table.seeds) == {"0, 1, 2"}
+    assert set(starts.table.threshold) == {"5%"} and set(starts.table.seeds) == {"0, 1, 2"}
     long = story.long.set_index(["a", "b", "metric"]).loc[("sched", "fix", "clean")]
     assert (long.n, long.wins) == (3, 3) and long.mean_diff == pytest.approx(10.0)
+    several, _ = build("effect", results(seeded))  # two cells, no standard runs: each row names its cell
+    assert set(zip(several.table.Backbone, several.table.Dataset)) == {("SWIN", "Cars"), ("ViT", "Cub")}
+    assert "what sched won back (clean, sched − fix)" in set(several.table.Finding)  # no loss: no share
     made = CliRunner().invoke(app, ["report", "--table", "effect", "--db", path], env={"COLUMNS": "250"})
-    assert made.exit_code == 0 and "what sched won back (53% of it)" in made.output, made.output
+    assert made.exit_code == 0 and "what sched won back (clean, sched − fix): 53% of it" in made.output
     paper = CliRunner().invoke(app, ["report", "--table", "effect", "--results", "paper"])
     assert paper.exit_code == 2 and "publishes no numbers for the 'effect' report" in paper.output
