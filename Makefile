@@ -46,23 +46,28 @@ format:
 bench:
 	$(BIN)/python benchmarks/step_ratio.py
 
-# The demo: run-grid (two CPU worker processes) + report + plot on the demo grid (offline; finished runs are
-# reused).
+# The demo: run-grid (two CPU worker processes) + reports + plots on the demo grid (offline where ../shared is
+# beside the repository; finished runs are reused). Its data: ../shared/data/omniglot where present, else the
+# same images fetched from the authors' archives into $(DEMO_DIR)/data/omniglot (checksummed).
 DEMO_DIR ?= demo
 DEMO_EXPERIMENTS ?= rftbench/experiments.toml
+DEMO_DATA ?= $(if $(wildcard ../shared/data/omniglot/train),../shared/data/omniglot,$(DEMO_DIR)/data/omniglot)
 DEMO_FLAGS = --db $(DEMO_DIR)/demo.db --grid demo
 DEMO_REPORT = $(DEMO_FLAGS) --protocol monotone
 DEMO_PROCESSES ?= 2
 demo:
 	@mkdir -p $(DEMO_DIR)
+	@test -d $(DEMO_DATA)/train || $(BIN)/rftbench data fetch omniglot --root omniglot=$(DEMO_DATA)
 	$(BIN)/rftbench run-grid $(DEMO_FLAGS) --experiments $(DEMO_EXPERIMENTS) --runs-dir $(DEMO_DIR)/runs --prune-checkpoints \
-		--executor local --processes $(DEMO_PROCESSES)
+		--executor local --processes $(DEMO_PROCESSES) --root omniglot=$(DEMO_DATA)
 	$(BIN)/rftbench report --table main $(DEMO_REPORT) --out $(DEMO_DIR)/main.md
 	$(BIN)/rftbench report --table ttest $(DEMO_REPORT) --out $(DEMO_DIR)/ttest.md
 	$(BIN)/rftbench report --table delay $(DEMO_REPORT) --out $(DEMO_DIR)/delay.md
 	$(BIN)/rftbench plot curves $(DEMO_REPORT) --out $(DEMO_DIR)/curves.png
 	$(BIN)/rftbench plot robustness $(DEMO_REPORT) --out $(DEMO_DIR)/robustness.png
-	@echo "demo: tables in $(DEMO_DIR)/main.md, $(DEMO_DIR)/ttest.md and $(DEMO_DIR)/delay.md, plots in $(DEMO_DIR)/curves.png and $(DEMO_DIR)/robustness.png"
+	@echo "demo: tables in $(DEMO_DIR)/main.md, $(DEMO_DIR)/ttest.md, $(DEMO_DIR)/delay.md and $(DEMO_DIR)/effect.md, plots in $(DEMO_DIR)/curves.png and $(DEMO_DIR)/robustness.png"
+	@echo "demo: what the runs show (paired over seeds):"
+	@$(BIN)/rftbench report --table effect $(DEMO_REPORT) --out $(DEMO_DIR)/effect.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

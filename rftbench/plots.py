@@ -124,15 +124,15 @@ def curves_figure(results: Results, backbone: str, dataset: str, eps: str | None
             start = float(np.mean(reached))
             ax.axvline(start, color=colour, lw=1, alpha=0.5)
             text = f"start {start:g}" if len(set(starts)) == 1 else f"starts {','.join(map(str, starts))}"
-            # settings that start at the same epoch: their marks one above the other, each named
-            ax.annotate(f"{label}: {text}", (start, 2 + 30 * (i % 3)), color=colour, fontsize=8,
-                        rotation=90, va="bottom", xytext=(2, 0), textcoords="offset points")  # fmt: skip
+            # from the top, where early epochs leave room; settings that start together side by side
+            ax.annotate(f"{label}: {text}", (start, 98), color=colour, fontsize=8, rotation=90, va="top",
+                        xytext=(2 + 11 * i, 0), textcoords="offset points")  # fmt: skip
     thresholds = set(runs.threshold)
     if len(thresholds) == 1:  # what "start" means: the first epoch above this line
         threshold = 100 * thresholds.pop()
         ax.axhline(threshold, color="grey", lw=0.8, ls="-.", alpha=0.7)
-        ax.annotate(f"adaptation threshold {threshold:g}%", (0, threshold), color="grey", fontsize=8,
-                    xytext=(0, 2), textcoords="offset points", va="bottom")  # fmt: skip
+        ax.annotate(f"adaptation threshold {threshold:g}%", (ax.get_xlim()[1], threshold), color="grey",
+                    fontsize=8, xytext=(-2, 2), textcoords="offset points", ha="right")  # fmt: skip
     ax.set_xlabel("epoch (0-based)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("validation accuracy (%)")

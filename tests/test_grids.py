@@ -34,7 +34,7 @@ def test_grid_sizes_and_shared_runs(experiments):
     assert len(ids(experiments, "smoke")) == 3
     assert len(ids(experiments, "adaptive")) == 144  # 2 × 3 pairs × 4 settings × 2 budgets × 3 seeds
     assert len(ids(experiments, "adaptive") & ids(experiments, "baselines")) == 36  # fix, sched, auto, seed 0
-    assert len(ids(experiments, "demo")) == 12  # 4 settings × 3 seeds
+    assert len(ids(experiments, "demo")) == 9  # 3 settings × 3 seeds
 
 
 def test_paper_grid_configs(experiments):

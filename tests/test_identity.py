@@ -40,10 +40,12 @@ RELEASE_0_2 = {
 }
 
 
-# Grids a later release redefined on purpose (so new runs): the definition the pins above were made from.
-# Release 0.3 made the demo 3 seeds of standard / fix / sched / adaptive on smaller subsets.
+# Grids a later release redefined on purpose (so new runs): the definitions the pins above were made from,
+# per release. Release 0.3 made the demo 3 seeds of standard / fix / sched / adaptive on smaller subsets;
+# release 0.4 moved it to Omniglot (a many-class task) with MobileNetV2.
 REDEFINED = {
-    "demo": """
+    "0.2": {
+        "demo": """
 [grids.demo]
 description = "make demo: ImageNet EfficientNet-Lite0 on Fashion-MNIST, standard / fix / sched"
 backbones = ["tf_efficientnet_lite0"]
@@ -66,23 +68,61 @@ val_adv_samples = 200
 standard_eval_budgets = ["24/255"]
 adaptation_threshold = 0.5   # 10 classes: chance is 0.1
 """,
+    },
+    "0.3": {
+        "demo": """
+[grids.demo]
+description = "make demo: EfficientNet-Lite0 on Fashion-MNIST, standard / fix / sched / adaptive, 3 seeds"
+backbones = ["tf_efficientnet_lite0"]
+datasets = ["fashion_mnist"]
+settings = [
+    { setting = "standard" }, { setting = "fix" }, { setting = "sched", t1 = 2, t2 = 6 },
+    { setting = "adaptive" },
+]
+eps = ["24/255"]
+seeds = [0, 1, 2]
+precision = "fp32"        # CPU grids stay fp32, augmented in the loader
+augmentation = "loader"
+epochs = 8
+resolution = 16
+train_subset = 500
+val_subset = 200
+test_subset = 500
+batch_size = 64
+lr = 1e-3
+warmup_epochs = 1
+train_attack_steps = 3
+eval_attack_steps = 5
+val_adv_samples = 50
+eval_protocol = "monotone"   # early exit (a union of attacks): 5× cheaper at 24/255, so 500 test images fit
+standard_eval_budgets = ["24/255"]
+adaptation_threshold = 0.4   # 10 classes: chance is 0.1; standard fine-tuning ends near 50%
+""",
+    },
 }
 # The ids of the grids release 0.3 added or redefined, pinned for the releases after it.
 RELEASE_0_3 = {
     "demo": (12, "ba5146192d986b6d"),
     "adaptive": (144, "025424e40bfe5447"),
 }
+# The ids of the grids release 0.4 redefined, pinned for the releases after it.
+RELEASE_0_4 = {
+    "demo": (9, "4188715a9251dad8"),
+}
 
 
-def grid_configs(grid: str, tmp_path: Path, redefined: bool = False) -> list[RunConfig]:
-    """The configs of `grid` in experiments.toml, or under its earlier definition (REDEFINED)."""
+def grid_configs(grid: str, tmp_path: Path, release: str | None = None) -> list[RunConfig]:
+    """The configs of `grid` in experiments.toml, or under its definition in `release` (REDEFINED; a grid
+    the release did not redefine is read as this file has it)."""
     path = EXPERIMENTS
-    if redefined and grid in REDEFINED:
+    if release is not None and grid in REDEFINED[release]:
         text = EXPERIMENTS.read_text()
         start = text.index(f"[grids.{grid}]")
         end = text.find("\n[", start + 1)
-        path = tmp_path / "experiments.toml"
-        path.write_text(text[:start] + REDEFINED[grid].strip() + "\n" + (text[end:] if end > 0 else ""))
+        path = tmp_path / f"experiments-{release}.toml"
+        path.write_text(
+            text[:start] + REDEFINED[release][grid].strip() + "\n" + (text[end:] if end > 0 else "")
+        )
     return [job.config for job in load_experiments(path).jobs(grid)]
 
 
@@ -93,13 +133,15 @@ def digest(configs) -> tuple[int, str]:
 
 def test_every_grid_keeps_the_ids_release_0_1_gave_it(tmp_path):
     """Under release 0.1's definition (fp32, loader-side augmentation) every grid has 0.1's ids; under
-    this file's, 0.2's, or 0.3's for the grids 0.3 added or redefined."""
+    0.2's, 0.2's; under 0.3's, 0.3's for the grids 0.3 added or redefined; under this file's, 0.4's."""
     for grid, pinned in RELEASE_0_1.items():
-        configs = grid_configs(grid, tmp_path, redefined=True)
+        configs = grid_configs(grid, tmp_path, release="0.2")
         as_in_0_1 = [dataclasses.replace(c, precision="fp32", augmentation="loader") for c in configs]
         assert digest(as_in_0_1) == pinned, grid
         assert digest(configs) == RELEASE_0_2[grid], grid
     for grid, pinned in RELEASE_0_3.items():
+        assert digest(grid_configs(grid, tmp_path, release="0.3")) == pinned, grid
+    for grid, pinned in RELEASE_0_4.items():
         assert digest(grid_configs(grid, tmp_path)) == pinned, grid
     assert set(load_experiments(EXPERIMENTS).grids) == set(RELEASE_0_1) | set(RELEASE_0_3)
     paper_sched = RunConfig(backbone="SWIN", dataset="Cars", setting="sched", eps="4/255", t1=12, t2=37)
