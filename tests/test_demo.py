@@ -73,8 +73,8 @@ def test_make_demo_runs_offline_and_reuses_finished_runs(tmp_path):
     delay = (out / "delay.md").read_text()
     assert "Task-adaptation start over seeds" in delay and "Paired t-tests" in (out / "ttest.md").read_text()
     effect = (out / "effect.md").read_text()  # the story the demo ends with, in the terminal too
-    assert "what fix lost to standard fine-tuning" in effect and "Task-adaptation start" in effect
-    assert "what fix lost to standard fine-tuning" in first.stdout
+    assert "what fix lost to standard (clean, standard − fix)" in effect and "Task-adaptation start" in effect
+    assert "what fix lost to standard" in first.stdout  # (rich wraps the rest at the terminal's width)
     for png in ("curves.png", "robustness.png"):
         assert (out / png).stat().st_size > 10_000
     second = make_demo(experiments, out)
