@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
@@ -28,10 +27,11 @@ import time
 import tomllib
 from pathlib import Path
 
+import pandas as pd
 from scipy import stats
 
 from rftbench.metrics import adaptation_start_epoch
-from rftbench.report import Results, Selection
+from rftbench.report import Results, Selection, paired
 from rftbench.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,21 +67,15 @@ def probe_grid(changes: dict, base: str = "demo") -> tuple[str, dict]:
     return "\n".join(lines) + "\n", grid
 
 
-def paired(a: dict, b: dict) -> dict | None:
-    """a - b over the seeds both have: mean, 95% CI of the mean, wins, p (scipy.stats.ttest_rel)."""
+def seed_pairs(a: dict, b: dict) -> dict | None:
+    """a - b over the seeds both have (`rftbench.report.paired`): mean, 95% CI of the mean, wins, p."""
     seeds = sorted(set(a) & set(b))
     if not seeds:
         return None
-    diff = [a[s] - b[s] for s in seeds]
-    mean = sum(diff) / len(diff)
-    out = {"n": len(diff), "mean": mean, "wins": int(sum(d > 0 for d in diff)), "diffs": diff}
-    if len(diff) > 1:
-        sd = stats.tstd(diff)
-        half = stats.t.ppf(0.975, len(diff) - 1) * sd / math.sqrt(len(diff))
-        out |= {
-            "ci": [mean - half, mean + half],
-            "p": float(stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]).pvalue),
-        }
+    stat = paired(pd.Series([a[s] for s in seeds]), pd.Series([b[s] for s in seeds]))
+    out = {"n": stat["n"], "mean": stat["mean"], "wins": stat["wins"], "diffs": [a[s] - b[s] for s in seeds]}
+    if stat["n"] > 1:
+        out |= {"ci": [stat["ci_low"], stat["ci_high"]], "p": float(stat["p"])}
     return out
 
 
@@ -111,7 +105,7 @@ def effects(per: dict) -> dict:
     for a, b in PAIRS:
         if a in per and b in per:
             for metric in ("clean", "eadv"):
-                out[f"{a}-{b} {metric}"] = paired(
+                out[f"{a}-{b} {metric}"] = seed_pairs(
                     {s: r[metric] for s, r in per[a].items()}, {s: r[metric] for s, r in per[b].items()}
                 )
     return out

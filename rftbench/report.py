@@ -357,6 +357,14 @@ def summary(values) -> dict:
     return {"mean": mean, "sd": sd, "n": n, "ci_low": mean - half, "ci_high": mean + half}
 
 
+def paired(a: pd.Series, b: pd.Series) -> dict:
+    """a − b pair by pair: `summary` of the differences, t and p of scipy.stats.ttest_rel (NaN for a single
+    pair), and how many pairs a wins and loses."""
+    diff = a - b
+    t, p = stats.ttest_rel(a, b) if len(diff) > 1 else (np.nan, np.nan)
+    return summary(diff) | {"t": t, "p": p, "wins": int((diff > 0).sum()), "losses": int((diff < 0).sum())}
+
+
 def cell(stat: dict, spread: str) -> str:
     """`53.60 ± 1.20`: the mean over seeds ± their standard deviation (spread "sd") or the half-width of
     the 95% confidence interval ("ci"); one seed, or spread "none", shows the value alone."""
@@ -571,36 +579,34 @@ def ttest_table(
                 )
                 if a not in pivot or b not in pivot:
                     continue
-                paired = pivot[[a, b]].dropna()
-                diff = paired[a] - paired[b]
-                t, p = stats.ttest_rel(paired[a], paired[b]) if len(paired) > 1 else (np.nan, np.nan)
-                ci = summary(diff)
-                noise = paired.groupby(level=["backbone", "dataset"]).std(ddof=1).mean()
+                both = pivot[[a, b]].dropna()
+                diff = paired(both[a], both[b])
+                noise = both.groupby(level=["backbone", "dataset"]).std(ddof=1).mean()
                 row = {
                     "Comparison": f"{a} vs {b}",
                     "ε_g": budget,
                     "Metric": name,
-                    "n pairs": len(paired),
-                    "mean diff (pp)": fmt(diff.mean()),
-                    "95% CI (pp)": f"[{ci['ci_low']:.2f}, {ci['ci_high']:.2f}]" if ci["n"] > 1 else "",
+                    "n pairs": len(both),
+                    "mean diff (pp)": fmt(diff["mean"]),
+                    "95% CI (pp)": f"[{diff['ci_low']:.2f}, {diff['ci_high']:.2f}]" if diff["n"] > 1 else "",
                     "seed sd a / b (pp)": (
                         f"{noise[a]:.2f} / {noise[b]:.2f}" if not math.isnan(noise[a]) else ""
                     ),
-                    "t": f"{t:.3f}" if not math.isnan(t) else "",
-                    "p": f"{p:.2e}" if not math.isnan(p) else "",
-                    "wins": int((diff > 0).sum()),
-                    "losses": int((diff < 0).sum()),
+                    "t": f"{diff['t']:.3f}" if not math.isnan(diff["t"]) else "",
+                    "p": f"{diff['p']:.2e}" if not math.isnan(diff["p"]) else "",
+                    "wins": diff["wins"],
+                    "losses": diff["losses"],
                 }
                 rows.append(row)
                 for stat, value in (
-                    ("n", len(paired)),
-                    ("mean_diff", diff.mean()),
-                    ("ci_low", ci["ci_low"]),
-                    ("ci_high", ci["ci_high"]),
+                    ("n", len(both)),
+                    ("mean_diff", diff["mean"]),
+                    ("ci_low", diff["ci_low"]),
+                    ("ci_high", diff["ci_high"]),
                     ("seed_sd_a", noise[a]),
                     ("seed_sd_b", noise[b]),
-                    ("t", t),
-                    ("p", p),
+                    ("t", diff["t"]),
+                    ("p", diff["p"]),
                     ("wins", row["wins"]),
                     ("losses", row["losses"]),
                 ):
@@ -653,10 +659,8 @@ def effect_table(results: Results, eps: list[str]) -> list[Section]:
         for a, b, metric in wanted:
             if (a, metric) not in seeds or (b, metric) not in seeds:
                 continue
-            paired = seeds[[(a, metric), (b, metric)]].dropna()
-            diff = paired[(a, metric)] - paired[(b, metric)]
-            stat = summary(diff)
-            p = stats.ttest_rel(paired[(a, metric)], paired[(b, metric)]).pvalue if len(diff) > 1 else np.nan
+            both = seeds[[(a, metric), (b, metric)]].dropna()
+            stat = paired(both[(a, metric)], both[(b, metric)])
             finding = f"{a} − {b}, {METRICS[metric]}"
             if (a, b, metric) == ("standard", "fix", "clean"):
                 loss, finding = stat["mean"], "what fix lost to standard (clean, standard − fix)"
@@ -666,13 +670,13 @@ def effect_table(results: Results, eps: list[str]) -> list[Section]:
             rows.append(
                 {**where, "Finding": finding, "pp": f"{stat['mean']:+.2f}",
                  "95% CI": f"[{stat['ci_low']:+.2f}, {stat['ci_high']:+.2f}]" if stat["n"] > 1 else "",
-                 "a > b": f"{int((diff > 0).sum())} of {len(diff)} seeds",
-                 "p": f"{p:.3f}" if not math.isnan(p) else ""}
+                 "a > b": f"{stat['wins']} of {stat['n']} seeds",
+                 "p": f"{stat['p']:.3f}" if not math.isnan(stat["p"]) else ""}
             )  # fmt: skip
             long.append(
                 {"backbone": backbone, "dataset": dataset, "eps": budget, "a": a, "b": b, "metric": metric,
                  "n": stat["n"], "mean_diff": stat["mean"], "ci_low": stat["ci_low"],
-                 "ci_high": stat["ci_high"], "wins": int((diff > 0).sum()), "p": p}
+                 "ci_high": stat["ci_high"], "wins": stat["wins"], "p": stat["p"]}
             )  # fmt: skip
         cell_runs = runs[runs.run_id.isin(set(sub.run_id))].assign(label=setting_labels)
         for label in setting_order(cell_runs.label):
@@ -687,13 +691,12 @@ def effect_table(results: Results, eps: list[str]) -> list[Section]:
     if not rows and not starts:
         raise ReportError(f"no results at ε_g = {', '.join(eps)} in the {results.source}")
     rows, starts = pd.DataFrame(rows), pd.DataFrame(starts)
-    cells = starts[["Backbone", "Dataset", "ε_g"]].drop_duplicates()
+    keys = ["Backbone", "Dataset", "ε_g"]
+    cells = pd.concat([t[keys] for t in (rows, starts) if not t.empty]).drop_duplicates()
     named = ""
     if len(cells) == 1:  # one cell: named once in the titles, not on every row
         named = " — {} on {} at ε_g = {}".format(*cells.iloc[0])
-        rows, starts = (
-            t.drop(columns=["Backbone", "Dataset", "ε_g"], errors="ignore") for t in (rows, starts)
-        )
+        rows, starts = (t.drop(columns=keys, errors="ignore") for t in (rows, starts))
     return [
         Section(
             f"What ε-scheduling changed{named}: test accuracy, percentage points, paired over seeds",
