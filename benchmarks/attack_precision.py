@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
+from rftbench.core.metrics import EvalProtocol
 from rftbench.data import decode_image_folder
 from rftbench.evaluation import evaluate_budgets
-from rftbench.metrics import EvalProtocol
 from rftbench.models import (
     IMAGENET_MEAN,
     IMAGENET_STD,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rftbench.config import RunConfig  # noqa: E402
+from rftbench.core.config import RunConfig  # noqa: E402
 from rftbench.grids import Job  # noqa: E402
 from rftbench.jobqueue import JobQueue, Worker  # noqa: E402
 from rftbench.store import Store  # noqa: E402

@@ -18,7 +18,7 @@ import time
 import torch
 
 from rftbench.backbones import build_backbone
-from rftbench.config import RunConfig
+from rftbench.core.config import RunConfig
 from rftbench.trainer import train_one_epoch
 
 BACKBONES = ("mobilenetv2_100", "tf_efficientnet_lite0")

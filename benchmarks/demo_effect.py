@@ -30,7 +30,7 @@ from pathlib import Path
 import pandas as pd
 from scipy import stats
 
-from rftbench.metrics import adaptation_start_epoch
+from rftbench.core.metrics import adaptation_start_epoch
 from rftbench.report import Results, Selection, paired
 from rftbench.store import Store
 

@@ -14,9 +14,9 @@ import argparse
 import statistics
 from pathlib import Path
 
-from rftbench.config import RunConfig, RuntimeOptions
+from rftbench.core.config import RunConfig, RuntimeOptions
+from rftbench.core.metrics import EvalProtocol
 from rftbench.evaluation import evaluate_budgets
-from rftbench.metrics import EvalProtocol
 from rftbench.runner import Runner
 from rftbench.store import Store
 

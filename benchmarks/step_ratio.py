@@ -18,7 +18,7 @@ import time
 import timm
 import torch
 
-from rftbench.config import RunConfig
+from rftbench.core.config import RunConfig
 from rftbench.models import IMAGENET_MEAN, IMAGENET_STD, cifar_resnet20, with_normalization
 from rftbench.trainer import train_one_epoch
 

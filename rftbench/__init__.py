@@ -24,7 +24,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from rftbench.version import __version__ as __version__
 
 _EXPORTS = {  # public name -> the module that defines it
     "build_backbone": "rftbench.backbones",
@@ -34,21 +34,21 @@ _EXPORTS = {  # public name -> the module that defines it
     "fetch_dataset": "rftbench.fetch",
     "apgd": "rftbench.attacks",
     "step_size_checkpoints": "rftbench.attacks",
-    "ScheduleSpec": "rftbench.schedules",
-    "SCHEDULES": "rftbench.schedules",
-    "get_schedule": "rftbench.schedules",
-    "hinge_alpha": "rftbench.schedules",
-    "eps_grid": "rftbench.metrics",
-    "expected_robustness": "rftbench.metrics",
-    "adaptation_start_epoch": "rftbench.metrics",
-    "EvalProtocol": "rftbench.metrics",
-    "RobustnessCurve": "rftbench.metrics",
+    "ScheduleSpec": "rftbench.core.schedules",
+    "SCHEDULES": "rftbench.core.schedules",
+    "get_schedule": "rftbench.core.schedules",
+    "hinge_alpha": "rftbench.core.schedules",
+    "eps_grid": "rftbench.core.metrics",
+    "expected_robustness": "rftbench.core.metrics",
+    "adaptation_start_epoch": "rftbench.core.metrics",
+    "EvalProtocol": "rftbench.core.metrics",
+    "RobustnessCurve": "rftbench.core.metrics",
     "robustness_curve": "rftbench.evaluation",
     "evaluate_budgets": "rftbench.evaluation",
-    "RunConfig": "rftbench.config",
-    "RuntimeOptions": "rftbench.config",
-    "parse_eps": "rftbench.config",
-    "eps_text": "rftbench.config",
+    "RunConfig": "rftbench.core.config",
+    "RuntimeOptions": "rftbench.core.config",
+    "parse_eps": "rftbench.core.config",
+    "eps_text": "rftbench.core.config",
     "train": "rftbench.trainer",
     "load_experiments": "rftbench.grids",
 }
@@ -97,17 +97,17 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # what type checkers and editors see
     from rftbench.attacks import apgd, step_size_checkpoints
     from rftbench.backbones import BACKBONES, build_backbone
-    from rftbench.config import RunConfig, RuntimeOptions, eps_text, parse_eps
-    from rftbench.datasets import DATASETS, build_dataset
-    from rftbench.evaluation import evaluate_budgets, robustness_curve
-    from rftbench.fetch import fetch as fetch_dataset
-    from rftbench.grids import load_experiments
-    from rftbench.metrics import (
+    from rftbench.core.config import RunConfig, RuntimeOptions, eps_text, parse_eps
+    from rftbench.core.metrics import (
         EvalProtocol,
         RobustnessCurve,
         adaptation_start_epoch,
         eps_grid,
         expected_robustness,
     )
-    from rftbench.schedules import SCHEDULES, ScheduleSpec, get_schedule, hinge_alpha
+    from rftbench.core.schedules import SCHEDULES, ScheduleSpec, get_schedule, hinge_alpha
+    from rftbench.datasets import DATASETS, build_dataset
+    from rftbench.evaluation import evaluate_budgets, robustness_curve
+    from rftbench.fetch import fetch as fetch_dataset
+    from rftbench.grids import load_experiments
     from rftbench.trainer import train

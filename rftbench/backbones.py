@@ -23,6 +23,9 @@ from typing import TYPE_CHECKING
 
 from filelock import FileLock
 
+from rftbench.core.files import cache_dir
+from rftbench.errors import RftbenchError
+
 if TYPE_CHECKING:
     from torch import nn
 
@@ -35,7 +38,7 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-class WeightsUnavailable(RuntimeError):
+class WeightsUnavailable(RftbenchError, RuntimeError):
     """Pretrained weights cannot be found offline nor fetched; the message says which file to provide."""
 
 
@@ -104,11 +107,6 @@ def get_backbone_spec(name: str) -> BackboneSpec:
         raise ValueError(f"unknown backbone {name!r}: valid ones are {', '.join(BACKBONES)}") from None
 
 
-def cache_dir() -> Path:
-    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rftbench"
-    return Path(os.environ.get("RFTBENCH_CACHE", default))
-
-
 # ---- weights that install from the package registry: one-time key-by-key conversion to timm ----
 
 
@@ -145,7 +143,7 @@ def packaged_weights(name: str) -> Path | None:
             import torch
             from safetensors.torch import save
 
-            from rftbench.checkpoint import atomic_write
+            from rftbench.core.files import atomic_write
             from rftbench.models import convert_in_order
 
             state = torch.load(source, map_location="cpu", weights_only=True)

@@ -4,23 +4,23 @@
     state = load_checkpoint("runs/abc/last.pt")
 
 Only tensors and plain Python values go in (CONVENTIONS.md): RNG states are tensors or lists. torch is
-imported by the functions that need it: `atomic_write` serves commands that start without it.
+imported by the functions that need it.
 """
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING
+
+from rftbench.core.files import atomic_write
+from rftbench.errors import RftbenchError
 
 if TYPE_CHECKING:
     import torch
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(RftbenchError, RuntimeError):
     pass
 
 
@@ -59,27 +59,6 @@ def save_checkpoint(path: str | Path, payload: dict) -> None:
     import torch
 
     atomic_write(path, lambda f: torch.save(payload, f))
-
-
-def atomic_write(path: str | Path, content: bytes | Callable[[BinaryIO], None]) -> None:
-    """Write `content` (bytes, or a function writing to a file) to a temporary file of a unique name beside
-    `path`, flush it to disk, then rename it over `path`: a reader sees the old file or the new one, never
-    half of one, even with several writers."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if isinstance(content, bytes):
-                f.write(content)
-            else:
-                content(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -18,8 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
-from rftbench import __version__
-from rftbench.config import (
+from rftbench.core.config import (
     PLOTS,
     TABLES,
     RunConfig,
@@ -29,7 +28,8 @@ from rftbench.config import (
     eps_text,
     parse_eps,
 )
-from rftbench.schedules import SCHEDULES, ScheduleSpec, points_text
+from rftbench.core.schedules import SCHEDULES, ScheduleSpec, points_text
+from rftbench.version import __version__
 
 console = Console(soft_wrap=True)  # log lines stay whole in files and narrow terminals
 # Errors that are the user's input or environment, not our bug: one line each (`expected_error`).
@@ -40,7 +40,7 @@ EXPECTED = {
     "rftbench.datasets": ("DataNotFound",),
     "rftbench.backbones": ("WeightsUnavailable",),
     "rftbench.checkpoint": ("CheckpointError",),
-    "rftbench.config": ("ConfigError",),
+    "rftbench.core.config": ("ConfigError",),
     "rftbench.fetch": ("FetchError",),
     "rftbench.evaluation": ("EvaluationError",),
 }
@@ -197,7 +197,7 @@ def schedule(
     plot: Path | None = typer.Option(None, "--plot", help="also draw ε(t) to this PNG"),
 ) -> None:
     """Print ε(t) per 0-based epoch for any schedule (auto and adaptive: for a given validation history)."""
-    from rftbench.schedules import HISTORY_SETTINGS, parse_points
+    from rftbench.core.schedules import HISTORY_SETTINGS, parse_points
 
     try:
         history = [float(v) for v in val_acc.split(",")] if val_acc else []
@@ -571,7 +571,7 @@ def execute(runner, run_ids: list[str] | None, launch: Launch | None = None, db:
             slurm_defaults=None) -> None:  # fmt: skip
     """Run with the chosen executor, then exit 0 (all done), 1 (some failed) or 130 (interrupted). Ctrl-C
     and a scheduler's SIGTERM both stop a worker's current run as interrupted, whatever it raises."""
-    from rftbench.config import SlurmOptions
+    from rftbench.core.config import SlurmOptions
     from rftbench.executors import InlineExecutor, LocalExecutor, SlurmExecutor, WorkerSpec
     from rftbench.store import database_url, sqlite_path
 
@@ -877,7 +877,7 @@ def run(
 
     spec = read_experiments(experiments, parse_pairs("--root", root, "Cub=/data/CUB", DATASETS, "dataset"))
     check_filters([backbone], [dataset], [setting])
-    from rftbench.schedules import parse_points
+    from rftbench.core.schedules import parse_points
 
     entry = (
         {"setting": setting} | ({"t1": t1} if t1 is not None else {}) | ({"t2": t2} if t2 is not None else {})
@@ -1024,8 +1024,8 @@ def evaluate(
     batch's result is stored as soon as it is measured: run the same command again after an interruption
     and it continues where it stopped."""
     from rftbench.checkpoint import CheckpointError
+    from rftbench.core.metrics import EvalProtocol
     from rftbench.evaluation import EvaluationError
-    from rftbench.metrics import EvalProtocol
 
     if (run_id is None) == (grid is None):
         fail("name one run (RUN_ID) or one grid (--grid NAME) to evaluate")
@@ -1341,7 +1341,7 @@ def bench(
 
     from rftbench.backbones import BACKBONES
     from rftbench.bench import COMPILE_MODES, BenchCase, grid_hours, measure
-    from rftbench.config import PRECISIONS
+    from rftbench.core.config import PRECISIONS
 
     unknown = sorted(set(backbone) - set(BACKBONES))
     if unknown:
@@ -1452,7 +1452,7 @@ def init(
     force: bool = typer.Option(False, "--force", help="replace an experiments.toml already there"),
 ) -> None:
     """Write a commented copy of the bundled grids, to edit: commands run in that folder read it."""
-    from rftbench.checkpoint import atomic_write
+    from rftbench.core.files import atomic_write
     from rftbench.experiments import BUNDLED
     from rftbench.grids import load_experiments
 

@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from rftbench.config import SPLIT_SOURCES
+from rftbench.core.config import SPLIT_SOURCES
+from rftbench.errors import RftbenchError
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -47,7 +48,7 @@ SPLIT_FOLDER = "paper_splits"  # ROOT/paper_splits/{train,val,test}.json: where 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp")
 
 
-class DataNotFound(FileNotFoundError):
+class DataNotFound(RftbenchError, FileNotFoundError):
     """A dataset root is missing or malformed; the message names the dataset, the layout and the path."""
 
 
@@ -595,7 +596,7 @@ def check_data(
 
 
 def decoded_cache_path(name: str, split: str, resolution: int, key: str) -> Path:
-    from rftbench.backbones import cache_dir
+    from rftbench.core.files import cache_dir
 
     return cache_dir() / "decoded" / f"{name}-{split}-{resolution}px-{key}.pt"
 
@@ -605,7 +606,7 @@ def decode_samples(s: Samples, resolution: int, cache: Path | None) -> Tensor:
     import torch
     from filelock import FileLock
 
-    from rftbench.checkpoint import save_checkpoint
+    from rftbench.core.files import atomic_write
 
     if cache is None:
         return decode_all(s, resolution)
@@ -616,7 +617,7 @@ def decode_samples(s: Samples, resolution: int, cache: Path | None) -> Tensor:
         if cache.exists():
             return torch.load(cache, map_location="cpu", weights_only=True)["images"]
         images = decode_all(s, resolution)
-        save_checkpoint(cache, {"images": images})
+        atomic_write(cache, lambda f: torch.save({"images": images}, f))
     return images
 
 

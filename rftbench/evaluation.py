@@ -4,7 +4,7 @@
     expected_robustness(curve.eps, curve.accuracies)
     evaluate_budgets(model, loader, ["8/255"], EvalProtocol(attack="autoattack-standard", steps=100))
 
-The protocols and the formulas are `rftbench.metrics` (torch-free, so reports and the CLI read them fast).
+The protocols and the formulas are `rftbench.core.metrics` (torch-free: reports and the CLI read them fast).
 
 Every evaluation goes batch by batch over a loader in a fixed order, and each batch yields per-sample
 robust flags: a text of '0'/'1' per sample for every ε of the grid ("flags"), and for AutoAttack, the flags
@@ -37,9 +37,10 @@ import torch
 from torch import Tensor, nn
 
 from rftbench.attacks import apgd, l2_norms, module_modes, random_point
-from rftbench.config import PRECISIONS, budget_text, parse_budget
+from rftbench.core.config import PRECISIONS, budget_text, parse_budget
+from rftbench.core.metrics import EVAL_PROTOCOLS, EvalProtocol, RobustnessCurve, eps_grid
 from rftbench.data import to_unit_float
-from rftbench.metrics import EVAL_PROTOCOLS, EvalProtocol, RobustnessCurve, eps_grid
+from rftbench.errors import RftbenchError
 
 AUTOCAST = dict(zip(PRECISIONS, (None, torch.bfloat16, torch.float16)))  # precision -> autocast dtype
 TARGETS = 9  # auto-attack's target classes for APGD-T and FAB-T (fewer where the task has fewer)
@@ -55,7 +56,7 @@ class BatchLog(Protocol):
     def save(self, index: int, payload: dict) -> None: ...
 
 
-class EvaluationError(RuntimeError):
+class EvaluationError(RftbenchError, RuntimeError):
     pass
 
 

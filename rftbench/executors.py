@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rftbench.config import RuntimeOptions, SlurmOptions
+from rftbench.core.config import RuntimeOptions, SlurmOptions
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ def source_label(source: str) -> str:
 
 def describe_experiments(path: Path) -> str:
     """Which experiments file that is, in words, for `status` and `run-grid`."""
-    from rftbench import __version__
+    from rftbench.version import __version__
 
     if path.resolve() == BUNDLED.resolve():
         return f"{path} (bundled with rftbench {__version__}; `rftbench init` writes a copy to edit)"

@@ -70,6 +70,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from rftbench.datasets import PAPER_SPLITS, SPLIT_FOLDER, check_data
+from rftbench.errors import RftbenchError
 
 MARKER = ".rftbench-fetched.json"
 DOWNLOADS = ".rftbench-downloads"
@@ -80,7 +81,7 @@ CHUNK = 1 << 20
 RETRIES, BACKOFF = 3, 2.0  # a broken connection is retried after 2, 4, 8 s
 
 
-class FetchError(RuntimeError):
+class FetchError(RftbenchError, RuntimeError):
     """A download or an archive that cannot be used; one line naming the file and what to do."""
 
 

@@ -36,7 +36,7 @@ from pathlib import Path
 import pydantic
 
 from rftbench.backbones import BACKBONES
-from rftbench.config import (
+from rftbench.core.config import (
     PRECISIONS,
     PROTOCOLS,
     SPLIT_SOURCES,
@@ -45,8 +45,9 @@ from rftbench.config import (
     budget_value,
     eps_text,
 )
+from rftbench.core.schedules import SCHEDULES, check_points
 from rftbench.datasets import DATASETS, PAPER_SPLITS, SPLIT_FOLDER, data_root, paper_split_dir, resolve_root
-from rftbench.schedules import SCHEDULES, check_points
+from rftbench.errors import RftbenchError
 
 SETTING_KEYS = ("setting", "t1", "t2", "patience", "tolerance", "schedule_granularity", "points")
 AXIS_KEYS = ("backbone", "dataset", "eps", "seed")
@@ -79,7 +80,7 @@ TOP_KEYS = {"defaults", "overrides", "backbones", "datasets", "grids", "slurm"}
 DEFAULT_THRESHOLD = 0.05  # the paper's 5% (CONVENTIONS.md)
 
 
-class GridError(ValueError):
+class GridError(RftbenchError, ValueError):
     """One line: the file, the key and what to change."""
 
 
@@ -89,7 +90,7 @@ class Job:
     grid: str
     position: int  # order within the grid, for running in order
     paths: dict[str, str]  # data_root / split_file / weights from the TOML, absolute; not in the run id
-    eval_protocol: str = "paper"  # how the final evaluation is measured (rftbench.metrics); not in the id
+    eval_protocol: str = "paper"  # how the final evaluation is measured (core.metrics); not in the id
     eval_precision: str = "fp32"
 
     @property

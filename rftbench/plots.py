@@ -17,10 +17,10 @@ import numpy as np
 from matplotlib.figure import Figure  # the object API: no pyplot state, no display backend
 from matplotlib.ticker import MaxNLocator
 
-from rftbench.config import PLOTS, budget_value, parse_eps
-from rftbench.metrics import adaptation_start_epoch
+from rftbench.core.config import PLOTS, budget_value, parse_eps
+from rftbench.core.metrics import adaptation_start_epoch
+from rftbench.core.schedules import ScheduleSpec
 from rftbench.report import ReportError, Results, eps_order, setting_labels, summary
-from rftbench.schedules import ScheduleSpec
 
 COLOURS = {
     "standard": "tab:green",

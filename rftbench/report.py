@@ -8,7 +8,7 @@ Reads the store and never trains (STYLE.md 7). Accuracies are stored as fraction
 with two decimals (CONVENTIONS.md). `Results.paper(table)` reads the paper's published numbers shipped
 with the package (`paper_results.csv`); CONVENTIONS.md says which paper table feeds which report.
 
-A run may hold evaluations under several protocols (rftbench.metrics). A report shows one: `Selection`
+A run may hold evaluations under several protocols (rftbench.core.metrics). A report shows one: `Selection`
 picks, per run, the rows of that protocol (default: the paper's, fp32, each run's own attack steps), so no
 cell mixes two protocols; every table says which one it shows, and names the runs that have no row under
 it (`rftbench evaluate` adds one).
@@ -31,10 +31,11 @@ import pandas as pd
 from scipy import stats
 
 from rftbench.backbones import BACKBONES
-from rftbench.config import PRECISIONS, PROTOCOLS, TABLES, RunConfig, budget_value
+from rftbench.core.config import PRECISIONS, PROTOCOLS, TABLES, RunConfig, budget_value
+from rftbench.core.metrics import EvalProtocol, adaptation_start_epoch
+from rftbench.core.schedules import SCHEDULES
 from rftbench.datasets import DATASETS
-from rftbench.metrics import EvalProtocol, adaptation_start_epoch
-from rftbench.schedules import SCHEDULES
+from rftbench.errors import RftbenchError
 
 METRICS = {"clean": "Clean", "adv": "Adv.", "eadv": "E. adv."}
 PAPER_TABLES = {
@@ -58,7 +59,7 @@ NORM_SIGNS = {"Linf": "ℓ∞", "L2": "ℓ2"}
 PAPER_PROTOCOL = "the paper's published numbers (APGD-CE-10 ℓ∞, one attack per ε)"
 
 
-class ReportError(ValueError):
+class ReportError(RftbenchError, ValueError):
     """One line: what the report cannot show and why."""
 
 

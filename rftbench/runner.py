@@ -24,17 +24,17 @@ from pathlib import Path
 
 import torch
 
-from rftbench import __version__
 from rftbench.backbones import build_backbone, check_weights, get_backbone_spec
 from rftbench.checkpoint import CheckpointError, load_checkpoint
-from rftbench.config import RunConfig, RuntimeOptions
+from rftbench.core.config import RunConfig, RuntimeOptions
+from rftbench.core.metrics import EvalProtocol
 from rftbench.data import ImageTensorDataset, make_loader, train_transform
 from rftbench.datasets import build_dataset, check_data, data_root, stratified_subsample
 from rftbench.evaluation import evaluate_budgets, evaluation_key
 from rftbench.jobqueue import JobQueue, LeaseLost, Worker
-from rftbench.metrics import EvalProtocol
 from rftbench.store import EvalLog, Run, Store
 from rftbench.trainer import configure_device, train
+from rftbench.version import __version__
 
 LEASE_SECONDS = 120.0
 

@@ -35,8 +35,9 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Field, Session, SQLModel, create_engine, delete, select
 
-from rftbench.config import budget_text, parse_budget, parse_eps
-from rftbench.metrics import EvalProtocol, adaptation_start_epoch
+from rftbench.core.config import budget_text, parse_budget, parse_eps
+from rftbench.core.metrics import EvalProtocol, adaptation_start_epoch
+from rftbench.errors import RftbenchError
 
 SCHEMA_VERSION = 4
 STATES = ("pending", "running", "interrupted", "completed", "failed")
@@ -124,7 +125,7 @@ class Evaluation(SQLModel, table=True):
     eps_grid: list = Field(default_factory=list, sa_column=Column(JSON))  # ["0/255", ..., budget]
     accuracies: list = Field(default_factory=list, sa_column=Column(JSON))  # one per eps_grid point
     n: int
-    # the protocol (rftbench.metrics.EvalProtocol): together with run and budget, the row's key
+    # the protocol (rftbench.core.metrics.EvalProtocol): together with run and budget, the row's key
     protocol: str = "paper"  # per-ε protocol: "paper" (one attack per ε) or "monotone" (early exit)
     attack: str = "apgd-ce"
     norm: str = "Linf"
@@ -223,7 +224,7 @@ class GridRun(SQLModel, table=True):
     position: int
 
 
-class StoreError(RuntimeError):
+class StoreError(RftbenchError, RuntimeError):
     pass
 
 

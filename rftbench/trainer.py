@@ -33,10 +33,10 @@ from torch import Tensor, nn
 from rftbench.attacks import apgd
 from rftbench.backbones import BACKBONES, get_backbone_spec
 from rftbench.checkpoint import resume_training, save_checkpoint, training_state
-from rftbench.config import RunConfig, RuntimeOptions, budget_text, parse_budget
+from rftbench.core.config import RunConfig, RuntimeOptions, budget_text, parse_budget
+from rftbench.core.metrics import EvalProtocol
 from rftbench.data import augment_batch, augment_params, covering_loader, to_unit_float
 from rftbench.evaluation import AUTOCAST, BatchLog, evaluate_budgets
-from rftbench.metrics import EvalProtocol
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float) -> Callable[[int], float]:

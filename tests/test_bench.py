@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from rftbench.bench import grid_hours, run_hours
 from rftbench.cli import app
-from rftbench.config import RunConfig
+from rftbench.core.config import RunConfig
 
 
 def test_bench_measures_a_tiny_model_on_cpu_and_projects_a_grid():

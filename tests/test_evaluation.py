@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from rftbench.config import budget_text, parse_budget
+from rftbench.core.config import budget_text, parse_budget
+from rftbench.core.metrics import EvalProtocol, eps_grid
 from rftbench.evaluation import EvaluationError, evaluate_budgets, evaluation_key
-from rftbench.metrics import EvalProtocol, eps_grid
 
 
 def tiny_model() -> nn.Module:

@@ -260,7 +260,7 @@ def test_a_submission_slurm_refuses_is_one_line(experiments, tmp_path, slurm):
 def test_slurm_options_reach_the_sbatch_script(tmp_path):
     """Every [slurm] option / --slurm-* flag lands in the script submitit writes (a wrong submitit parameter
     name fails here, not at a user's first submission)."""
-    from rftbench.config import SlurmOptions
+    from rftbench.core.config import SlurmOptions
     from rftbench.executors import SlurmExecutor
 
     options = SlurmOptions(partition="gpu", account="lab", qos="high", time_min=90, gpus_per_task=2,

@@ -1,5 +1,5 @@
 """A run's id survives releases: the ids release 0.1 gave every grid of experiments.toml, a field added with a
-default, and a field renamed or removed through an explicit migration (rftbench.config)."""
+default, and a field renamed or removed through an explicit migration (rftbench.core.config)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from rftbench import config as config_module
-from rftbench.config import IDENTITY_V1, RunConfig
+from rftbench.core import config as config_module
+from rftbench.core.config import IDENTITY_V1, RunConfig
 from rftbench.grids import load_experiments
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "rftbench" / "experiments.toml"

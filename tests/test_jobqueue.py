@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from rftbench.config import RunConfig
+from rftbench.core.config import RunConfig
+from rftbench.core.metrics import EvalProtocol
 from rftbench.grids import Job
 from rftbench.jobqueue import JobQueue, LeaseLost, Worker, pid_alive
-from rftbench.metrics import EvalProtocol
 from rftbench.store import Run, Store, now
 
 

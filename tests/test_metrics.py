@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from rftbench import adaptation_start_epoch, apgd, eps_grid, expected_robustness, robustness_curve
+from rftbench.core.metrics import EvalProtocol
 from rftbench.evaluation import evaluate_budgets
-from rftbench.metrics import EvalProtocol
 
 
 def test_eps_grid_is_every_255th_up_to_the_budget():

@@ -16,10 +16,10 @@ from scipy import stats
 from typer.testing import CliRunner
 
 from rftbench.cli import app
-from rftbench.config import RunConfig
+from rftbench.core.config import RunConfig
+from rftbench.core.metrics import EvalProtocol
 from rftbench.grids import Job
 from rftbench.jobqueue import JobQueue, Worker
-from rftbench.metrics import EvalProtocol
 from rftbench.report import ReportError, Results, Selection, build, render
 from rftbench.store import EvalLog, Store, batches_key
 

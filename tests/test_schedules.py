@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rftbench import RunConfig, ScheduleSpec, get_schedule
-from rftbench.schedules import adaptive_alphas
+from rftbench.core.schedules import adaptive_alphas
 
 EPS = 4 / 255
 

@@ -15,10 +15,10 @@ import sqlalchemy as sa
 from sqlmodel import select
 
 from rftbench import store as store_module
-from rftbench.config import RunConfig
+from rftbench.core.config import RunConfig
+from rftbench.core.metrics import EvalProtocol
 from rftbench.grids import Job
 from rftbench.jobqueue import JobQueue, Worker
-from rftbench.metrics import EvalProtocol
 from rftbench.store import SCHEMA_VERSION, SchemaVersion, Store, StoreError
 
 V1 = Path(__file__).parent / "fixtures" / "v1_smoke"

@@ -13,6 +13,8 @@ from conftest import CIFAR, require
 
 from rftbench import RunConfig, RuntimeOptions, train
 from rftbench.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from rftbench.core.metrics import EvalProtocol
+from rftbench.core.schedules import adaptive_alphas
 from rftbench.data import (
     ImageTensorDataset,
     covering_loader,
@@ -21,9 +23,7 @@ from rftbench.data import (
     make_loader,
     train_transform,
 )
-from rftbench.metrics import EvalProtocol
 from rftbench.models import with_normalization
-from rftbench.schedules import adaptive_alphas
 
 CONFIG = RunConfig(backbone="test_resnet", dataset="cifar10-jpeg", setting="sched", eps="8/255", t1=0.5, t2=1,
                    schedule_granularity="step", epochs=2, batch_size=32, lr=1e-3, warmup_epochs=0.5,

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 
-from rftbench.config import NORMS, PRECISIONS, PROTOCOLS, budget_text, parse_budget, parse_eps
+from rftbench.core.config import NORMS, PRECISIONS, PROTOCOLS, budget_text, parse_budget, parse_eps
 
 ATTACKS = ("apgd-ce", "autoattack-standard", "autoattack-plus")
 EVAL_PROTOCOLS = (*PROTOCOLS, "budget")  # `budget`: at ε_g only; not for a grid's final evaluation

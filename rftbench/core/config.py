@@ -28,11 +28,12 @@ from fractions import Fraction
 
 import pydantic
 
-from rftbench import schedules
+from rftbench.core import schedules
+from rftbench.errors import RftbenchError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 NORMS = ("Linf", "L2")  # threat models: ℓ∞ (the paper's, the default) and ℓ2
-PROTOCOLS = ("paper", "monotone")  # per-ε evaluation protocols (rftbench.metrics)
+PROTOCOLS = ("paper", "monotone")  # per-ε evaluation protocols (rftbench.core.metrics)
 TABLES = (
     "main",
     "averages",
@@ -63,7 +64,7 @@ SPLIT_SOURCES = (
 )  # the registry's seeded rules, or the paper's split lists (rftbench.datasets)
 
 
-class ConfigError(ValueError):
+class ConfigError(RftbenchError, ValueError):
     """A stored run config this release cannot read (a newer release's key, a retired value): one line."""
 
 
@@ -162,9 +163,9 @@ class RunConfig:
     # grid's own split file (a path, not hashed, as before). Grids choose "auto": paper where present.
     splits: str = "rules"
     # The threat model of training, validation and the final evaluation: "Linf" (budgets 'k/255') or "L2"
-    # (budgets as numbers, '0.5'; the E.adv grid ε_g·k/8, rftbench.metrics)
+    # (budgets as numbers, '0.5'; the E.adv grid ε_g·k/8, rftbench.core.metrics)
     norm: str = "Linf"
-    # The piecewise schedule's ((epoch, fraction of ε_g), …) (rftbench.schedules); () for every other one
+    # The piecewise schedule's ((epoch, fraction of ε_g), …) (rftbench.core.schedules); () for every other one
     points: tuple[tuple[float, float], ...] = ()
 
     def __post_init__(self) -> None:
@@ -283,7 +284,7 @@ class RunConfig:
         if unknown:
             raise ConfigError(
                 f"run config has unknown keys {', '.join(unknown)}: a newer rftbench wrote it, or a field "
-                f"was removed without a migration (rftbench.config.RETIRED); upgrade rftbench"
+                f"was removed without a migration (rftbench.core.config.RETIRED); upgrade rftbench"
             )
         if "eval_budgets" in data:
             data["eval_budgets"] = tuple(data["eval_budgets"])
