@@ -17,8 +17,8 @@ import time
 
 import torch
 
-from rftbench.backbones import build_backbone
 from rftbench.core.config import RunConfig
+from rftbench.models.registry import build_backbone
 from rftbench.trainer import train_one_epoch
 
 BACKBONES = ("mobilenetv2_100", "tf_efficientnet_lite0")

@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 
 from rftbench import RunConfig, train
-from rftbench.backbones import build_backbone
 from rftbench.data import (
     ImageTensorDataset,
     decode_image_folder,
@@ -24,6 +23,7 @@ from rftbench.data import (
     make_loader,
     train_transform,
 )
+from rftbench.models.registry import build_backbone
 
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"
 

@@ -19,7 +19,7 @@ import timm
 import torch
 
 from rftbench.core.config import RunConfig
-from rftbench.models import IMAGENET_MEAN, IMAGENET_STD, cifar_resnet20, with_normalization
+from rftbench.models.nets import IMAGENET_MEAN, IMAGENET_STD, cifar_resnet20, with_normalization
 from rftbench.trainer import train_one_epoch
 
 MODELS = {

@@ -27,13 +27,13 @@ from typing import TYPE_CHECKING
 from rftbench.version import __version__ as __version__
 
 _EXPORTS = {  # public name -> the module that defines it
-    "build_backbone": "rftbench.backbones",
-    "BACKBONES": "rftbench.backbones",
+    "build_backbone": "rftbench.models.registry",
+    "BACKBONES": "rftbench.models.registry",
     "build_dataset": "rftbench.datasets",
     "DATASETS": "rftbench.datasets",
     "fetch_dataset": "rftbench.fetch",
-    "apgd": "rftbench.attacks",
-    "step_size_checkpoints": "rftbench.attacks",
+    "apgd": "rftbench.attacks.apgd",
+    "step_size_checkpoints": "rftbench.attacks.apgd",
     "ScheduleSpec": "rftbench.core.schedules",
     "SCHEDULES": "rftbench.core.schedules",
     "get_schedule": "rftbench.core.schedules",
@@ -95,8 +95,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and editors see
-    from rftbench.attacks import apgd, step_size_checkpoints
-    from rftbench.backbones import BACKBONES, build_backbone
+    from rftbench.attacks.apgd import apgd, step_size_checkpoints
     from rftbench.core.config import RunConfig, RuntimeOptions, eps_text, parse_eps
     from rftbench.core.metrics import (
         EvalProtocol,
@@ -110,4 +109,5 @@ if TYPE_CHECKING:  # what type checkers and editors see
     from rftbench.evaluation import evaluate_budgets, robustness_curve
     from rftbench.fetch import fetch as fetch_dataset
     from rftbench.grids import load_experiments
+    from rftbench.models.registry import BACKBONES, build_backbone
     from rftbench.trainer import train

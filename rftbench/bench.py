@@ -24,13 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from rftbench.attacks import apgd
-from rftbench.backbones import build_backbone
+from rftbench.attacks.apgd import apgd
 from rftbench.core.config import RunConfig, RuntimeOptions, parse_eps
 from rftbench.core.metrics import EvalProtocol, eps_grid
 from rftbench.data import ImageTensorDataset, make_loader
 from rftbench.datasets import DATASETS
 from rftbench.evaluation import AUTOCAST, evaluate_budgets
+from rftbench.models.registry import build_backbone
 from rftbench.trainer import DynamicBatch, configure_device, memory_format, param_groups, train_one_epoch
 
 # Dense peak TFLOP/s per device name fragment and math mode (vendor data sheets, SXM parts).

@@ -38,7 +38,7 @@ EXPECTED = {
     "rftbench.grids": ("GridError",),
     "rftbench.report": ("ReportError",),
     "rftbench.datasets": ("DataNotFound",),
-    "rftbench.backbones": ("WeightsUnavailable",),
+    "rftbench.models.registry": ("WeightsUnavailable",),
     "rftbench.checkpoint": ("CheckpointError",),
     "rftbench.core.config": ("ConfigError",),
     "rftbench.fetch": ("FetchError",),
@@ -106,7 +106,7 @@ def matching(values, incomplete: str) -> list[str]:
 
 
 def complete_backbone(incomplete: str) -> list[str]:
-    from rftbench.backbones import BACKBONES
+    from rftbench.models.registry import BACKBONES
 
     return matching(BACKBONES, incomplete)
 
@@ -257,7 +257,7 @@ def backbones(
     ),
 ) -> None:
     """List the backbone registry and whether each backbone's weights are available locally."""
-    from rftbench.backbones import BACKBONES, WeightsUnavailable, check_weights_file, weights_available
+    from rftbench.models.registry import BACKBONES, WeightsUnavailable, check_weights_file, weights_available
 
     files = parse_pairs("--weights", weights, "SWIN=swin.safetensors", BACKBONES, "backbone")
     table = Table(title="backbones")
@@ -404,8 +404,8 @@ def runtime_options(
 def make_runner(runs_dir, device, workers, channels_last, compile_tf32, roots, weights, prune, lease):
     """A runner without its store: flags are checked first, and the database is opened only once the jobs
     passed their preflight (bad input leaves the database untouched)."""
-    from rftbench.backbones import BACKBONES
     from rftbench.datasets import DATASETS
+    from rftbench.models.registry import BACKBONES
     from rftbench.runner import Runner
 
     return Runner(
@@ -470,8 +470,8 @@ class RichProgress:
 
 def preflight(runner, items) -> None:
     """Data roots and weights of every (config, stored paths) about to run, or one line and exit 2."""
-    from rftbench.backbones import WeightsUnavailable
     from rftbench.datasets import DataNotFound
+    from rftbench.models.registry import WeightsUnavailable
 
     try:
         runner.preflight(items)
@@ -799,8 +799,8 @@ def print_source(spec, jobs) -> None:
 
 def check_filters(backbone: list[str], dataset: list[str], setting: list[str]) -> None:
     """A filter value that names nothing in the registries is a typo: say so instead of matching nothing."""
-    from rftbench.backbones import BACKBONES
     from rftbench.datasets import DATASETS
+    from rftbench.models.registry import BACKBONES
 
     for flag, values, valid in (
         ("--backbone", backbone, BACKBONES),
@@ -1339,9 +1339,9 @@ def bench(
     projected hours. A benchmark: run it on the machine you will train on."""
     import json
 
-    from rftbench.backbones import BACKBONES
     from rftbench.bench import COMPILE_MODES, BenchCase, grid_hours, measure
     from rftbench.core.config import PRECISIONS
+    from rftbench.models.registry import BACKBONES
 
     unknown = sorted(set(backbone) - set(BACKBONES))
     if unknown:

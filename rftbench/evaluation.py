@@ -36,7 +36,7 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
-from rftbench.attacks import apgd, l2_norms, module_modes, random_point
+from rftbench.attacks.apgd import apgd, l2_norms, module_modes, random_point
 from rftbench.core.config import PRECISIONS, budget_text, parse_budget
 from rftbench.core.metrics import EVAL_PROTOCOLS, EvalProtocol, RobustnessCurve, eps_grid
 from rftbench.data import to_unit_float

@@ -35,7 +35,6 @@ from pathlib import Path
 
 import pydantic
 
-from rftbench.backbones import BACKBONES
 from rftbench.core.config import (
     PRECISIONS,
     PROTOCOLS,
@@ -48,6 +47,7 @@ from rftbench.core.config import (
 from rftbench.core.schedules import SCHEDULES, check_points
 from rftbench.datasets import DATASETS, PAPER_SPLITS, SPLIT_FOLDER, data_root, paper_split_dir, resolve_root
 from rftbench.errors import RftbenchError
+from rftbench.models.registry import BACKBONES
 
 SETTING_KEYS = ("setting", "t1", "t2", "patience", "tolerance", "schedule_granularity", "points")
 AXIS_KEYS = ("backbone", "dataset", "eps", "seed")

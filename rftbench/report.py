@@ -30,12 +30,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from rftbench.backbones import BACKBONES
 from rftbench.core.config import PRECISIONS, PROTOCOLS, TABLES, RunConfig, budget_value
 from rftbench.core.metrics import EvalProtocol, adaptation_start_epoch
 from rftbench.core.schedules import SCHEDULES
 from rftbench.datasets import DATASETS
 from rftbench.errors import RftbenchError
+from rftbench.models.registry import BACKBONES
 
 METRICS = {"clean": "Clean", "adv": "Adv.", "eadv": "E. adv."}
 PAPER_TABLES = {

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import torch
 
-from rftbench.backbones import build_backbone, check_weights, get_backbone_spec
 from rftbench.checkpoint import CheckpointError, load_checkpoint
 from rftbench.core.config import RunConfig, RuntimeOptions
 from rftbench.core.metrics import EvalProtocol
@@ -32,6 +31,7 @@ from rftbench.data import ImageTensorDataset, make_loader, train_transform
 from rftbench.datasets import build_dataset, check_data, data_root, stratified_subsample
 from rftbench.evaluation import evaluate_budgets, evaluation_key
 from rftbench.jobqueue import JobQueue, LeaseLost, Worker
+from rftbench.models.registry import build_backbone, check_weights, get_backbone_spec
 from rftbench.store import EvalLog, Run, Store
 from rftbench.trainer import configure_device, train
 from rftbench.version import __version__

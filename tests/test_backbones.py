@@ -13,17 +13,19 @@ from conftest import CIFAR, RESNET20, require
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from rftbench.backbones import (
+from rftbench.cli import app
+from rftbench.data import decode_image_folder
+from rftbench.models.nets import Normalize
+from rftbench.models.registry import (
     BACKBONES,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     WeightsUnavailable,
     build_backbone,
     check_weights,
     package_file,
     packaged_weights,
 )
-from rftbench.cli import app
-from rftbench.data import decode_image_folder
-from rftbench.models import IMAGENET_MEAN, IMAGENET_STD, Normalize
 
 PAPER = ["ViT", "SWIN", "CNX", "R50", "ClipViT", "ClipCNX"]
 

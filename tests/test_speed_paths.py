@@ -11,7 +11,6 @@ from conftest import CIFAR, require
 from torchvision.transforms.v2 import functional as F
 
 from rftbench import RunConfig, RuntimeOptions, train
-from rftbench.backbones import build_backbone
 from rftbench.data import (
     JITTER_ORDERS,
     ImageTensorDataset,
@@ -20,7 +19,8 @@ from rftbench.data import (
     decode_image_folder,
     make_loader,
 )
-from rftbench.models import with_normalization
+from rftbench.models.nets import with_normalization
+from rftbench.models.registry import build_backbone
 from rftbench.trainer import DynamicBatch, epoch_seed, param_groups
 
 CONFIG = RunConfig(backbone="test_resnet", dataset="cifar10-jpeg", setting="fix", eps="4/255", epochs=2,

@@ -23,7 +23,7 @@ from rftbench.data import (
     make_loader,
     train_transform,
 )
-from rftbench.models import with_normalization
+from rftbench.models.nets import with_normalization
 
 CONFIG = RunConfig(backbone="test_resnet", dataset="cifar10-jpeg", setting="sched", eps="8/255", t1=0.5, t2=1,
                    schedule_granularity="step", epochs=2, batch_size=32, lr=1e-3, warmup_epochs=0.5,

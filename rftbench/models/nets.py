@@ -1,6 +1,6 @@
 """Model pieces shared by every backbone: normalisation inside the model, and the CIFAR ResNet-20.
 
-    model = with_normalization(cifar_resnet20(), IMAGENET_MEAN, IMAGENET_STD)
+    model = with_normalization(cifar_resnet20(), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
     load_cifar_resnet20_weights(model[1], "../shared/weights/resnet20-12fca82f.th")
 
 Models take images in [0, 1] (so ε is in pixel space) and normalise them in their first layer.
@@ -14,8 +14,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-from rftbench.backbones import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401 (the names this module documents)
 
 
 class Normalize(nn.Module):

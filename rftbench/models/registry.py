@@ -144,7 +144,7 @@ def packaged_weights(name: str) -> Path | None:
             from safetensors.torch import save
 
             from rftbench.core.files import atomic_write
-            from rftbench.models import convert_in_order
+            from rftbench.models.nets import convert_in_order
 
             state = torch.load(source, map_location="cpu", weights_only=True)
             converted = convert_in_order(state, timm.create_model(spec.model, pretrained=False))
@@ -209,7 +209,7 @@ def _open_clip_model(spec: BackboneSpec, num_classes: int, pretrained: bool, fil
     import open_clip
     from open_clip.model import CLIPVisionCfg, _build_vision_tower
 
-    from rftbench.models import ClipImageClassifier, load_visual_state
+    from rftbench.models.nets import ClipImageClassifier, load_visual_state
 
     cfg = open_clip.get_model_config(spec.model)
     vision_cfg = CLIPVisionCfg(**{**cfg["vision_cfg"], "image_size": size})
@@ -242,7 +242,7 @@ def build_backbone(
     ancestor code did for every non-CLIP model) instead of the backbone's own."""
     from torch import nn
 
-    from rftbench.models import cifar_resnet20, load_cifar_resnet20_weights, with_normalization
+    from rftbench.models.nets import cifar_resnet20, load_cifar_resnet20_weights, with_normalization
 
     spec = get_backbone_spec(name)
     size = size or spec.size
