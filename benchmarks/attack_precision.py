@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from rftbench.core.metrics import EvalProtocol
-from rftbench.data import decode_image_folder
+from rftbench.data.loading import decode_image_folder
 from rftbench.evaluation import evaluate_budgets
 from rftbench.models.nets import (
     cifar_resnet20,

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from rftbench.data import decode_image, train_transform
-from rftbench.datasets import build_dataset, samples
+from rftbench.data.datasets import build_dataset, samples
+from rftbench.data.loading import decode_image, train_transform
 
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from rftbench import RunConfig, train
-from rftbench.data import (
+from rftbench.data.loading import (
     ImageTensorDataset,
     decode_image_folder,
     eval_transform,

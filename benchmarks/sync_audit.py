@@ -17,7 +17,7 @@ import warnings
 import torch
 
 from rftbench.core.config import RunConfig, RuntimeOptions
-from rftbench.data import ImageTensorDataset, make_loader
+from rftbench.data.loading import ImageTensorDataset, make_loader
 from rftbench.evaluation import AUTOCAST
 from rftbench.models.registry import build_backbone
 from rftbench.trainer import configure_device, memory_format, param_groups, train_one_epoch, warmup_cosine

@@ -29,9 +29,9 @@ from rftbench.version import __version__ as __version__
 _EXPORTS = {  # public name -> the module that defines it
     "build_backbone": "rftbench.models.registry",
     "BACKBONES": "rftbench.models.registry",
-    "build_dataset": "rftbench.datasets",
-    "DATASETS": "rftbench.datasets",
-    "fetch_dataset": "rftbench.fetch",
+    "build_dataset": "rftbench.data.datasets",
+    "DATASETS": "rftbench.data.datasets",
+    "fetch_dataset": "rftbench.data.fetch",
     "apgd": "rftbench.attacks.apgd",
     "step_size_checkpoints": "rftbench.attacks.apgd",
     "ScheduleSpec": "rftbench.core.schedules",
@@ -105,9 +105,9 @@ if TYPE_CHECKING:  # what type checkers and editors see
         expected_robustness,
     )
     from rftbench.core.schedules import SCHEDULES, ScheduleSpec, get_schedule, hinge_alpha
-    from rftbench.datasets import DATASETS, build_dataset
+    from rftbench.data.datasets import DATASETS, build_dataset
+    from rftbench.data.fetch import fetch as fetch_dataset
     from rftbench.evaluation import evaluate_budgets, robustness_curve
-    from rftbench.fetch import fetch as fetch_dataset
     from rftbench.grids import load_experiments
     from rftbench.models.registry import BACKBONES, build_backbone
     from rftbench.trainer import train

@@ -27,8 +27,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from rftbench.attacks.apgd import apgd
 from rftbench.core.config import RunConfig, RuntimeOptions, parse_eps
 from rftbench.core.metrics import EvalProtocol, eps_grid
-from rftbench.data import ImageTensorDataset, make_loader
-from rftbench.datasets import DATASETS
+from rftbench.data.datasets import DATASETS
+from rftbench.data.loading import ImageTensorDataset, make_loader
 from rftbench.evaluation import AUTOCAST, evaluate_budgets
 from rftbench.models.registry import build_backbone
 from rftbench.trainer import DynamicBatch, configure_device, memory_format, param_groups, train_one_epoch

@@ -37,11 +37,11 @@ EXPECTED = {
     "rftbench.store": ("StoreError",),
     "rftbench.grids": ("GridError",),
     "rftbench.report": ("ReportError",),
-    "rftbench.datasets": ("DataNotFound",),
+    "rftbench.data.datasets": ("DataNotFound",),
     "rftbench.models.registry": ("WeightsUnavailable",),
     "rftbench.checkpoint": ("CheckpointError",),
     "rftbench.core.config": ("ConfigError",),
-    "rftbench.fetch": ("FetchError",),
+    "rftbench.data.fetch": ("FetchError",),
     "rftbench.evaluation": ("EvaluationError",),
 }
 
@@ -112,13 +112,13 @@ def complete_backbone(incomplete: str) -> list[str]:
 
 
 def complete_dataset(incomplete: str) -> list[str]:
-    from rftbench.datasets import DATASETS
+    from rftbench.data.datasets import DATASETS
 
     return matching(DATASETS, incomplete)
 
 
 def complete_fetchable(incomplete: str) -> list[str]:
-    from rftbench.fetch import SOURCES
+    from rftbench.data.fetch import SOURCES
 
     return matching(SOURCES, incomplete)
 
@@ -289,7 +289,7 @@ def datasets(
 ) -> None:
     """List the dataset registry, whether each dataset's layout is found locally, and whether the paper's
     split lists are there (`rftbench data fetch` gets both)."""
-    from rftbench.datasets import (
+    from rftbench.data.datasets import (
         DATASETS,
         LAYOUTS,
         PAPER_SPLITS,
@@ -404,7 +404,7 @@ def runtime_options(
 def make_runner(runs_dir, device, workers, channels_last, compile_tf32, roots, weights, prune, lease):
     """A runner without its store: flags are checked first, and the database is opened only once the jobs
     passed their preflight (bad input leaves the database untouched)."""
-    from rftbench.datasets import DATASETS
+    from rftbench.data.datasets import DATASETS
     from rftbench.models.registry import BACKBONES
     from rftbench.runner import Runner
 
@@ -470,7 +470,7 @@ class RichProgress:
 
 def preflight(runner, items) -> None:
     """Data roots and weights of every (config, stored paths) about to run, or one line and exit 2."""
-    from rftbench.datasets import DataNotFound
+    from rftbench.data.datasets import DataNotFound
     from rftbench.models.registry import WeightsUnavailable
 
     try:
@@ -659,7 +659,7 @@ def execute(runner, run_ids: list[str] | None, launch: Launch | None = None, db:
 
 def estimate_work(configs) -> tuple[float, int]:
     """Training forward-backward passes (images × epochs × (attack steps + 1)); runs of unknown size."""
-    from rftbench.datasets import DATASETS
+    from rftbench.data.datasets import DATASETS
 
     passes, unknown = 0.0, 0
     for config in configs:
@@ -718,7 +718,7 @@ def run_grid(
 ) -> None:
     """Expand a grid into runs, record them, and run every pending or interrupted one in order (in this
     process, or spread over local workers or a SLURM job array: --executor)."""
-    from rftbench.datasets import DATASETS
+    from rftbench.data.datasets import DATASETS
     from rftbench.grids import GridError
 
     launch = make_launch(executor, gpus, processes, slurm_partition, slurm_time, slurm_gpus, slurm_cpus,
@@ -799,7 +799,7 @@ def print_source(spec, jobs) -> None:
 
 def check_filters(backbone: list[str], dataset: list[str], setting: list[str]) -> None:
     """A filter value that names nothing in the registries is a typo: say so instead of matching nothing."""
-    from rftbench.datasets import DATASETS
+    from rftbench.data.datasets import DATASETS
     from rftbench.models.registry import BACKBONES
 
     for flag, values, valid in (
@@ -872,7 +872,7 @@ def run(
     lease_seconds: float = LEASE,
 ) -> None:
     """Run one job with a grid's defaults (or the file's [defaults]); a finished identical run is reused."""
-    from rftbench.datasets import DATASETS
+    from rftbench.data.datasets import DATASETS
     from rftbench.grids import GridError
 
     spec = read_experiments(experiments, parse_pairs("--root", root, "Cub=/data/CUB", DATASETS, "dataset"))
@@ -1479,7 +1479,7 @@ app.add_typer(data_app, name="data")
 
 
 class RichFetchProgress:
-    """A download bar per file (size, speed, time left) and a line per step (`rftbench.fetch.Progress`)."""
+    """A download bar per file (size, speed, time left) and a line per step (`data.fetch.Progress`)."""
 
     def __init__(self) -> None:
         from rich.progress import (
@@ -1538,8 +1538,8 @@ def data_fetch(
 ) -> None:
     """Download datasets from their sources, check their checksums and unpack them where `run-grid` reads
     them, with the paper's split lists; an interrupted download resumes when run again."""
-    from rftbench.datasets import DATASETS, DataNotFound, env_var, resolve_root
-    from rftbench.fetch import SOURCES, FetchError, fetch
+    from rftbench.data.datasets import DATASETS, DataNotFound, env_var, resolve_root
+    from rftbench.data.fetch import SOURCES, FetchError, fetch
 
     unknown = [n for n in names if n not in SOURCES]
     if unknown:

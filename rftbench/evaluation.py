@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from rftbench.attacks.apgd import apgd, l2_norms, module_modes, random_point
 from rftbench.core.config import PRECISIONS, budget_text, parse_budget
 from rftbench.core.metrics import EVAL_PROTOCOLS, EvalProtocol, RobustnessCurve, eps_grid
-from rftbench.data import to_unit_float
+from rftbench.data.loading import to_unit_float
 from rftbench.errors import RftbenchError
 
 AUTOCAST = dict(zip(PRECISIONS, (None, torch.bfloat16, torch.float16)))  # precision -> autocast dtype

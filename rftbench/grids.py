@@ -45,7 +45,14 @@ from rftbench.core.config import (
     eps_text,
 )
 from rftbench.core.schedules import SCHEDULES, check_points
-from rftbench.datasets import DATASETS, PAPER_SPLITS, SPLIT_FOLDER, data_root, paper_split_dir, resolve_root
+from rftbench.data.datasets import (
+    DATASETS,
+    PAPER_SPLITS,
+    SPLIT_FOLDER,
+    data_root,
+    paper_split_dir,
+    resolve_root,
+)
 from rftbench.errors import RftbenchError
 from rftbench.models.registry import BACKBONES
 

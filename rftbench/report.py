@@ -33,7 +33,7 @@ from scipy import stats
 from rftbench.core.config import PRECISIONS, PROTOCOLS, TABLES, RunConfig, budget_value
 from rftbench.core.metrics import EvalProtocol, adaptation_start_epoch
 from rftbench.core.schedules import SCHEDULES
-from rftbench.datasets import DATASETS
+from rftbench.data.datasets import DATASETS
 from rftbench.errors import RftbenchError
 from rftbench.models.registry import BACKBONES
 

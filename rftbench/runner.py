@@ -27,8 +27,8 @@ import torch
 from rftbench.checkpoint import CheckpointError, load_checkpoint
 from rftbench.core.config import RunConfig, RuntimeOptions
 from rftbench.core.metrics import EvalProtocol
-from rftbench.data import ImageTensorDataset, make_loader, train_transform
-from rftbench.datasets import build_dataset, check_data, data_root, stratified_subsample
+from rftbench.data.datasets import build_dataset, check_data, data_root, stratified_subsample
+from rftbench.data.loading import ImageTensorDataset, make_loader, train_transform
 from rftbench.evaluation import evaluate_budgets, evaluation_key
 from rftbench.jobqueue import JobQueue, LeaseLost, Worker
 from rftbench.models.registry import build_backbone, check_weights, get_backbone_spec

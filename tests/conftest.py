@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rftbench.data import decode_image_folder
+from rftbench.data.loading import decode_image_folder
 from rftbench.models.nets import (
     cifar_resnet20,
     load_cifar_resnet20_weights,

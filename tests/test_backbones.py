@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from rftbench.cli import app
-from rftbench.data import decode_image_folder
+from rftbench.data.loading import decode_image_folder
 from rftbench.models.nets import Normalize
 from rftbench.models.registry import (
     BACKBONES,

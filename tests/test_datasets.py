@@ -13,7 +13,7 @@ from layouts import jpeg, write_aircraft, write_caltech, write_cars, write_cub, 
 from typer.testing import CliRunner
 
 from rftbench.cli import app
-from rftbench.datasets import (
+from rftbench.data.datasets import (
     DATASETS,
     DataNotFound,
     build_dataset,
@@ -192,7 +192,9 @@ def test_decoded_cache_returns_exactly_what_decoding_returns(tmp_path, monkeypat
     first = build_dataset("Caltech", tmp_path / "data", "train", resolution=24)  # decodes and writes
     files = list((tmp_path / "cache" / "decoded").glob("Caltech-train-24px-*.pt"))
     assert len(files) == 1
-    monkeypatch.setattr("rftbench.data.decode_image", lambda *a: pytest.fail("decoded despite the cache"))
+    monkeypatch.setattr(
+        "rftbench.data.loading.decode_image", lambda *a: pytest.fail("decoded despite the cache")
+    )
     cached = build_dataset("Caltech", tmp_path / "data", "train", resolution=24)
     assert torch.equal(decoded.images, first.images) and torch.equal(decoded.images, cached.images)
     assert torch.equal(decoded.labels, cached.labels) and decoded.images.dtype == torch.uint8

@@ -132,7 +132,7 @@ def test_workers_starting_on_a_cold_cache_decode_once_and_never_read_half_a_file
 
     import torch
 
-    from rftbench import datasets
+    from rftbench.data import datasets
 
     calls = []
 

@@ -26,10 +26,10 @@ from layouts import write_aircraft, write_caltech, write_cars, write_cub, write_
 from servers import FileServer
 from typer.testing import CliRunner
 
-import rftbench.fetch as fetch_module
+import rftbench.data.fetch as fetch_module
 from rftbench.cli import app
-from rftbench.datasets import DATASETS, PAPER_SPLITS, read_paper_splits, samples
-from rftbench.fetch import MARKER, FetchError, fetch
+from rftbench.data.datasets import DATASETS, PAPER_SPLITS, read_paper_splits, samples
+from rftbench.data.fetch import MARKER, FetchError, fetch
 
 PAPER = ["Aircraft", "Cars", "Caltech", "Cub", "Dogs"]
 FOLDERS = {name: Path(DATASETS[name].default_root).name for name in DATASETS}
@@ -229,7 +229,7 @@ def test_a_root_it_did_not_make_is_left_alone(mirror, tmp_path):
 
 KILLED_FETCH = """
 import os, sys, time
-import rftbench.fetch as f
+import rftbench.data.fetch as f
 real, count = f.unpack, [0]
 def unpack(archive, into):
     real(archive, into)
@@ -250,7 +250,7 @@ def test_a_fetch_killed_mid_unpack_leaves_nothing_that_looks_complete(mirror, tm
     sources = {r.filename: r.url for r in fetch_module.SOURCES["Dogs"].resources}
     digests = {r.filename: r.sha256 for r in fetch_module.SOURCES["Dogs"].resources}
     patch = (
-        "import dataclasses, rftbench.fetch as g\n"
+        "import dataclasses, rftbench.data.fetch as g\n"
         f"g.SOURCES['Dogs'] = dataclasses.replace(g.SOURCES['Dogs'], resources=tuple(dataclasses.replace("
         f"r, url={sources!r}[r.filename], sha256={digests!r}[r.filename], size=None) "
         f"for r in g.SOURCES['Dogs'].resources))\n"
@@ -274,7 +274,7 @@ def test_a_fetch_killed_mid_unpack_leaves_nothing_that_looks_complete(mirror, tm
 
 def test_the_papers_split_lists_come_from_the_pinned_commit_with_their_checksums(tmp_path, monkeypatch):
     """The real RoLI files (../shared/paper/splits, byte copies of the pinned commit), served locally, pass
-    the checksums pinned in rftbench.fetch and arrive unchanged in each root's paper_splits/."""
+    the checksums pinned in rftbench.data.fetch and arrive unchanged in each root's paper_splits/."""
     commit = fetch_module.ROLI_COMMIT
     real = f"https://raw.githubusercontent.com/DongXzz/RoLI/{commit}/data_splits/cub/train.json"
     assert fetch_module.split_resources("Cub")[0].url == real
@@ -310,7 +310,7 @@ def test_fashion_mnist_through_torchvisions_downloader(tmp_path, monkeypatch):
     its copy, so torchvision's md5s refuse it (and nothing is left); with that copy's md5s it is fetched."""
     from torchvision.datasets import FashionMNIST
 
-    from rftbench.datasets import fashion_mnist_arrays
+    from rftbench.data.datasets import fashion_mnist_arrays
 
     server = FileServer()
     try:

@@ -11,7 +11,7 @@ from conftest import CIFAR, require
 from torchvision.transforms.v2 import functional as F
 
 from rftbench import RunConfig, RuntimeOptions, train
-from rftbench.data import (
+from rftbench.data.loading import (
     JITTER_ORDERS,
     ImageTensorDataset,
     augment_batch,

@@ -15,7 +15,7 @@ from rftbench import RunConfig, RuntimeOptions, train
 from rftbench.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from rftbench.core.metrics import EvalProtocol
 from rftbench.core.schedules import adaptive_alphas
-from rftbench.data import (
+from rftbench.data.loading import (
     ImageTensorDataset,
     covering_loader,
     decode_image_folder,

@@ -57,11 +57,11 @@ IDENTITY_V1 = (
 RENAMED: dict[str, str] = {}  # stored key -> the field that replaced it (same meaning, new name)
 RETIRED: dict[str, object] = {}  # removed field -> the only value a stored config may hold for it
 ATTACK_MODES = ("eval", "train")
-AUGMENTATIONS = ("loader", "device")  # where the training augmentation runs (rftbench.data)
+AUGMENTATIONS = ("loader", "device")  # where the training augmentation runs (rftbench.data.loading)
 SPLIT_SOURCES = (
     "rules",
     "paper",
-)  # the registry's seeded rules, or the paper's split lists (rftbench.datasets)
+)  # the registry's seeded rules, or the paper's split lists (rftbench.data.datasets)
 
 
 class ConfigError(RftbenchError, ValueError):
@@ -149,7 +149,7 @@ class RunConfig:
     attack_mode: str = "eval"  # the model's mode while the training attack runs
     precision: str = "fp32"
     seed: int = 0
-    split_seed: int = 0  # seeds the dataset's split rules and test subsample (rftbench.datasets)
+    split_seed: int = 0  # seeds the dataset's split rules and test subsample (rftbench.data.datasets)
     train_subset: int = 0  # > 0: a stratified subsample of this many training images (seeded by split_seed)
     val_subset: int = 0  # > 0: the same for the validation split
     test_subset: int = 0  # > 0: the same for the scored test split

@@ -40,7 +40,7 @@ from rftbench.errors import RftbenchError
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from rftbench.data import ImageTensorDataset
+    from rftbench.data.loading import ImageTensorDataset
 
 SPLIT_SEED = 0  # default seed of every split rule and test subsample (RunConfig.split_seed stores it)
 SPLITS = ("train", "val", "test", "test_full")
@@ -624,7 +624,7 @@ def decode_samples(s: Samples, resolution: int, cache: Path | None) -> Tensor:
 def decode_all(s: Samples, resolution: int) -> Tensor:
     import torch
 
-    from rftbench.data import decode_image
+    from rftbench.data.loading import decode_image
 
     if not s.paths:
         raise DataNotFound(f"no images in this split under {s.root}")
@@ -648,15 +648,15 @@ def build_dataset(
     dataset, split, resolution and sample list) with `transform` (default: evaluation, resize only).
 
     `splits="paper"` reads the paper's split lists (Caltech, Cub, Dogs); `download=True` fetches a dataset
-    that is not there yet, with its paper split lists (`rftbench.fetch`)."""
+    that is not there yet, with its paper split lists (`rftbench.data.fetch`)."""
     import torch
     import torch.nn.functional as F
 
-    from rftbench.data import ImageTensorDataset, eval_transform
+    from rftbench.data.loading import ImageTensorDataset, eval_transform
 
     transform = transform or eval_transform()
     if download:
-        from rftbench.fetch import fetch
+        from rftbench.data.fetch import fetch
 
         path = resolve_root(name, root)
         if not path.exists() or (splits == "paper" and paper_split_dir(name, path, split_file) is None):

@@ -1,4 +1,4 @@
-"""Fetch the paper's datasets from their sources, checksum-verified, into the layouts `rftbench.datasets`
+"""Fetch the paper's datasets from their sources, checksum-verified, into the layouts `rftbench.data.datasets`
 reads, with the paper's split lists for Caltech-256, CUB and Dogs.
 
     rftbench data fetch Caltech Cub Dogs --root data          # data/caltech256, data/cub, data/dogs
@@ -69,7 +69,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from rftbench.datasets import PAPER_SPLITS, SPLIT_FOLDER, check_data
+from rftbench.data.datasets import PAPER_SPLITS, SPLIT_FOLDER, check_data
 from rftbench.errors import RftbenchError
 
 MARKER = ".rftbench-fetched.json"
@@ -368,7 +368,7 @@ def _stream(resource: Resource, part: Path, progress: Progress) -> None:
             raise  # the server is busy or failing: retried
         raise FetchError(
             f"{resource.url}: the server answered HTTP {exc.code} ({exc.reason}); the source may have "
-            f"moved: `rftbench/fetch.py` says where each file comes from"
+            f"moved: `rftbench/data/fetch.py` says where each file comes from"
         ) from None
     with response:
         if have and (
