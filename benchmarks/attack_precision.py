@@ -18,7 +18,7 @@ import torch
 
 from rftbench.core.metrics import EvalProtocol
 from rftbench.data.loading import decode_image_folder
-from rftbench.evaluation import evaluate_budgets
+from rftbench.engine.evaluation import evaluate_budgets
 from rftbench.models.nets import (
     cifar_resnet20,
     load_cifar_resnet20_weights,

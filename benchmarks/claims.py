@@ -21,9 +21,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rftbench.core.config import RunConfig  # noqa: E402
-from rftbench.grids import Job  # noqa: E402
-from rftbench.jobqueue import JobQueue, Worker  # noqa: E402
-from rftbench.store import Store  # noqa: E402
+from rftbench.experiments.grids import Job  # noqa: E402
+from rftbench.results.queue import JobQueue, Worker  # noqa: E402
+from rftbench.results.store import Store  # noqa: E402
 
 
 def claim_all(url: str, ids: list[str], start, out) -> None:

@@ -31,8 +31,8 @@ import pandas as pd
 from scipy import stats
 
 from rftbench.core.metrics import adaptation_start_epoch
-from rftbench.report import Results, Selection, paired
-from rftbench.store import Store
+from rftbench.reports.tables import Results, Selection, paired
+from rftbench.results.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "rftbench" / "experiments.toml"
@@ -68,7 +68,7 @@ def probe_grid(changes: dict, base: str = "demo") -> tuple[str, dict]:
 
 
 def seed_pairs(a: dict, b: dict) -> dict | None:
-    """a - b over the seeds both have (`rftbench.report.paired`): mean, 95% CI of the mean, wins, p."""
+    """a - b over the seeds both have (`reports.tables.paired`): mean, 95% CI of the mean, wins, p."""
     seeds = sorted(set(a) & set(b))
     if not seeds:
         return None

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from rftbench.core.config import RunConfig, RuntimeOptions
 from rftbench.core.metrics import EvalProtocol
-from rftbench.evaluation import evaluate_budgets
-from rftbench.runner import Runner
-from rftbench.store import Store
+from rftbench.engine.evaluation import evaluate_budgets
+from rftbench.execution.runner import Runner
+from rftbench.results.store import Store
 
 
 def main() -> None:

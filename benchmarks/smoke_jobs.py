@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from rftbench.cli import app
-from rftbench.jobqueue import JobQueue
-from rftbench.store import Store
+from rftbench.results.queue import JobQueue
+from rftbench.results.store import Store
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "rftbench" / "experiments.toml"
 

@@ -19,8 +19,8 @@ import timm
 import torch
 
 from rftbench.core.config import RunConfig
+from rftbench.engine.trainer import train_one_epoch
 from rftbench.models.nets import IMAGENET_MEAN, IMAGENET_STD, cifar_resnet20, with_normalization
-from rftbench.trainer import train_one_epoch
 
 MODELS = {
     "cifar_resnet20@32px,bs64": (lambda: cifar_resnet20(), 32, 64),

@@ -18,9 +18,15 @@ import torch
 
 from rftbench.core.config import RunConfig, RuntimeOptions
 from rftbench.data.loading import ImageTensorDataset, make_loader
-from rftbench.evaluation import AUTOCAST
+from rftbench.engine.evaluation import AUTOCAST
+from rftbench.engine.trainer import (
+    configure_device,
+    memory_format,
+    param_groups,
+    train_one_epoch,
+    warmup_cosine,
+)
 from rftbench.models.registry import build_backbone
-from rftbench.trainer import configure_device, memory_format, param_groups, train_one_epoch, warmup_cosine
 
 
 def sync_audit(device: str, backbone: str, precision: str, batch_size: int, resolution: int) -> list:

@@ -43,14 +43,14 @@ _EXPORTS = {  # public name -> the module that defines it
     "adaptation_start_epoch": "rftbench.core.metrics",
     "EvalProtocol": "rftbench.core.metrics",
     "RobustnessCurve": "rftbench.core.metrics",
-    "robustness_curve": "rftbench.evaluation",
-    "evaluate_budgets": "rftbench.evaluation",
+    "robustness_curve": "rftbench.engine.evaluation",
+    "evaluate_budgets": "rftbench.engine.evaluation",
     "RunConfig": "rftbench.core.config",
     "RuntimeOptions": "rftbench.core.config",
     "parse_eps": "rftbench.core.config",
     "eps_text": "rftbench.core.config",
-    "train": "rftbench.trainer",
-    "load_experiments": "rftbench.grids",
+    "train": "rftbench.engine.trainer",
+    "load_experiments": "rftbench.experiments.grids",
 }
 _RENAMED = {"fetch_dataset": "fetch"}  # exported under a clearer name than its module's
 
@@ -107,7 +107,7 @@ if TYPE_CHECKING:  # what type checkers and editors see
     from rftbench.core.schedules import SCHEDULES, ScheduleSpec, get_schedule, hinge_alpha
     from rftbench.data.datasets import DATASETS, build_dataset
     from rftbench.data.fetch import fetch as fetch_dataset
-    from rftbench.evaluation import evaluate_budgets, robustness_curve
-    from rftbench.grids import load_experiments
+    from rftbench.engine.evaluation import evaluate_budgets, robustness_curve
+    from rftbench.engine.trainer import train
+    from rftbench.experiments.grids import load_experiments
     from rftbench.models.registry import BACKBONES, build_backbone
-    from rftbench.trainer import train

@@ -34,15 +34,15 @@ from rftbench.version import __version__
 console = Console(soft_wrap=True)  # log lines stay whole in files and narrow terminals
 # Errors that are the user's input or environment, not our bug: one line each (`expected_error`).
 EXPECTED = {
-    "rftbench.store": ("StoreError",),
-    "rftbench.grids": ("GridError",),
-    "rftbench.report": ("ReportError",),
+    "rftbench.results.store": ("StoreError",),
+    "rftbench.experiments.grids": ("GridError",),
+    "rftbench.reports.tables": ("ReportError",),
     "rftbench.data.datasets": ("DataNotFound",),
     "rftbench.models.registry": ("WeightsUnavailable",),
-    "rftbench.checkpoint": ("CheckpointError",),
+    "rftbench.engine.checkpoint": ("CheckpointError",),
     "rftbench.core.config": ("ConfigError",),
     "rftbench.data.fetch": ("FetchError",),
-    "rftbench.evaluation": ("EvaluationError",),
+    "rftbench.engine.evaluation": ("EvaluationError",),
 }
 
 
@@ -65,7 +65,7 @@ def expected_error(exc: Exception) -> str | None:
     if type(exc).__name__ in EXPECTED.get(module, ()):
         return str(exc).strip().splitlines()[0]
     if module.startswith("sqlalchemy"):
-        from rftbench.store import first_line
+        from rftbench.results.store import first_line
 
         return f"the database failed: {first_line(exc)}; nothing was changed by this command's failed step"
     if isinstance(exc, OSError) and exc.filename:
@@ -136,7 +136,7 @@ def complete_plot(incomplete: str) -> list[str]:
 
 
 def completion_store(ctx: typer.Context):
-    from rftbench.store import Store
+    from rftbench.results.store import Store
 
     return Store.open(ctx.params.get("db"), create=False, write=False)
 
@@ -145,8 +145,8 @@ def complete_grid(ctx: typer.Context, incomplete: str) -> list[str]:
     """The grids of the experiments file a command would read, then those of its database."""
     names = []
     with contextlib.suppress(Exception):
-        from rftbench.experiments import find_experiments
-        from rftbench.grids import load_experiments
+        from rftbench.experiments.files import find_experiments
+        from rftbench.experiments.grids import load_experiments
 
         names += list(load_experiments(find_experiments(ctx.params.get("experiments"))).grids)
     with contextlib.suppress(Exception):
@@ -227,7 +227,7 @@ def schedule(
         table.add_row(str(epoch), f"{alpha:.4f}", f"{value * 255:.4f}", f"{value:.6f}")
     console.print(table)
     if plot is not None:
-        from rftbench.plots import plot_schedule
+        from rftbench.reports.plots import plot_schedule
 
         check_out(plot)
         console.print(f"wrote {plot_schedule(spec.label, values, eps_text(eps), plot)}")
@@ -355,7 +355,7 @@ LEASE = typer.Option(120.0, "--lease-seconds", min=5, help="a claimed run's leas
 
 
 def open_store(db: str | None, *, create: bool = True, write: bool = True):
-    from rftbench.store import Store, StoreError
+    from rftbench.results.store import Store, StoreError
 
     try:
         return Store.open(db, create=create, write=write)
@@ -372,8 +372,8 @@ def check_grid(store, grid: str | None) -> None:
 
 def read_experiments(path: Path | None, roots: dict[str, str] | None = None):
     """The experiments file a command reads (`find_experiments`), loaded, or one line and exit 2."""
-    from rftbench.experiments import find_experiments
-    from rftbench.grids import GridError, load_experiments
+    from rftbench.experiments.files import find_experiments
+    from rftbench.experiments.grids import GridError, load_experiments
 
     try:
         return load_experiments(find_experiments(path), roots)
@@ -405,8 +405,8 @@ def make_runner(runs_dir, device, workers, channels_last, compile_tf32, roots, w
     """A runner without its store: flags are checked first, and the database is opened only once the jobs
     passed their preflight (bad input leaves the database untouched)."""
     from rftbench.data.datasets import DATASETS
+    from rftbench.execution.runner import Runner
     from rftbench.models.registry import BACKBONES
-    from rftbench.runner import Runner
 
     return Runner(
         store=None,
@@ -481,7 +481,7 @@ def preflight(runner, items) -> None:
 
 def existing_store(db: str | None):
     """The database opened to read, or None (and no file created) where there is none yet."""
-    from rftbench.store import database_url
+    from rftbench.results.store import database_url
 
     url = database_url(db)
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
@@ -497,7 +497,7 @@ def existing_statuses(db: str | None, run_ids: list[str]) -> dict[str, str]:
 
 def recorded_splits(db: str | None, grid: str | None) -> dict[str, str]:
     """Dataset -> the `splits` the grid's newest run of it was recorded with, so that `splits = "auto"`
-    expands the grid to the runs it already has (rftbench.grids)."""
+    expands the grid to the runs it already has (rftbench.experiments.grids)."""
     import json
 
     store = existing_store(db)
@@ -509,7 +509,7 @@ def recorded_splits(db: str | None, grid: str | None) -> dict[str, str]:
 
 @dataclass
 class Launch:
-    """Which executor runs the workers, from the flags (rftbench.executors)."""
+    """Which executor runs the workers, from the flags (rftbench.execution.executors)."""
 
     executor: str = "inline"
     gpus: str | None = None
@@ -572,8 +572,8 @@ def execute(runner, run_ids: list[str] | None, launch: Launch | None = None, db:
     """Run with the chosen executor, then exit 0 (all done), 1 (some failed) or 130 (interrupted). Ctrl-C
     and a scheduler's SIGTERM both stop a worker's current run as interrupted, whatever it raises."""
     from rftbench.core.config import SlurmOptions
-    from rftbench.executors import InlineExecutor, LocalExecutor, SlurmExecutor, WorkerSpec
-    from rftbench.store import database_url, sqlite_path
+    from rftbench.execution.executors import InlineExecutor, LocalExecutor, SlurmExecutor, WorkerSpec
+    from rftbench.results.store import database_url, sqlite_path
 
     launch = launch or Launch()
     url = database_url(db)
@@ -719,7 +719,7 @@ def run_grid(
     """Expand a grid into runs, record them, and run every pending or interrupted one in order (in this
     process, or spread over local workers or a SLURM job array: --executor)."""
     from rftbench.data.datasets import DATASETS
-    from rftbench.grids import GridError
+    from rftbench.experiments.grids import GridError
 
     launch = make_launch(executor, gpus, processes, slurm_partition, slurm_time, slurm_gpus, slurm_cpus,
                          slurm_mem, slurm_jobs, slurm_parallelism, slurm_folder, wait)  # fmt: skip
@@ -790,7 +790,7 @@ def run_grid(
 
 def print_source(spec, jobs) -> None:
     """Which experiments file the jobs came from, and which split lists their datasets use."""
-    from rftbench.experiments import describe_experiments
+    from rftbench.experiments.files import describe_experiments
 
     console.print(f"experiments: {escape(describe_experiments(spec.path))}", highlight=False)
     for note in spec.split_notes(jobs):
@@ -873,7 +873,7 @@ def run(
 ) -> None:
     """Run one job with a grid's defaults (or the file's [defaults]); a finished identical run is reused."""
     from rftbench.data.datasets import DATASETS
-    from rftbench.grids import GridError
+    from rftbench.experiments.grids import GridError
 
     spec = read_experiments(experiments, parse_pairs("--root", root, "Cub=/data/CUB", DATASETS, "dataset"))
     check_filters([backbone], [dataset], [setting])
@@ -1023,9 +1023,9 @@ def evaluate(
     final evaluation, never replacing it; an evaluation already stored is shown, not measured again). Each
     batch's result is stored as soon as it is measured: run the same command again after an interruption
     and it continues where it stopped."""
-    from rftbench.checkpoint import CheckpointError
     from rftbench.core.metrics import EvalProtocol
-    from rftbench.evaluation import EvaluationError
+    from rftbench.engine.checkpoint import CheckpointError
+    from rftbench.engine.evaluation import EvaluationError
 
     if (run_id is None) == (grid is None):
         fail("name one run (RUN_ID) or one grid (--grid NAME) to evaluate")
@@ -1111,9 +1111,9 @@ def status(
 ) -> None:
     """Runs by state, per-grid progress and the file each grid came from, each failed run's error line,
     and the experiments file `run-grid` reads here."""
-    from rftbench.experiments import describe_experiments, find_experiments, source_label
-    from rftbench.jobqueue import JobQueue
-    from rftbench.store import STATES
+    from rftbench.experiments.files import describe_experiments, find_experiments, source_label
+    from rftbench.results.queue import JobQueue
+    from rftbench.results.store import STATES
 
     store = open_store(db, create=False, write=False)
     check_grid(store, grid)
@@ -1165,7 +1165,7 @@ def check_out(out: Path | None) -> None:
 
 
 def load_results(db: str | None, grid: str | None, threshold: float | None, selection=None):
-    from rftbench.report import Results, Selection
+    from rftbench.reports.tables import Results, Selection
 
     store = open_store(db, create=False, write=False)
     check_grid(store, grid)
@@ -1209,7 +1209,7 @@ def report(
 ) -> None:
     """The paper's tables from the database (or from the paper's numbers), in %, two decimals; several
     seeds of a cell show as mean ± spread."""
-    from rftbench.report import ReportError, Results, Selection, build, render
+    from rftbench.reports.tables import ReportError, Results, Selection, build, render
 
     if results not in ("ours", "paper") or compare not in (None, "paper"):
         fail("--results takes ours or paper; --compare takes paper")
@@ -1280,8 +1280,8 @@ def plot(
     db: str | None = DB,
 ) -> None:
     """Figures: validation curves with ε(t) and adaptation starts, robustness curves, ε sweep, schedules."""
-    from rftbench import plots
-    from rftbench.report import ReportError, Selection
+    from rftbench.reports import plots
+    from rftbench.reports.tables import ReportError, Selection
 
     check_out(out)
     if kind not in PLOTS:
@@ -1339,8 +1339,8 @@ def bench(
     projected hours. A benchmark: run it on the machine you will train on."""
     import json
 
-    from rftbench.bench import COMPILE_MODES, BenchCase, grid_hours, measure
     from rftbench.core.config import PRECISIONS
+    from rftbench.engine.bench import COMPILE_MODES, BenchCase, grid_hours, measure
     from rftbench.models.registry import BACKBONES
 
     unknown = sorted(set(backbone) - set(BACKBONES))
@@ -1357,7 +1357,7 @@ def bench(
         fail(str(exc))
     configs = []
     if grid is not None:
-        from rftbench.grids import GridError
+        from rftbench.experiments.grids import GridError
 
         try:
             configs = [job.config for job in read_experiments(experiments).jobs(grid)]
@@ -1453,8 +1453,8 @@ def init(
 ) -> None:
     """Write a commented copy of the bundled grids, to edit: commands run in that folder read it."""
     from rftbench.core.files import atomic_write
-    from rftbench.experiments import BUNDLED
-    from rftbench.grids import load_experiments
+    from rftbench.experiments.files import BUNDLED
+    from rftbench.experiments.grids import load_experiments
 
     target = directory / "experiments.toml"
     if target.exists() and not force:

@@ -293,7 +293,7 @@ def test_databases_that_cannot_be_used(db, tmp_path, read_only):
 
 
 def test_runs_grids_and_evaluations_that_do_not_exist_or_are_not_finished(db, tmp_path):
-    from rftbench.store import Store
+    from rftbench.results.store import Store
 
     store = Store.open(str(db))
     fix = next(r for r in store.runs() if r.setting == "fix")

@@ -8,9 +8,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from rftbench.bench import grid_hours, run_hours
 from rftbench.cli import app
 from rftbench.core.config import RunConfig
+from rftbench.engine.bench import grid_hours, run_hours
 
 
 def test_bench_measures_a_tiny_model_on_cpu_and_projects_a_grid():

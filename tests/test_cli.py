@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from rftbench.cli import app
-from rftbench.store import Store
+from rftbench.results.store import Store
 
 runner = CliRunner()
 
@@ -150,7 +150,7 @@ def test_shell_completion_offers_names_from_the_registries_the_grids_and_the_dat
 
 
 def test_init_writes_a_copy_of_the_bundled_grids_that_commands_there_read(tmp_path, monkeypatch):
-    from rftbench.experiments import BUNDLED
+    from rftbench.experiments.files import BUNDLED
 
     made = runner.invoke(app, ["init", str(tmp_path / "study")])
     assert made.exit_code == 0, made.output

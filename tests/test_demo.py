@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import SHARED, require
 
-from rftbench.store import Store
+from rftbench.results.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 

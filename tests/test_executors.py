@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 from conftest import EXPERIMENTS
 
-from rftbench.store import Store
+from rftbench.results.store import Store
 
 RFTBENCH = [sys.executable, "-m", "rftbench.cli"]
 SEEDS = 3  # the smoke grid × 3 seeds: 9 runs (21 with 7, as measured for the closing note of issue 13)
@@ -261,7 +261,7 @@ def test_slurm_options_reach_the_sbatch_script(tmp_path):
     """Every [slurm] option / --slurm-* flag lands in the script submitit writes (a wrong submitit parameter
     name fails here, not at a user's first submission)."""
     from rftbench.core.config import SlurmOptions
-    from rftbench.executors import SlurmExecutor
+    from rftbench.execution.executors import SlurmExecutor
 
     options = SlurmOptions(partition="gpu", account="lab", qos="high", time_min=90, gpus_per_task=2,
                            cpus_per_task=6, mem_gb=40, jobs=5, array_parallelism=3, max_requeues=7,

@@ -364,7 +364,7 @@ val_adv_samples = 10
 def test_fetch_then_run_grid_trains_on_the_papers_split_lists(mirror, archives, tmp_path, monkeypatch):
     """As a user chains it: `data fetch` into the default root, then `run-grid`, which finds the lists
     there, says so, records splits = "paper" and tests on the paper's test list."""
-    from rftbench.store import Store
+    from rftbench.results.store import Store
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("RFTBENCH_CACHE", str(tmp_path / "cache"))
@@ -419,7 +419,7 @@ def test_a_root_that_holds_the_dataset_already_is_used_and_lists_a_splits_only_f
 
 def test_a_grid_keeps_the_splits_its_runs_were_recorded_with(mirror, tmp_path, monkeypatch):
     """`splits = "auto"` decides once per grid: lists that appear (or vanish) later change no run id."""
-    from rftbench.store import Store
+    from rftbench.results.store import Store
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("RFTBENCH_CACHE", str(tmp_path / "cache"))

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from rftbench.cli import app
-from rftbench.grids import GridError, load_experiments
+from rftbench.experiments.grids import GridError, load_experiments
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "rftbench" / "experiments.toml"
 

@@ -13,7 +13,7 @@ import pytest
 
 from rftbench.core import config as config_module
 from rftbench.core.config import IDENTITY_V1, RunConfig
-from rftbench.grids import load_experiments
+from rftbench.experiments.grids import load_experiments
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "rftbench" / "experiments.toml"
 V1_DB = Path(__file__).parent / "fixtures" / "v1_smoke" / "v1.db"

@@ -12,9 +12,9 @@ import pytest
 
 from rftbench.core.config import RunConfig
 from rftbench.core.metrics import EvalProtocol
-from rftbench.grids import Job
-from rftbench.jobqueue import JobQueue, LeaseLost, Worker, pid_alive
-from rftbench.store import Run, Store, now
+from rftbench.experiments.grids import Job
+from rftbench.results.queue import JobQueue, LeaseLost, Worker, pid_alive
+from rftbench.results.store import Run, Store, now
 
 
 def config(**kw) -> RunConfig:

@@ -9,7 +9,7 @@ import torch
 
 from rftbench import adaptation_start_epoch, apgd, eps_grid, expected_robustness, robustness_curve
 from rftbench.core.metrics import EvalProtocol
-from rftbench.evaluation import evaluate_budgets
+from rftbench.engine.evaluation import evaluate_budgets
 
 
 def test_eps_grid_is_every_255th_up_to_the_budget():

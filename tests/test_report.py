@@ -18,10 +18,10 @@ from typer.testing import CliRunner
 from rftbench.cli import app
 from rftbench.core.config import RunConfig
 from rftbench.core.metrics import EvalProtocol
-from rftbench.grids import Job
-from rftbench.jobqueue import JobQueue, Worker
-from rftbench.report import ReportError, Results, Selection, build, render
-from rftbench.store import EvalLog, Store, batches_key
+from rftbench.experiments.grids import Job
+from rftbench.reports.tables import ReportError, Results, Selection, build, render
+from rftbench.results.queue import JobQueue, Worker
+from rftbench.results.store import EvalLog, Store, batches_key
 
 PAPER_CSV = Path(__file__).resolve().parents[1].parent / "shared" / "paper" / "results.csv"
 BACKBONES, DATASETS = ["ViT", "SWIN"], ["Aircraft", "Cars", "Cub"]
@@ -522,7 +522,7 @@ def test_delay_uses_every_seeds_point(seeded):
 def test_plots_draw_a_band_per_setting_over_seeds(seeded, tmp_path):
     from matplotlib.collections import PolyCollection
 
-    from rftbench.plots import curves_figure, robustness_figure
+    from rftbench.reports.plots import curves_figure, robustness_figure
 
     data = results(seeded)
     ax = curves_figure(data, "SWIN", "Cars", "8/255").axes[0]

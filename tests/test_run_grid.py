@@ -24,7 +24,7 @@ from conftest import copy_db
 from typer.testing import CliRunner
 
 from rftbench.cli import app
-from rftbench.store import Store
+from rftbench.results.store import Store
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "rftbench" / "experiments.toml"
 V1 = Path(__file__).parent / "fixtures" / "v1_smoke"
@@ -36,7 +36,7 @@ SMOKE_EPOCHS = 3
 # marker file, so the test can SIGKILL / SIGTERM it at a known point.
 PAUSING_CLI = """
 import os, sys, time
-import rftbench.trainer as trainer
+import rftbench.engine.trainer as trainer
 from rftbench.cli import app
 calls, real = 0, trainer.apgd
 def apgd(*args, **kwargs):
@@ -348,7 +348,7 @@ def test_an_l2_grid_trains_validates_and_evaluates_under_l2(tmp_path):
 # Runs `rftbench evaluate` in a subprocess that stops for good right after storing batch N.
 PAUSING_EVALUATION = """
 import os, sys, time
-import rftbench.store as store
+import rftbench.results.store as store
 from rftbench.cli import app
 real = store.EvalLog.save
 def save(self, index, payload):

@@ -19,9 +19,9 @@ from rftbench.data.loading import (
     decode_image_folder,
     make_loader,
 )
+from rftbench.engine.trainer import DynamicBatch, epoch_seed, param_groups
 from rftbench.models.nets import with_normalization
 from rftbench.models.registry import build_backbone
-from rftbench.trainer import DynamicBatch, epoch_seed, param_groups
 
 CONFIG = RunConfig(backbone="test_resnet", dataset="cifar10-jpeg", setting="fix", eps="4/255", epochs=2,
                    batch_size=24, lr=1e-3, warmup_epochs=0, resolution=32, train_attack_steps=2,

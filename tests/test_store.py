@@ -14,12 +14,12 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import select
 
-from rftbench import store as store_module
 from rftbench.core.config import RunConfig
 from rftbench.core.metrics import EvalProtocol
-from rftbench.grids import Job
-from rftbench.jobqueue import JobQueue, Worker
-from rftbench.store import SCHEMA_VERSION, SchemaVersion, Store, StoreError
+from rftbench.experiments.grids import Job
+from rftbench.results import store as store_module
+from rftbench.results.queue import JobQueue, Worker
+from rftbench.results.store import SCHEMA_VERSION, SchemaVersion, Store, StoreError
 
 V1 = Path(__file__).parent / "fixtures" / "v1_smoke"
 

@@ -12,7 +12,6 @@ import torch
 from conftest import CIFAR, require
 
 from rftbench import RunConfig, RuntimeOptions, train
-from rftbench.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from rftbench.core.metrics import EvalProtocol
 from rftbench.core.schedules import adaptive_alphas
 from rftbench.data.loading import (
@@ -23,6 +22,7 @@ from rftbench.data.loading import (
     make_loader,
     train_transform,
 )
+from rftbench.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from rftbench.models.nets import with_normalization
 
 CONFIG = RunConfig(backbone="test_resnet", dataset="cifar10-jpeg", setting="sched", eps="8/255", t1=0.5, t2=1,
@@ -218,7 +218,7 @@ def test_a_checkpoint_holding_four_gpus_rng_states_resumes(uninterrupted, data, 
 def test_the_cuda_rng_state_is_the_training_devices_alone(monkeypatch):
     """Without a GPU here, torch's CUDA generator calls are recorded instead (4 GPUs visible): a checkpoint
     holds the training device's state only, and restores it to the device the run now trains on."""
-    from rftbench.checkpoint import rng_state, set_rng_state
+    from rftbench.engine.checkpoint import rng_state, set_rng_state
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     state_of = lambda device="cuda": torch.tensor([torch.device(device).index or 0])  # noqa: E731
@@ -237,7 +237,7 @@ def test_the_cuda_rng_state_is_the_training_devices_alone(monkeypatch):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (none was lent to check it on)")
 def test_a_checkpoint_from_four_gpus_resumes_on_one_gpu(tmp_path):
-    from rftbench.checkpoint import rng_state, set_rng_state
+    from rftbench.engine.checkpoint import rng_state, set_rng_state
 
     state = rng_state("cuda")
     assert len(state["cuda"]) == 1

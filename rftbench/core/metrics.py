@@ -1,5 +1,5 @@
 """The paper's metrics, without torch: expected robustness, the E.adv grid, the task-adaptation start, and
-the protocol every stored evaluation names (measuring them is `rftbench.evaluation`'s).
+the protocol every stored evaluation names (measuring them is `rftbench.engine.evaluation`'s).
 
     grid = eps_grid("8/255")                                  # 0, 1/255, …, 8/255
     expected_robustness(grid, [0.8, 0.6, 0.5, 0.4, 0.3, 0.2, 0.15, 0.1, 0.05])
@@ -15,7 +15,7 @@ Accuracies are fractions in [0, 1] (CONVENTIONS.md). Every stored evaluation say
 - `budget` (`rftbench evaluate` only): one attack at ε_g, no E.adv (stored as None); `adv` equals `paper`'s.
 
 The attack is rftbench's own APGD-CE (`apgd-ce`), or AutoAttack (`autoattack-standard`: APGD-CE, APGD-T,
-FAB-T, Square; `autoattack-plus`), run by torchattacks with auto-attack's parameters (rftbench.evaluation),
+FAB-T, Square; `autoattack-plus`), run by torchattacks with auto-attack's parameters (engine.evaluation),
 at every ε under any protocol, as the paper's AutoAttack table (its E.adv too).
 
 Under ℓ2 a budget is a number ('0.5') and the E.adv grid is explicit: `L2_GRID_INTERVALS` equal steps

@@ -4,7 +4,7 @@
     store.record_grid("smoke", jobs, adaptation_threshold=0.2)
     store.runs(grid="smoke"), store.epochs(run_id), store.evaluations(run_id)
 
-With `rftbench.jobqueue` (claims, leases, heartbeats, reaping: which worker holds which run), the only
+With `rftbench.results.queue` (claims, leases, heartbeats, reaping: which worker holds which run), the only
 modules that speak SQL (STYLE.md 7). Accuracies are fractions in [0, 1], epochs 0-based (CONVENTIONS.md).
 SQLite runs in WAL mode with a busy timeout, so several processes of one node can share one file.
 
@@ -163,13 +163,13 @@ class EvalBatch(SQLModel, table=True):
 
 
 def batches_key(key: dict) -> str:
-    """The EvalBatch key of an evaluation (`rftbench.evaluation.evaluation_key`): 16 hex digits."""
+    """The EvalBatch key of an evaluation (`rftbench.engine.evaluation.evaluation_key`): 16 hex digits."""
     text = json.dumps(key, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 class EvalLog:
-    """The per-batch log of one evaluation of one run in the store (`rftbench.evaluation.BatchLog`)."""
+    """The per-batch log of one evaluation of one run in the store (`rftbench.engine.evaluation.BatchLog`)."""
 
     def __init__(self, store: Store, run_id: str, key: dict) -> None:
         self.store, self.run_id, self.key = store, run_id, batches_key(key)

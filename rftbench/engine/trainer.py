@@ -31,11 +31,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rftbench.attacks.apgd import apgd
-from rftbench.checkpoint import resume_training, save_checkpoint, training_state
 from rftbench.core.config import RunConfig, RuntimeOptions, budget_text, parse_budget
 from rftbench.core.metrics import EvalProtocol
 from rftbench.data.loading import augment_batch, augment_params, covering_loader, to_unit_float
-from rftbench.evaluation import AUTOCAST, BatchLog, evaluate_budgets
+from rftbench.engine.checkpoint import resume_training, save_checkpoint, training_state
+from rftbench.engine.evaluation import AUTOCAST, BatchLog, evaluate_budgets
 from rftbench.models.registry import BACKBONES, get_backbone_spec
 
 

@@ -47,7 +47,7 @@ TARGETS = 9  # auto-attack's target classes for APGD-T and FAB-T (fewer where th
 
 
 class BatchLog(Protocol):
-    """Where an evaluation keeps its per-batch results (`rftbench.store.EvalLog`): read back on resume."""
+    """Where an evaluation keeps its per-batch results (`results.store.EvalLog`): read back on resume."""
 
     key: str  # which evaluation of which weights (`evaluation_key`), as stored with its rows
 

@@ -24,16 +24,16 @@ from pathlib import Path
 
 import torch
 
-from rftbench.checkpoint import CheckpointError, load_checkpoint
 from rftbench.core.config import RunConfig, RuntimeOptions
 from rftbench.core.metrics import EvalProtocol
 from rftbench.data.datasets import build_dataset, check_data, data_root, stratified_subsample
 from rftbench.data.loading import ImageTensorDataset, make_loader, train_transform
-from rftbench.evaluation import evaluate_budgets, evaluation_key
-from rftbench.jobqueue import JobQueue, LeaseLost, Worker
+from rftbench.engine.checkpoint import CheckpointError, load_checkpoint
+from rftbench.engine.evaluation import evaluate_budgets, evaluation_key
+from rftbench.engine.trainer import configure_device, train
 from rftbench.models.registry import build_backbone, check_weights, get_backbone_spec
-from rftbench.store import EvalLog, Run, Store
-from rftbench.trainer import configure_device, train
+from rftbench.results.queue import JobQueue, LeaseLost, Worker
+from rftbench.results.store import EvalLog, Run, Store
 from rftbench.version import __version__
 
 LEASE_SECONDS = 120.0

@@ -29,9 +29,15 @@ from rftbench.core.config import RunConfig, RuntimeOptions, parse_eps
 from rftbench.core.metrics import EvalProtocol, eps_grid
 from rftbench.data.datasets import DATASETS
 from rftbench.data.loading import ImageTensorDataset, make_loader
-from rftbench.evaluation import AUTOCAST, evaluate_budgets
+from rftbench.engine.evaluation import AUTOCAST, evaluate_budgets
+from rftbench.engine.trainer import (
+    DynamicBatch,
+    configure_device,
+    memory_format,
+    param_groups,
+    train_one_epoch,
+)
 from rftbench.models.registry import build_backbone
-from rftbench.trainer import DynamicBatch, configure_device, memory_format, param_groups, train_one_epoch
 
 # Dense peak TFLOP/s per device name fragment and math mode (vendor data sheets, SXM parts).
 PEAK_TFLOPS = {

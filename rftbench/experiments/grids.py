@@ -3,7 +3,7 @@
     experiments = load_experiments("experiments.toml")
     jobs = experiments.jobs("paper", backbones=["SWIN"], eps=["4/255"])  # one Job per distinct run id
 
-The grids of the paper ship with the package (rftbench/experiments.toml; `rftbench.experiments` says which
+The grids of the paper ship with the package (rftbench/experiments.toml; `experiments.files` says which
 file a command reads); `rftbench init` writes a copy to edit, which commands run in its folder then read.
 
 The file's tables (see experiments.toml for a commented example of each):
@@ -20,7 +20,7 @@ The file's tables (see experiments.toml for a commented example of each):
                            [defaults] key and its own [grids.NAME.overrides.*]
 More specific values win: defaults, then the grid, then the overrides of a backbone, a dataset and a
 pair (file-wide first, then the grid's own). Paths are relative to the TOML file; command-line flags
-and RFTBENCH_DATA_* / RFTBENCH_WEIGHTS_* variables take precedence over them (rftbench.runner). Every
+and RFTBENCH_DATA_* / RFTBENCH_WEIGHTS_* variables take precedence over them (execution.runner). Every
 problem is reported as one line naming the file, the key and the fix (`GridError`).
 """
 

@@ -83,9 +83,9 @@ class LinePrinter:
 
 
 def runner_for(spec: WorkerSpec, label: str, progress=None, *, wait_for_others: bool = True):
-    from rftbench.jobqueue import Worker
-    from rftbench.runner import Runner
-    from rftbench.store import Store
+    from rftbench.execution.runner import Runner
+    from rftbench.results.queue import Worker
+    from rftbench.results.store import Store
 
     return Runner(
         store=Store.open(spec.db, create=False),
@@ -179,7 +179,7 @@ class LocalExecutor:
         children = []
         for label, env, runtime in self.commands(spec):
             mine = dataclasses.replace(spec, runtime=runtime).to_json()
-            command = [sys.executable, "-m", "rftbench.executors", mine, label]
+            command = [sys.executable, "-m", "rftbench.execution.executors", mine, label]
             children.append(subprocess.Popen(command, env=env))
 
         def forward(signum, frame) -> None:
@@ -303,7 +303,7 @@ class SlurmWorker:
 
 
 def main() -> None:
-    """`python -m rftbench.executors SPEC_JSON LABEL`: one local worker (LocalExecutor starts these)."""
+    """`python -m rftbench.execution.executors SPEC_JSON LABEL`: one local worker (LocalExecutor runs it)."""
     spec, label = WorkerSpec.from_json(sys.argv[1]), sys.argv[2]
     started = time.monotonic()
     summary = work(spec, label)

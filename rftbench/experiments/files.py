@@ -5,7 +5,7 @@ it, and --experiments (or RFTBENCH_EXPERIMENTS) over both.
     path = find_experiments(None)    # ./experiments.toml if there, else the bundled file
     print(describe_experiments(path))
 
-Kept apart from `rftbench.grids`, which validates the file against the registries, so that `status` can
+Kept apart from `experiments.grids`, which validates the file against the registries, so that `status` can
 say which file it would read without loading them.
 """
 
