@@ -14,7 +14,8 @@ from rftbench.core.config import RunConfig
 from rftbench.core.metrics import EvalProtocol
 from rftbench.experiments.grids import Job
 from rftbench.results.queue import JobQueue, LeaseLost, Worker, pid_alive
-from rftbench.results.store import Run, Store, now
+from rftbench.results.schema import Run, now
+from rftbench.results.store import Store
 
 
 def config(**kw) -> RunConfig:

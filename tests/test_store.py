@@ -7,19 +7,25 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from results_helpers import holder, write_epoch
 from sqlmodel import select
 
 from rftbench.core.config import RunConfig
 from rftbench.core.metrics import EvalProtocol
 from rftbench.experiments.grids import Job
-from rftbench.results import store as store_module
+from rftbench.results import migrations
+from rftbench.results.batches import EvalLog, batches_key
+from rftbench.results.connect import StoreError
 from rftbench.results.queue import JobQueue, Worker
-from rftbench.results.store import SCHEMA_VERSION, SchemaVersion, Store, StoreError
+from rftbench.results.schema import SCHEMA_VERSION, SchemaVersion
+from rftbench.results.store import Store
 
 V1 = Path(__file__).parent / "fixtures" / "v1_smoke"
 
@@ -45,10 +51,8 @@ def store(db_url) -> Store:
 
 
 def finish(store: Store, run_id: str, evaluation: dict) -> None:
-    """Claim a run and complete it with `evaluation`, as a worker does."""
-    queue, me = JobQueue(store), Worker("me")
-    assert queue.claim(me, [run_id], 60).id == run_id
-    queue.complete(run_id, me, evaluation)
+    """Complete a run with `evaluation` as the worker that holds it (claimed now if nobody does)."""
+    JobQueue(store).complete(run_id, holder(store, run_id), evaluation)
 
 
 def test_schema_version_is_written_once_and_checked(tmp_path):
@@ -76,9 +80,9 @@ def test_a_run_in_two_grids_is_stored_once_and_linked_twice(store):
 def test_epoch_rows_are_upserted(store):
     c = config()
     store.record_run(Job(c, "", 0, {}))
-    store.upsert_epoch(c.run_id, metrics(0, 0.1))
-    store.upsert_epoch(c.run_id, metrics(1, 0.2))
-    store.upsert_epoch(c.run_id, metrics(1, 0.3))  # a re-run epoch replaces its row
+    write_epoch(store, c.run_id, metrics(0, 0.1))
+    write_epoch(store, c.run_id, metrics(1, 0.2))
+    write_epoch(store, c.run_id, metrics(1, 0.3))  # a re-run epoch replaces its row
     assert [(e.epoch, e.val_acc) for e in store.epochs(c.run_id)] == [(0, 0.1), (1, 0.3)]
 
 
@@ -95,7 +99,7 @@ def test_evaluations_and_adaptation_starts(store):
     store.record_grid("five", jobs(c), adaptation_threshold=0.05)
     store.record_grid("quarter", jobs(c, grid="quarter"), adaptation_threshold=0.25)
     for epoch, acc in enumerate([0.04, 0.05, 0.2, 0.5]):  # > 0.05 first at epoch 2, > 0.25 at epoch 3
-        store.upsert_epoch(c.run_id, metrics(epoch, acc))
+        write_epoch(store, c.run_id, metrics(epoch, acc))
     finish(store, c.run_id, evaluation(steps=10))
     (row,) = store.evaluations(c.run_id)
     assert (row.budget, row.budget_value, row.clean, row.adv, row.eadv) == ("2/255", 2 / 255, 0.8, 0.4, 0.575)
@@ -132,7 +136,7 @@ def test_an_unreached_threshold_gives_the_epoch_count(store):
     c = config()
     store.record_grid("g", jobs(c), adaptation_threshold=0.9)
     for epoch in range(4):
-        store.upsert_epoch(c.run_id, metrics(epoch, 0.5))
+        write_epoch(store, c.run_id, metrics(epoch, 0.5))
     finish(store, c.run_id, {"n": 10, "clean": 0.5, "budgets": [], "protocol": EvalProtocol().as_dict()})
     assert [(a.threshold, a.start_epoch, a.epochs) for a in store.adaptation(c.run_id)] == [(0.9, 4, 4)]
     (row,) = store.evaluations(c.run_id)  # a standard run with no budget: one row at 0/255
@@ -227,10 +231,10 @@ def test_a_failed_upgrade_leaves_the_database_as_it_was(tmp_path, monkeypatch):
     before = rows(db)
 
     def fails_half_way(connection):
-        store_module._v1_to_v2(connection)
+        migrations._v1_to_v2(connection)
         raise OSError("disk full")
 
-    monkeypatch.setitem(store_module.MIGRATIONS, 1, fails_half_way)
+    monkeypatch.setitem(migrations.MIGRATIONS, 1, fails_half_way)
     with pytest.raises(StoreError, match="cannot open database .*: disk full"):
         Store.open(str(db))
     assert rows(db) == before
@@ -299,7 +303,7 @@ def test_files_that_are_not_usable_databases_give_one_line_and_stay_as_they_were
     cases = [
         (corrupt, True, "cannot open database sqlite:///" + str(corrupt) + ": file is not a database"),
         (foreign, True, "holds tables but none of rftbench's: use another --db"),
-        (empty, False, "is empty: it is not an rftbench database"),
+        (empty, False, "not found; run `rftbench run-grid` first or pass --db"),  # as if it were missing
         (tmp_path, True, "is a directory: pass a file path with --db"),
         (locked, True, "is read-only (file not writable)"),
         (folder / "r.db", False, f"is read-only (folder {folder} not writable)"),
@@ -312,6 +316,31 @@ def test_files_that_are_not_usable_databases_give_one_line_and_stay_as_they_were
         assert message in str(info.value) and "\n" not in str(info.value), (path, str(info.value))
         assert (path.read_bytes() if path.is_file() else None) == before, path
     assert not (tmp_path / "none.db").exists()
+
+
+def test_an_empty_file_is_a_new_database_to_a_writer_and_a_missing_one_to_a_reader(tmp_path):
+    """A 0-byte file (`touch`, a job's prologue) holds nothing that could be lost: a command that may create
+    a database initialises it as a new one; a command that only opens one says what it says for a missing
+    file, the CLI's read-only `status` too, in one line, and leaves the file as it was."""
+    empty = tmp_path / "empty.db"
+    for create, write in ((False, False), (False, True)):
+        empty.touch()
+        with pytest.raises(StoreError) as info:
+            Store.open(str(empty), create=create, write=write)
+        assert str(info.value) == f"database {empty} not found; run `rftbench run-grid` first or pass --db"
+        assert empty.stat().st_size == 0
+    status = subprocess.run(
+        [sys.executable, "-m", "rftbench.cli", "status", "--db", str(empty)], capture_output=True, text=True
+    )
+    missing = f"database {empty} not found; run `rftbench run-grid` first or pass --db"
+    assert status.returncode == 2 and " ".join(status.stderr.split()) == f"error: {missing}", status.stderr
+    assert empty.stat().st_size == 0
+    store = Store.open(str(empty))
+    store.record_run(Job(config(), "", 0, {}))
+    assert [r.setting for r in Store.open(str(empty), create=False, write=False).runs()] == ["fix"]
+    with sqlite3.connect(empty) as connection:
+        assert connection.execute("select version from schema_version").fetchall() == [(SCHEMA_VERSION,)]
+        assert connection.execute("pragma journal_mode").fetchone() == ("wal",)
 
 
 def test_a_database_that_cannot_be_written_is_read_by_readers_only(tmp_path, read_only):
@@ -363,3 +392,36 @@ def test_an_l2_run_scored_at_no_budget_stores_its_clean_row_at_budget_0(store):
     queue.complete(c.run_id, worker, {"n": 10, "clean": 0.7, "budgets": [], "protocol": protocol})
     (row,) = store.evaluations(c.run_id)
     assert (row.budget, row.eps_grid, row.adv, row.norm) == ("0", ["0"], 0.7, "L2")
+
+
+def test_worst_cases_of_many_runs_and_budgets_in_one_call_equal_each_worst_case(store):
+    """Per (run, budget): the share of samples every evaluation with per-sample flags left robust, by hand:
+    run a at 4/255 1101 0110 and 1011 0100 leave 1001 0100 (3/8), at 8/255 1100 0000 and 0110 0001 leave
+    0100 0000 (1/8); run b has one evaluation (None); a partial log that no evaluation row names is ignored;
+    an unknown run or budget gives None."""
+    a, b = config(eps="4/255", seed=0), config(eps="4/255", seed=1)
+    store.record_grid("g", jobs(a, b), adaptation_threshold=0.05)
+    flags = {
+        (a.run_id, 10): {"4/255": ("1101", "0110"), "8/255": ("1100", "0000")},
+        (a.run_id, 20): {"4/255": ("1011", "0100"), "8/255": ("0110", "0001")},
+        (b.run_id, 10): {"4/255": ("1111", "0000"), "8/255": ("1000", "0000")},
+    }
+    for (run_id, steps), by_budget in flags.items():
+        key = {"protocol": EvalProtocol(steps=steps).as_dict(), "eps": ["0/255", "4/255", "8/255"]}
+        log = EvalLog(store, run_id, key)
+        for index in range(2):
+            texts = {"0/255": "1111"} | {budget: pair[index] for budget, pair in by_budget.items()}
+            log.save(index, {"n": 4, "start": 4 * index, "flags": texts})
+        row = evaluation(steps=steps) | {"batches": batches_key(key)}
+        store.add_evaluation(run_id, row, kind="extra")
+    partial = EvalLog(store, a.run_id, {"protocol": EvalProtocol(steps=99).as_dict()})
+    partial.save(0, {"n": 4, "start": 0, "flags": {"4/255": "0000", "8/255": "0000"}})
+    keys = [(r, budget) for r in (a.run_id, b.run_id, "nothing") for budget in ("4/255", "8/255", "2/255")]
+    worst = store.worst_cases(keys)
+    assert worst == {key: store.worst_case(*key) for key in keys}
+    assert worst[(a.run_id, "4/255")] == 3 / 8 and worst[(a.run_id, "8/255")] == 1 / 8
+    assert {k: v for k, v in worst.items() if v is not None}.keys() == {
+        (a.run_id, "4/255"),
+        (a.run_id, "8/255"),
+    }
+    assert store.worst_cases([]) == {}

@@ -9,11 +9,11 @@
 
 A claim is one transaction that picks the first free run of the caller's order and marks it running:
 PostgreSQL locks that one row with `FOR UPDATE SKIP LOCKED` (concurrent claimers skip it instead of
-waiting), SQLite takes its write lock up front (`BEGIN IMMEDIATE`, in `rftbench.results.store`). A running run
-holds a lease that its worker renews; a run whose lease expired, or whose process is gone, is `interrupted`
-and can be claimed again. Whether a process is gone is asked only of a process id recorded on this host,
-in this boot and in this PID namespace: anywhere else (another node, another container) the lease alone
-decides, since the same number may name another process there.
+waiting), SQLite takes its write lock up front (`BEGIN IMMEDIATE`, in `rftbench.results.connect`). A
+running run holds a lease that its worker renews; a run whose lease expired, or whose process is gone, is
+`interrupted` and can be claimed again. Whether a process is gone is asked only of a process id recorded on
+this host, in this boot and in this PID namespace: anywhere else (another node, another container) the lease
+alone decides, since the same number may name another process there.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ import sqlalchemy as sa
 from sqlalchemy import func, update
 from sqlmodel import Session, select
 
-from rftbench.results.store import Run, Store, now
+from rftbench.results.schema import Run, now
+from rftbench.results.store import Store
 
 CLAIMABLE = ("pending", "interrupted")
 
