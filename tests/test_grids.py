@@ -4,13 +4,15 @@ kind of bad input, through the loader and through `rftbench run-grid --dry-run`.
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from rftbench.cli import app
-from rftbench.experiments.grids import GridError, load_experiments
+from rftbench.experiments.grids import GridError, experiments_schema, load_experiments
+from rftbench.experiments.schema import ExperimentsFile
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "rftbench" / "experiments.toml"
 
@@ -78,6 +80,18 @@ def test_piecewise_settings_in_a_grid(tmp_path):
     assert [(j.config.setting, j.config.points, j.config.t1) for j in jobs] == [
         ("piecewise", ((0.0, 0.0), (5.0, 0.5), (30.0, 1.0)), None), ("sched", (), 12.0)
     ]  # fmt: skip
+
+
+def test_the_bundled_file_validates_and_the_editor_schema_forbids_unknown_keys():
+    ExperimentsFile.model_validate(tomllib.loads(EXPERIMENTS.read_text()))
+    schema = experiments_schema()
+    assert set(schema["properties"]) == {"defaults", "overrides", "backbones", "datasets", "grids", "slurm"}
+    tables = [schema, *schema["$defs"].values()]
+    assert {"Defaults", "GridBlock", "Setting", "RunFields", "SlurmOptions"} <= set(schema["$defs"])
+    assert all(table["additionalProperties"] is False for table in tables if "properties" in table)
+    grid = schema["$defs"]["GridBlock"]["properties"]
+    assert "SWIN" in grid["backbones"]["items"]["enum"] and "Cars" in grid["datasets"]["items"]["enum"]
+    assert schema["$defs"]["Setting"]["properties"]["setting"]["enum"][:3] == ["standard", "fix", "sched"]
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import typing
+
 import numpy as np
 import pytest
 
 from rftbench import RunConfig, ScheduleSpec, get_schedule
+from rftbench.core.config import SCHEDULE_FIELDS
 from rftbench.core.schedules import adaptive_alphas
+from rftbench.experiments.schema import Setting, experiments_schema
 
 EPS = 4 / 255
 
@@ -260,3 +265,21 @@ def test_adaptive_has_no_per_task_parameters():
     )
     assert (cfg.t1, cfg.t2, cfg.patience, cfg.tolerance, cfg.points) == (None, None, None, None, ())
     assert cfg.run_id == RunConfig(backbone="SWIN", dataset="Cars", setting="adaptive", eps="4/255").run_id
+
+
+def test_a_schedule_parameter_is_declared_once_by_schedule_spec():
+    """A parameter added to ScheduleSpec is a RunConfig field of the same type and default (hashed off its
+    default, so stored ids keep), a key of a grid's `settings` and of the editors' schema."""
+    spec_fields = {f.name: f for f in dataclasses.fields(ScheduleSpec)}
+    run_fields = {f.name: f for f in dataclasses.fields(RunConfig)}
+    spec_types, run_types = typing.get_type_hints(ScheduleSpec), typing.get_type_hints(RunConfig)
+    assert set(SCHEDULE_FIELDS) == set(spec_fields) - {"eps"}
+    for name, field in SCHEDULE_FIELDS.items():
+        assert field in run_fields, f"RunConfig has no field for the schedule parameter {name}"
+        assert run_types[field] == spec_types[name], field
+        if spec_fields[name].default is not dataclasses.MISSING:
+            assert run_fields[field].default == spec_fields[name].default, field
+    assert set(Setting.model_fields) == set(SCHEDULE_FIELDS.values())
+    assert set(experiments_schema()["$defs"]["Setting"]["properties"]) == set(SCHEDULE_FIELDS.values())
+    config = RunConfig(backbone="SWIN", dataset="Cars", setting="auto", patience=3, tolerance=0.01)
+    assert config.schedule == ScheduleSpec("auto", config.eps_value, patience=3, tolerance=0.01)

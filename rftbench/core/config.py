@@ -23,17 +23,27 @@ import functools
 import hashlib
 import json
 import math
+import typing
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Literal
 
 import pydantic
 
 from rftbench.core import schedules
 from rftbench.errors import RftbenchError
 
-PRECISIONS = ("fp32", "bf16", "fp16")
-NORMS = ("Linf", "L2")  # threat models: ℓ∞ (the paper's, the default) and ℓ2
-PROTOCOLS = ("paper", "monotone")  # per-ε evaluation protocols (rftbench.core.metrics)
+# Choices as Literal types, so the experiments file's schema (rftbench.experiments.schema) offers them
+Precision = Literal["fp32", "bf16", "fp16"]
+Norm = Literal["Linf", "L2"]  # threat models: ℓ∞ (the paper's, the default) and ℓ2
+Protocol = Literal["paper", "monotone"]  # per-ε evaluation protocols (rftbench.core.metrics)
+AttackMode = Literal["eval", "train"]
+Augmentation = Literal["loader", "device"]  # where the training augmentation runs (rftbench.data.loading)
+# The registry's seeded rules, or the paper's split lists (rftbench.data.datasets)
+SplitSource = Literal["rules", "paper"]
+PRECISIONS, NORMS, PROTOCOLS = typing.get_args(Precision), typing.get_args(Norm), typing.get_args(Protocol)
+ATTACK_MODES, AUGMENTATIONS = typing.get_args(AttackMode), typing.get_args(Augmentation)
+SPLIT_SOURCES = typing.get_args(SplitSource)
 TABLES = (
     "main",
     "averages",
@@ -56,12 +66,12 @@ IDENTITY_V1 = (
 )  # fmt: skip
 RENAMED: dict[str, str] = {}  # stored key -> the field that replaced it (same meaning, new name)
 RETIRED: dict[str, object] = {}  # removed field -> the only value a stored config may hold for it
-ATTACK_MODES = ("eval", "train")
-AUGMENTATIONS = ("loader", "device")  # where the training augmentation runs (rftbench.data.loading)
-SPLIT_SOURCES = (
-    "rules",
-    "paper",
-)  # the registry's seeded rules, or the paper's split lists (rftbench.data.datasets)
+# The schedule's parameters, declared once by `ScheduleSpec`: its field -> the RunConfig field holding it
+SCHEDULE_FIELDS = {
+    f.name: "schedule_granularity" if f.name == "granularity" else f.name
+    for f in dataclasses.fields(schedules.ScheduleSpec)
+    if f.name != "eps"  # ε_g is the run's `eps`, a budget in text form
+}
 
 
 class ConfigError(RftbenchError, ValueError):
@@ -135,7 +145,7 @@ class RunConfig:
     t2: float | None = None
     patience: int | None = None  # auto only
     tolerance: float | None = None  # auto only
-    schedule_granularity: str = "epoch"  # "step": hinge/linear ramp per optimisation step
+    schedule_granularity: schedules.Granularity = "epoch"  # "step": hinge/linear ramp per optimisation step
     epochs: int = 50
     batch_size: int = 64
     lr: float = 1e-4
@@ -146,8 +156,8 @@ class RunConfig:
     train_attack_steps: int = 7
     eval_attack_steps: int = 10
     attack_random_start: bool = False
-    attack_mode: str = "eval"  # the model's mode while the training attack runs
-    precision: str = "fp32"
+    attack_mode: AttackMode = "eval"  # the model's mode while the training attack runs
+    precision: Precision = "fp32"
     seed: int = 0
     split_seed: int = 0  # seeds the dataset's split rules and test subsample (rftbench.data.datasets)
     train_subset: int = 0  # > 0: a stratified subsample of this many training images (seeded by split_seed)
@@ -156,31 +166,23 @@ class RunConfig:
     eval_budgets: tuple[str, ...] = ()  # empty: (eps,) for adversarial runs
     val_adv_samples: int = 500  # per-epoch validation APGD: a fixed subset covering every class (split_seed)
     # Added after release 0.1, hashed only off their defaults (which compute what 0.1 computed):
-    augmentation: str = "loader"  # "device": the same augmentation on the whole batch, on the run's device
+    # "device": the same augmentation on the whole batch, on the run's device
+    augmentation: Augmentation = "loader"
     decay_norm_and_bias: bool = True  # False: no weight decay on normalisation weights, biases, embeddings
     head_lr_scale: float = 1.0  # the fresh head's learning rate is lr × this
     # "paper": the paper's split lists (Caltech, Cub, Dogs); "rules": the registry's seeded rules, or the
     # grid's own split file (a path, not hashed, as before). Grids choose "auto": paper where present.
-    splits: str = "rules"
+    splits: SplitSource = "rules"
     # The threat model of training, validation and the final evaluation: "Linf" (budgets 'k/255') or "L2"
     # (budgets as numbers, '0.5'; the E.adv grid ε_g·k/8, rftbench.core.metrics)
-    norm: str = "Linf"
+    norm: Norm = "Linf"
     # The piecewise schedule's ((epoch, fraction of ε_g), …) (rftbench.core.schedules); () for every other one
-    points: tuple[tuple[float, float], ...] = ()
+    points: schedules.Points = ()
 
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
             raise ValueError(f"norm {self.norm!r} unknown: choose one of {', '.join(NORMS)}")
-        spec = schedules.ScheduleSpec(
-            setting=self.setting,
-            eps=float(parse_budget(self.eps, self.norm)),
-            t1=self.t1,
-            t2=self.t2,
-            patience=self.patience,
-            tolerance=self.tolerance,
-            granularity=self.schedule_granularity,
-            points=self.points,
-        ).canonical()
+        spec = self.schedule.canonical()
         spec.validate(self.epochs)
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
         # `standard` at ε_g > 0 is ε = 0 training scored at that budget: one run, one hash
@@ -189,8 +191,8 @@ class RunConfig:
             (text(self.eps),) if parse_budget(self.eps, self.norm) > 0 else ()
         )
         set_("eps", text(self.eps) if spec.eps else text(0))
-        for name in ("setting", "t1", "t2", "patience", "tolerance", "granularity", "points"):
-            set_("schedule_granularity" if name == "granularity" else name, getattr(spec, name))
+        for name, field in SCHEDULE_FIELDS.items():
+            set_(field, getattr(spec, name))
         set_("eval_budgets", tuple(sorted(set(budgets), key=lambda b: parse_budget(b, self.norm))))
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision {self.precision!r} unknown: choose one of {', '.join(PRECISIONS)}")
@@ -230,16 +232,8 @@ class RunConfig:
 
     @property
     def schedule(self) -> schedules.ScheduleSpec:
-        return schedules.ScheduleSpec(
-            setting=self.setting,
-            eps=self.eps_value,
-            t1=self.t1,
-            t2=self.t2,
-            patience=self.patience,
-            tolerance=self.tolerance,
-            granularity=self.schedule_granularity,
-            points=self.points,
-        )
+        parameters = {name: getattr(self, field) for name, field in SCHEDULE_FIELDS.items()}
+        return schedules.ScheduleSpec(eps=self.eps_value, **parameters)
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)

@@ -36,12 +36,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 AUTO_PATIENCE = 5  # paper defaults for the `auto` baseline
 AUTO_TOLERANCE = 0.02  # absolute difference of validation accuracy (a fraction)
-GRANULARITIES = ("epoch", "step")
+Granularity = Literal["epoch", "step"]  # "step": hinge, linear and piecewise per optimisation step
+GRANULARITIES = typing.get_args(Granularity)
 # `adaptive` (module docstring): the same for every backbone and dataset
 ADAPT_GAIN = 0.1  # adapted once one epoch raises clean validation accuracy by less than 10% of itself
 ADAPT_BY = 0.25  # ... or at 25% of training at the latest (the paper's T1 = 12 of 50 epochs)
@@ -237,7 +240,7 @@ class ScheduleSpec:
     t2: float | None = None
     patience: int | None = None
     tolerance: float | None = None
-    granularity: str = "epoch"
+    granularity: Granularity = "epoch"
     points: Points = ()  # piecewise only: ((epoch, fraction of ε_g), …)
 
     def canonical(self) -> ScheduleSpec:

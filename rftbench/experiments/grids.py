@@ -18,73 +18,37 @@ The file's tables (see experiments.toml for a commented example of each):
   [datasets.NAME]          `root`, `split_file`: where the data is
   [grids.NAME]             `backbones` × `datasets` (or `pairs`) × `settings` × `eps` × `seeds`, plus any
                            [defaults] key and its own [grids.NAME.overrides.*]
+  [slurm]                  what a SLURM job array of workers asks for (core.config.SlurmOptions)
 More specific values win: defaults, then the grid, then the overrides of a backbone, a dataset and a
 pair (file-wide first, then the grid's own). Paths are relative to the TOML file; command-line flags
 and RFTBENCH_DATA_* / RFTBENCH_WEIGHTS_* variables take precedence over them (execution.runner). Every
-problem is reported as one line naming the file, the key and the fix (`GridError`).
+problem is reported as one line naming the file, the key and the fix (`GridError`). The tables, their keys
+and types are the models of `experiments.schema`; `experiments_schema()` is their JSON schema, for editors.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import tomllib
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydantic
 
-from rftbench.core.config import (
-    PRECISIONS,
-    PROTOCOLS,
-    SPLIT_SOURCES,
-    RunConfig,
-    SlurmOptions,
-    budget_value,
-    eps_text,
-)
-from rftbench.core.schedules import SCHEDULES, check_points
-from rftbench.data.datasets import (
-    DATASETS,
-    PAPER_SPLITS,
-    SPLIT_FOLDER,
-    data_root,
-    paper_split_dir,
-    resolve_root,
-)
+from rftbench.core.config import RunConfig, SlurmOptions, budget_value
+from rftbench.data.datasets import PAPER_SPLITS, SPLIT_FOLDER, data_root, paper_split_dir, resolve_root
 from rftbench.errors import RftbenchError
-from rftbench.models.registry import BACKBONES
+from rftbench.experiments.schema import (
+    DEFAULT_THRESHOLD,
+    RUN_KEYS,
+    Defaults,
+    ExperimentsFile,
+    GridBlock,
+    experiments_schema,
+    problems,
+)
 
-SETTING_KEYS = ("setting", "t1", "t2", "patience", "tolerance", "schedule_granularity", "points")
-AXIS_KEYS = ("backbone", "dataset", "eps", "seed")
-# Run-config fields a [defaults], grid or override table may set: everything but the grid's axes.
-_TOML_TYPES = {
-    "str": str,
-    "bool": bool,
-    "int": int,
-    "float": float,
-    "float | None": float,
-    "int | None": int,
-    "tuple[str, ...]": list,
-}
-FIELD_TYPES = {
-    f.name: _TOML_TYPES[f.type]
-    for f in dataclasses.fields(RunConfig)
-    if f.name not in SETTING_KEYS + AXIS_KEYS
-}
-ANALYSIS_KEYS = {
-    "adaptation_threshold": float,
-    "standard_eval_budgets": list,
-    "seed": int,
-    "eval_protocol": str,
-    "eval_precision": str,
-}
-CHOICES = {"eval_protocol": PROTOCOLS, "eval_precision": PRECISIONS, "splits": ("auto", *SPLIT_SOURCES)}
-GRID_KEYS = {"description", "backbones", "datasets", "pairs", "settings", "eps", "seeds", "overrides"}
-PATH_KEYS = {"backbones": ("weights",), "datasets": ("root", "split_file")}
-TOP_KEYS = {"defaults", "overrides", "backbones", "datasets", "grids", "slurm"}
-DEFAULT_THRESHOLD = 0.05  # the paper's 5% (CONVENTIONS.md)
+__all__ = ["Experiments", "Grid", "GridError", "Job", "experiments_schema", "load_experiments"]
 
 
 class GridError(RftbenchError, ValueError):
@@ -299,52 +263,30 @@ def load_experiments(path: str | Path, roots: dict[str, str] | None = None) -> E
         raise GridError(f"{path}: not valid TOML ({exc}); fix the syntax there") from None
     except OSError as exc:
         raise GridError(f"{path}: cannot be read ({exc.strerror}); check its permissions") from None
-    check = _Checker(path)
-    check.keys("", data, TOP_KEYS)
-    defaults = check.fields("defaults", data.get("defaults", {}), analysis=True)
-    default_seed = defaults.pop("seed", 0)
-    threshold = defaults.pop("adaptation_threshold", DEFAULT_THRESHOLD)
-    standard_budgets = defaults.pop("standard_eval_budgets", [])
-    evaluation = {"eval_protocol": "paper", "eval_precision": "fp32"}
-    evaluation |= {key: defaults.pop(key) for key in ("eval_protocol", "eval_precision") if key in defaults}
-    overrides = check.overrides("overrides", data.get("overrides", {}))
-    paths: dict[str, dict[str, str]] = {}
-    for kind, registry in (("backbones", BACKBONES), ("datasets", DATASETS)):
-        for name, table in check.table(kind, data.get(kind, {})).items():
-            check.name(f"{kind}.{name}", name, registry, kind[:-1])
-            check.keys(f"{kind}.{name}", check.table(f"{kind}.{name}", table), set(PATH_KEYS[kind]))
-            for key, value in table.items():
-                check.type(f"{kind}.{name}.{key}", value, str)
-                resolved = (path.parent / Path(value).expanduser()).resolve()
-                paths.setdefault(name, {})["data_root" if key == "root" else key] = str(resolved)
     try:
-        slurm = SlurmOptions(**check.table("slurm", data.get("slurm", {})))
+        spec = ExperimentsFile.model_validate(data)
     except pydantic.ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(part) for part in ("slurm", *error["loc"]))
-        raise GridError(f"{path}: {where}: {error['msg']} (got {error.get('input')!r})") from None
+        raise GridError(problems(exc, path, data)[0]) from None
+    paths: dict[str, dict[str, str]] = {}
+    for name, table in (*spec.backbones.items(), *spec.datasets.items()):
+        for key, value in table.model_dump(exclude_unset=True).items():
+            resolved = (path.parent / Path(value).expanduser()).resolve()
+            paths.setdefault(name, {})["data_root" if key == "root" else key] = str(resolved)
+    defaults = spec.defaults
     experiments = Experiments(
         path,
-        defaults,
-        overrides,
+        _run_fields(defaults),
+        {key: _run_fields(table) for key, table in spec.overrides.items()},
         paths,
-        default_seed=default_seed,
-        standard_eval_budgets=standard_budgets,
-        evaluation=evaluation,
-        slurm=slurm,
+        default_seed=defaults.seed,
+        standard_eval_budgets=defaults.standard_eval_budgets,
+        evaluation={"eval_protocol": defaults.eval_protocol, "eval_precision": defaults.eval_precision},
+        slurm=spec.slurm,
         roots=dict(roots or {}),
     )
-    for name, table in check.table("grids", data.get("grids", {})).items():
-        blocks = table if isinstance(table, list) else [table]  # [[grids.NAME]]: a union of blocks
+    for name, blocks in spec.grids.items():
         experiments.grids[name] = [
-            check.grid(
-                name if len(blocks) == 1 else f"{name}[{i}]",
-                block,
-                default_seed,
-                threshold,
-                standard_budgets,
-                evaluation,
-            )
+            _grid(name if len(blocks) == 1 else f"{name}[{i}]", block, defaults)
             for i, block in enumerate(blocks)
         ]
         if len({block.adaptation_threshold for block in experiments.grids[name]}) > 1:
@@ -354,182 +296,29 @@ def load_experiments(path: str | Path, roots: dict[str, str] | None = None) -> E
             )
     if not experiments.grids:
         raise GridError(f"{path}: no [grids.NAME] table; define at least one grid")
-    for name in experiments.grids:  # every job builds: bad ε, T1 > T2 and the like surface now
+    for name in experiments.grids:  # every job builds: bad ε, T2 > epochs and the like surface now
         experiments.jobs(name)
     return experiments
 
 
-class _Checker:
-    """Validation with locations: each method raises GridError naming `file: key: problem; fix`."""
+def _run_fields(table: pydantic.BaseModel) -> dict:
+    """The run-config fields a table sets (what it leaves unset comes from a less specific table)."""
+    return table.model_dump(include=set(RUN_KEYS), exclude_unset=True)
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
 
-    def fail(self, where: str, problem: str) -> typing.NoReturn:
-        raise GridError(f"{self.path}: {where}: {problem}")
-
-    def table(self, where: str, value) -> dict:
-        if not isinstance(value, dict):
-            self.fail(where, f"expected a table, got {type(value).__name__}")
-        return value
-
-    def keys(self, where: str, table: dict, valid) -> None:
-        unknown = sorted(set(table) - set(valid))
-        if unknown:
-            self.fail(
-                where or "top level",
-                f"unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(valid))}",
-            )
-
-    def type(self, where: str, value, expected):
-        if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            return float(value)
-        if expected is int and isinstance(value, bool) or not isinstance(value, expected):
-            self.fail(where, f"expected {expected.__name__}, got {type(value).__name__} {value!r}")
-        return value
-
-    def name(self, where: str, name, registry, kind: str) -> None:
-        if name not in registry:
-            self.fail(where, f"unknown {kind} {name!r}; valid ones: {', '.join(registry)}")
-
-    def budgets(self, where: str, values) -> list[str]:
-        out = []
-        for i, value in enumerate(self.type(where, values, list)):
-            try:
-                text = self.type(f"{where}[{i}]", value, str).strip()
-                budget_value(text)  # either form ('4/255' or, for ℓ2, '0.5'); the run's norm reads it
-                out.append(eps_text(text) if "/" in text else text)
-            except ValueError as exc:
-                self.fail(f"{where}[{i}]", str(exc))
-        return out
-
-    def fields(self, where: str, table, analysis: bool = False) -> dict:
-        """Run-config fields (and the analysis keys where allowed), type-checked."""
-        valid = {**FIELD_TYPES, **(ANALYSIS_KEYS if analysis else {})}
-        self.keys(where, self.table(where, table), valid)
-        out = {}
-        for key, value in table.items():
-            if key in ("eval_budgets", "standard_eval_budgets"):
-                out[key] = self.budgets(f"{where}.{key}", value)
-                continue
-            out[key] = self.type(f"{where}.{key}", value, valid[key])
-            if key in CHOICES and value not in CHOICES[key]:
-                self.fail(f"{where}.{key}", f"{value!r} unknown; choose one of {', '.join(CHOICES[key])}")
-        return out
-
-    def overrides(self, where: str, table) -> dict[str, dict]:
-        out = {}
-        for key, fields in self.table(where, table).items():
-            backbone, _, dataset = key.partition("/")
-            if dataset:
-                self.name(f"{where}.{key}", backbone, BACKBONES, "backbone")
-                self.name(f"{where}.{key}", dataset, DATASETS, "dataset")
-            elif key not in BACKBONES and key not in DATASETS:
-                self.fail(
-                    f"{where}.{key}",
-                    f"{key!r} is neither a backbone nor a dataset; write a backbone, "
-                    f'a dataset or "Backbone/Dataset"',
-                )
-            out[key] = self.fields(f"{where}.{key}", fields)
-        return out
-
-    def grid(
-        self, name: str, table, default_seed: int, threshold: float, standard_budgets, evaluation: dict
-    ) -> Grid:
-        where = f"grids.{name}"
-        table = self.table(where, table)
-        self.keys(where, table, GRID_KEYS | set(FIELD_TYPES) | set(ANALYSIS_KEYS) - {"seed"})
-        fields = self.fields(where, {k: v for k, v in table.items() if k not in GRID_KEYS}, analysis=True)
-        if "pairs" in table:
-            if "backbones" in table or "datasets" in table:
-                self.fail(where, "give either `pairs` or `backbones` and `datasets`, not both")
-            pairs = []
-            for i, pair in enumerate(self.type(f"{where}.pairs", table["pairs"], list)):
-                if not (isinstance(pair, list) and len(pair) == 2):
-                    self.fail(f"{where}.pairs[{i}]", f'expected ["Backbone", "Dataset"], got {pair!r}')
-                pairs.append(tuple(pair))
-        else:
-            for key in ("backbones", "datasets"):
-                if key not in table:
-                    self.fail(where, f"missing `{key}` (or give `pairs`)")
-            pairs = list(
-                itertools.product(
-                    self.strings(f"{where}.backbones", table["backbones"]),
-                    self.strings(f"{where}.datasets", table["datasets"]),
-                )
-            )
-        for i, (backbone, dataset) in enumerate(pairs):
-            self.name(
-                f"{where}.pairs[{i}]" if "pairs" in table else f"{where}.backbones",
-                backbone,
-                BACKBONES,
-                "backbone",
-            )
-            self.name(
-                f"{where}.pairs[{i}]" if "pairs" in table else f"{where}.datasets",
-                dataset,
-                DATASETS,
-                "dataset",
-            )
-        settings = []
-        for i, entry in enumerate(
-            self.type(f"{where}.settings", table.get("settings", [{"setting": "fix"}]), list)
-        ):
-            entry = self.table(f"{where}.settings[{i}]", entry)
-            self.keys(f"{where}.settings[{i}]", entry, SETTING_KEYS)
-            if "setting" not in entry:
-                self.fail(f"{where}.settings[{i}]", "missing `setting`")
-            if entry["setting"] not in SCHEDULES:
-                self.fail(
-                    f"{where}.settings[{i}].setting",
-                    f"unknown schedule {entry['setting']!r}; valid ones: {', '.join(SCHEDULES)}",
-                )
-            for key, kind in (
-                ("t1", float),
-                ("t2", float),
-                ("tolerance", float),
-                ("patience", int),
-                ("schedule_granularity", str),
-            ):
-                if key in entry:
-                    entry[key] = self.type(f"{where}.settings[{i}].{key}", entry[key], kind)
-            if "points" in entry:
-                try:
-                    entry["points"] = check_points(entry["points"])
-                except ValueError as exc:
-                    self.fail(f"{where}.settings[{i}].points", str(exc))
-            t1, t2 = entry.get("t1"), entry.get("t2")
-            if t1 is not None and t2 is not None and t1 > t2:
-                self.fail(
-                    f"{where}.settings[{i}]",
-                    f"T1 ({t1:g}) > T2 ({t2:g}): the ramp must start before "
-                    f"it ends; swap them or set t1 <= t2",
-                )
-            settings.append(entry)
-        if "eps" not in table:
-            self.fail(where, 'missing `eps` (a list of budgets such as ["4/255", "8/255"])')
-        seeds = table.get("seeds", [default_seed])
-        seeds = [
-            self.type(f"{where}.seeds[{i}]", v, int) for i, v in enumerate(self.type(where, seeds, list))
-        ]
-        return Grid(
-            name=name,
-            description=self.type(f"{where}.description", table.get("description", ""), str),
-            pairs=pairs,
-            settings=settings,
-            eps=self.budgets(f"{where}.eps", table["eps"]),
-            seeds=seeds,
-            fields={k: v for k, v in fields.items() if k in FIELD_TYPES},
-            overrides=self.overrides(f"{where}.overrides", table.get("overrides", {})),
-            adaptation_threshold=self.threshold(where, fields.get("adaptation_threshold", threshold)),
-            standard_eval_budgets=fields.get("standard_eval_budgets", standard_budgets),
-            evaluation={key: fields.get(key, evaluation[key]) for key in ("eval_protocol", "eval_precision")},
-        )
-
-    def threshold(self, where: str, value: float) -> float:
-        if not 0 <= value < 1:
-            self.fail(f"{where}.adaptation_threshold", f"{value:g} is not a validation accuracy in [0, 1)")
-        return value
-
-    def strings(self, where: str, values) -> list[str]:
-        return [self.type(f"{where}[{i}]", v, str) for i, v in enumerate(self.type(where, values, list))]
+def _grid(name: str, block: GridBlock, defaults: Defaults) -> Grid:
+    """One block of a grid, with what it leaves unset from [defaults]."""
+    own = lambda key: getattr(block if key in block.model_fields_set else defaults, key)  # noqa: E731
+    return Grid(
+        name=name,
+        description=block.description,
+        pairs=block.pairs or list(itertools.product(block.backbones, block.datasets)),
+        settings=[setting.model_dump(exclude_unset=True) for setting in block.settings],
+        eps=block.eps,
+        seeds=block.seeds if "seeds" in block.model_fields_set else [defaults.seed],
+        fields=_run_fields(block),
+        overrides={key: _run_fields(table) for key, table in block.overrides.items()},
+        adaptation_threshold=own("adaptation_threshold"),
+        standard_eval_budgets=own("standard_eval_budgets"),
+        evaluation={key: own(key) for key in ("eval_protocol", "eval_precision")},
+    )
