@@ -31,7 +31,8 @@ import pandas as pd
 from scipy import stats
 
 from rftbench.core.metrics import adaptation_start_epoch
-from rftbench.reports.tables import Results, Selection, paired
+from rftbench.reports.results import Results, Selection
+from rftbench.reports.stats import paired
 from rftbench.results.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +69,7 @@ def probe_grid(changes: dict, base: str = "demo") -> tuple[str, dict]:
 
 
 def seed_pairs(a: dict, b: dict) -> dict | None:
-    """a - b over the seeds both have (`reports.tables.paired`): mean, 95% CI of the mean, wins, p."""
+    """a - b over the seeds both have (`reports.stats.paired`): mean, 95% CI of the mean, wins, p."""
     seeds = sorted(set(a) & set(b))
     if not seeds:
         return None

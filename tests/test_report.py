@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from results_helpers import write_epoch
 from scipy import stats
 from typer.testing import CliRunner
 
@@ -57,7 +58,8 @@ def add_run(store: Store, grid: str, config: RunConfig, accs: list[float], evalu
     queue, worker = JobQueue(store), Worker("test")
     queue.claim(worker, [config.run_id], 60)
     for epoch, acc in enumerate(accs):
-        store.upsert_epoch(
+        write_epoch(
+            store,
             config.run_id,
             {
                 "epoch": epoch,

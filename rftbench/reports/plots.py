@@ -5,7 +5,7 @@
     plot_sweep(results, "sweep.png")                                # Fig. 1
     plot_schedules(50, "4/255", "schedule.png", t1=12, t2=37)       # ε(t) of the named schedules
 
-Reads `rftbench.reports.tables.Results` and never trains. Accuracies are drawn in percent, epochs 0-based.
+Reads `rftbench.reports.results.Results` and never trains. Accuracies are drawn in percent, epochs 0-based.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from matplotlib.ticker import MaxNLocator
 from rftbench.core.config import PLOTS, budget_value, parse_eps
 from rftbench.core.metrics import adaptation_start_epoch
 from rftbench.core.schedules import ScheduleSpec
-from rftbench.reports.tables import ReportError, Results, eps_order, setting_labels, summary
+from rftbench.reports.results import ReportError, Results
+from rftbench.reports.stats import eps_order, setting_labels, summary
 
 COLOURS = {
     "standard": "tab:green",

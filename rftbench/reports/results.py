@@ -1,0 +1,292 @@
+"""Which stored results a report shows, read from the results database or the paper's numbers.
+
+    results = Results.from_store(Store.open("rftbench.db"))    # or Results.paper("main")
+
+Reads the store and never trains (STYLE.md 7). Accuracies are stored as fractions and kept here in percent
+(CONVENTIONS.md). `Results.paper(table)` reads the paper's published numbers shipped with the package
+(`paper_results.csv`); CONVENTIONS.md says which paper table feeds which report.
+
+A run may hold evaluations under several protocols (rftbench.core.metrics). A report shows one: `Selection`
+picks, per run, the rows of that protocol (default: the paper's, fp32, each run's own attack steps), so no
+cell mixes two protocols; every table says which one it shows, and names the runs that have no row under
+it (`rftbench evaluate` adds one).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from importlib.resources import files
+
+import numpy as np
+import pandas as pd
+
+from rftbench.core.config import PRECISIONS, PROTOCOLS, RunConfig
+from rftbench.core.metrics import EvalProtocol
+from rftbench.errors import RftbenchError
+
+METRICS = {"clean": "Clean", "adv": "Adv.", "eadv": "E. adv."}
+PAPER_TABLES = {
+    "main": ("1", "2"),
+    "averages": ("1", "2"),
+    "ttest": ("1", "2"),
+    "ablation": ("7",),
+    "baselines": ("4", "8"),
+    "autoattack": ("6-apgd", "6-autoattack"),
+}
+BASELINE_SETTINGS = ("fix", "uniform", "auto", "sched", "adaptive")
+KEYS = ["backbone", "dataset", "setting", "eps", "t1", "t2"]
+
+NORM_SIGNS = {"Linf": "ℓ∞", "L2": "ℓ2"}
+PAPER_PROTOCOL = "the paper's published numbers (APGD-CE-10 ℓ∞, one attack per ε)"
+
+
+class ReportError(RftbenchError, ValueError):
+    """One line: what the report cannot show and why."""
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which evaluation rows a report shows: per run, those measured under one `EvalProtocol` (a per-ε
+    protocol, a precision and `steps`, None meaning each run's own `eval_attack_steps`; APGD-CE ℓ∞ from the
+    clean image, one restart), at the run's own ε_g (a standard run: every budget it is scored at)."""
+
+    protocol: str = "paper"
+    precision: str = "fp32"
+    steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ReportError(f"--protocol {self.protocol!r}: choose {' or '.join(PROTOCOLS)}")
+        if self.precision not in PRECISIONS:
+            raise ReportError(f"--precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
+
+    def rows(self, evaluations: list, config: RunConfig) -> list:
+        wanted = EvalProtocol(
+            self.protocol,
+            steps=self.steps or config.eval_attack_steps,
+            precision=self.precision,
+            norm=config.norm,
+        )
+        budgets = config.scored_budgets if config.eps_value == 0 else (config.eps,)
+        return [ev for ev in evaluations if ev.budget in budgets and ev.eval_protocol() == wanted]
+
+    def command(self) -> str:
+        """The `rftbench evaluate` that adds this selection's rows to a grid's completed runs."""
+        flags = f" --precision {self.precision}" if self.precision != "fp32" else ""
+        return f"rftbench evaluate --grid GRID --protocol {self.protocol}{flags}" + (
+            f" --steps {self.steps}" if self.steps else ""
+        )
+
+    def label(self, steps: set[int], norms: set[str] = frozenset()) -> str:
+        per_eps = "one attack per ε" if self.protocol == "paper" else "early exit, a union of attacks"
+        shown = ", ".join(str(k) for k in sorted(steps)) or str(self.steps or "the run's")
+        signs = "/".join(NORM_SIGNS[n] for n in sorted(norms, reverse=True)) or "ℓ∞"
+        return (
+            f"APGD-CE {signs} ({shown} steps), "
+            f"{self.protocol} protocol ({per_eps}), clean start, {self.precision}"
+        )
+
+
+@dataclass
+class Results:
+    """Final test metrics in long format (one value per row, percent) plus what reports need besides."""
+
+    values: pd.DataFrame  # KEYS + seed, metric, value, run_id
+    pending: pd.DataFrame = field(default_factory=pd.DataFrame)  # KEYS + status, done, epochs
+    epochs: pd.DataFrame = field(default_factory=pd.DataFrame)  # run_id, epoch, eps, val_acc, val_adv_acc
+    runs: pd.DataFrame = field(default_factory=pd.DataFrame)  # run_id + KEYS + seed, epochs, threshold
+    evaluations: pd.DataFrame = field(default_factory=pd.DataFrame)  # every row, every protocol
+    selected: pd.DataFrame = field(default_factory=pd.DataFrame)  # the rows `values` come from
+    source: str = "database"
+    protocol: str = PAPER_PROTOCOL  # what `values` were measured with, for titles and notes
+    missing: str = ""  # runs left out of `values`, and why, for notes
+    # AutoAttack rows at each run's ε_g (KEYS + seed, run_id, version, metric, value) and the worst case
+    # per sample over every evaluation stored with per-sample flags at that budget (metric "worst")
+    autoattack: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    @classmethod
+    def from_store(
+        cls,
+        store,
+        grid: str | None = None,
+        threshold: float | None = None,
+        selection: Selection = Selection(),
+    ) -> Results:
+        data = store.everything(grid)
+        thresholds = {}
+        for row in data["adaptation"]:
+            thresholds.setdefault(row.run_id, row.threshold)
+        runs, values, pending, selected, unread, autoattack = [], [], [], [], [], []
+        data["runs"], aside = newest_per_cell(data["runs"])
+        without: dict[str, set] = {}  # completed run id -> the protocols it does have
+        rows: dict[str, list] = {}  # run id -> its evaluation rows
+        for ev in data["evaluations"]:
+            rows.setdefault(ev.run_id, []).append(ev)
+        for run in data["runs"]:
+            try:
+                config = RunConfig.from_json(run.config)
+            except (ValueError, TypeError):  # written by a newer release: shown nowhere, named in a note
+                unread.append(run.id)
+                continue
+            keys = {
+                "backbone": run.backbone,
+                "dataset": run.dataset,
+                "setting": config.schedule.label,  # a piecewise run names its points
+                "eps": run.eps,
+                "t1": run.t1,
+                "t2": run.t2,
+            }
+            runs.append(
+                {
+                    "run_id": run.id,
+                    **keys,
+                    "seed": run.seed,
+                    "epochs": run.epochs,
+                    "status": run.status,
+                    "threshold": thresholds.get(run.id, 0.05) if threshold is None else threshold,
+                }
+            )
+            if run.status != "completed":
+                budgets = config.eval_budgets if config.eps_value == 0 else (config.eps,)
+                pending += [{**keys, "eps": b, "status": run.status, "run_id": run.id} for b in budgets]
+                continue
+            chosen = selection.rows(rows.get(run.id, []), config)
+            if not chosen:
+                without[run.id] = {
+                    f"{ev.protocol} APGD-{ev.steps} {ev.precision}" for ev in rows.get(run.id, [])
+                }
+            autoattack += [
+                (keys, run.seed, ev)
+                for ev in rows.get(run.id, [])
+                if ev.attack.startswith("autoattack") and ev.budget == config.eps and config.eps_value > 0
+            ]
+            for ev in chosen:
+                selected.append(ev.model_dump())
+                for metric in METRICS:
+                    values.append(
+                        {
+                            **keys,
+                            "eps": ev.budget,
+                            "seed": run.seed,
+                            "metric": metric,
+                            "value": 100 * getattr(ev, metric),
+                            "run_id": run.id,
+                        }
+                    )
+        epochs = pd.DataFrame(
+            [
+                {
+                    "run_id": e.run_id,
+                    "epoch": e.epoch,
+                    "eps": e.eps,
+                    "val_acc": e.val_acc,
+                    "val_adv_acc": e.val_adv_acc,
+                    "val_adv_eps": e.val_adv_eps,
+                }
+                for e in data["epochs"]
+            ],
+            columns=["run_id", "epoch", "eps", "val_acc", "val_adv_acc", "val_adv_eps"],
+        )
+        evaluations = pd.DataFrame([e.model_dump() for e in data["evaluations"]])
+        done = epochs.groupby("run_id").size().to_dict() if len(epochs) else {}
+        pending = pd.DataFrame(pending, columns=[*KEYS, "status", "run_id"])
+        pending["done"] = pending["run_id"].map(done).fillna(0).astype(int)
+        frame = pd.DataFrame(values, columns=[*KEYS, "seed", "metric", "value", "run_id"])
+        selected = pd.DataFrame(selected)
+        label = selection.label(*((set(selected.steps), set(selected.norm)) if len(selected) else (set(),)))
+        notes = "; ".join(n for n in (missing_note(without, unread, selection), aside) if n)
+        return cls(frame, pending, epochs, pd.DataFrame(runs), evaluations, selected, "database", label,
+                   notes, autoattack_frame(store, autoattack))  # fmt: skip
+
+    @classmethod
+    def paper(cls, table: str) -> Results:
+        """The paper's published numbers for report `table` (CONVENTIONS.md, "Paper numbers")."""
+        if table not in PAPER_TABLES:
+            raise ReportError(f"the paper publishes no numbers for the {table!r} report; it needs a database")
+        frame = paper_frame()
+        frame = frame[frame["table"].isin(PAPER_TABLES[table])]
+        if table == "autoattack":  # Table 6: the same runs under both attacks
+            aa = frame[frame.table == "6-autoattack"].drop(columns="table").assign(seed=0, run_id="")
+            apgd = frame[frame.table == "6-apgd"].drop(columns="table")
+            return cls(
+                apgd.assign(seed=0, run_id=""), source="paper", autoattack=aa.assign(version="standard")
+            )
+        frame = frame.drop(columns="table").drop_duplicates([*KEYS, "metric"])  # Tables 4, 8 repeat runs
+        return cls(frame.assign(seed=0, run_id=""), source="paper")
+
+
+def autoattack_frame(store, measured: list[tuple[dict, int, object]]) -> pd.DataFrame:
+    """AutoAttack rows (cell keys, seed, evaluation) in long format, each with the worst case per sample at
+    its budget, read for every row in one query."""
+    worst = store.worst_cases({(ev.run_id, ev.budget) for _, _, ev in measured}) if measured else {}
+    rows = []
+    for keys, seed, ev in measured:
+        values = {m: getattr(ev, m) for m in METRICS} | {"worst": worst.get((ev.run_id, ev.budget))}
+        rows += [
+            {**keys, "seed": seed, "run_id": ev.run_id, "version": ev.attack.removeprefix("autoattack-"),
+             "steps": ev.steps, "protocol": ev.protocol, "precision": ev.precision, "aa_seed": ev.seed,
+             "metric": m, "value": 100 * v}
+            for m, v in values.items() if v is not None
+        ]  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def newest_per_cell(runs: list) -> tuple[list, str]:
+    """One run per table cell and seed: where a grid holds several (its definition changed, e.g. from
+    fp32 to bf16, and both were run), the newest, and a note naming what the others differ in. Averaging
+    them would mix two experiments into one number."""
+    newest: dict[tuple, object] = {}
+    for run in sorted(runs, key=lambda r: r.created_at):
+        newest[cell_key(run)] = run
+    kept = {run.id for run in newest.values()}
+    aside = [run for run in runs if run.id not in kept]
+    if not aside:
+        return runs, ""
+    differ: set[str] = set()
+    for run in aside:
+        shown = newest[cell_key(run)]
+        old, new = json.loads(run.config), json.loads(shown.config)
+        differ |= {key for key in old.keys() | new.keys() if old.get(key) != new.get(key)}
+    return [run for run in runs if run.id in kept], (
+        f"{len(aside)} older run(s) set aside ({', '.join(r.id for r in aside[:5])}"
+        f"{', …' if len(aside) > 5 else ''}): a newer run of the same cell differs in "
+        f"{', '.join(sorted(differ))}; each cell shows its newest run"
+    )
+
+
+def cell_key(run) -> tuple:
+    """The table cell and seed a stored run fills (piecewise runs of different points are different cells)."""
+    points = json.loads(run.config).get("points") or []
+    return (run.backbone, run.dataset, run.setting, run.eps, run.t1, run.t2, str(points), run.seed)
+
+
+def missing_note(without: dict[str, set], unread: list[str], selection: Selection) -> str:
+    """Runs a report cannot show under `selection`, and the command that fixes it."""
+    notes = []
+    if without:
+        have = sorted(set().union(*without.values())) or ["none"]
+        notes.append(
+            f"{len(without)} completed run(s) have no {selection.protocol} {selection.precision} evaluation "
+            f"(they have: {', '.join(have)}): "
+            f"`{selection.command()}` adds it, or choose --protocol"
+        )
+    if unread:
+        notes.append(
+            f"{len(unread)} run(s) have a config this rftbench cannot read ({', '.join(unread)}): upgrade"
+        )
+    return "; ".join(notes)
+
+
+def paper_frame() -> pd.DataFrame:
+    """`paper_results.csv`: table, backbone, dataset, setting, eps, t1, t2, metric, value (percent).
+    Hinge settings are put in the engine's canonical form (0/0 is fix, 0/T2 is linear)."""
+    text = files("rftbench").joinpath("paper_results.csv").read_text()
+    frame = pd.read_csv(io.StringIO(text), dtype={"table": str, "eps": str})
+    hinge = frame["setting"] == "sched"
+    frame.loc[hinge & (frame.t1 == 0) & (frame.t2 == 0), "setting"] = "fix"
+    frame.loc[hinge & (frame.t1 == 0) & (frame.t2 > 0), "setting"] = "linear"
+    frame.loc[frame.setting == "fix", ["t1", "t2"]] = np.nan
+    frame.loc[(frame.setting == "sched") & frame.t1.isna(), ["t1", "t2"]] = [12.0, 37.0]  # Tables 1-6, 8
+    return frame
