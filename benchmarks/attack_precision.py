@@ -19,11 +19,7 @@ import torch
 from rftbench.core.metrics import EvalProtocol
 from rftbench.data.loading import decode_image_folder
 from rftbench.engine.evaluation import evaluate_budgets
-from rftbench.models.nets import (
-    cifar_resnet20,
-    load_cifar_resnet20_weights,
-    with_normalization,
-)
+from rftbench.models.nets import cifar_resnet20, load_cifar_resnet20_weights, with_normalization
 from rftbench.models.registry import IMAGENET_MEAN, IMAGENET_STD
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"

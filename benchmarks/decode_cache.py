@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from rftbench.data.datasets import build_dataset, samples
+from rftbench.data.build import build_dataset
+from rftbench.data.lists import samples
 from rftbench.data.loading import decode_image, train_transform
 
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"

@@ -19,7 +19,7 @@ import torch
 
 from rftbench.core.config import RunConfig
 from rftbench.engine.trainer import train_one_epoch
-from rftbench.models.registry import build_backbone
+from rftbench.models.build import build_backbone
 
 BACKBONES = ("mobilenetv2_100", "tf_efficientnet_lite0")
 CLASSES = 242  # Omniglot

@@ -23,7 +23,7 @@ from rftbench.data.loading import (
     make_loader,
     train_transform,
 )
-from rftbench.models.registry import build_backbone
+from rftbench.models.build import build_backbone
 
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"
 

@@ -20,7 +20,8 @@ import torch
 
 from rftbench.core.config import RunConfig
 from rftbench.engine.trainer import train_one_epoch
-from rftbench.models.nets import IMAGENET_MEAN, IMAGENET_STD, cifar_resnet20, with_normalization
+from rftbench.models.nets import cifar_resnet20, with_normalization
+from rftbench.models.registry import IMAGENET_MEAN, IMAGENET_STD
 
 MODELS = {
     "cifar_resnet20@32px,bs64": (lambda: cifar_resnet20(), 32, 64),

@@ -26,7 +26,7 @@ from rftbench.engine.trainer import (
     train_one_epoch,
     warmup_cosine,
 )
-from rftbench.models.registry import build_backbone
+from rftbench.models.build import build_backbone
 
 
 def sync_audit(device: str, backbone: str, precision: str, batch_size: int, resolution: int) -> list:

@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING
 from rftbench.version import __version__ as __version__
 
 _EXPORTS = {  # public name -> the module that defines it
-    "build_backbone": "rftbench.models.registry",
+    "build_backbone": "rftbench.models.build",
     "BACKBONES": "rftbench.models.registry",
-    "build_dataset": "rftbench.data.datasets",
-    "DATASETS": "rftbench.data.datasets",
+    "build_dataset": "rftbench.data.build",
+    "DATASETS": "rftbench.data.registry",
     "fetch_dataset": "rftbench.data.fetch",
     "apgd": "rftbench.attacks.apgd",
     "step_size_checkpoints": "rftbench.attacks.apgd",
@@ -105,9 +105,11 @@ if TYPE_CHECKING:  # what type checkers and editors see
         expected_robustness,
     )
     from rftbench.core.schedules import SCHEDULES, ScheduleSpec, get_schedule, hinge_alpha
-    from rftbench.data.datasets import DATASETS, build_dataset
+    from rftbench.data.build import build_dataset
     from rftbench.data.fetch import fetch as fetch_dataset
+    from rftbench.data.registry import DATASETS
     from rftbench.engine.evaluation import evaluate_budgets, robustness_curve
     from rftbench.engine.trainer import train
     from rftbench.experiments.grids import load_experiments
-    from rftbench.models.registry import BACKBONES, build_backbone
+    from rftbench.models.build import build_backbone
+    from rftbench.models.registry import BACKBONES

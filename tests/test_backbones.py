@@ -15,17 +15,10 @@ from typer.testing import CliRunner
 
 from rftbench.cli import app
 from rftbench.data.loading import decode_image_folder
+from rftbench.models.build import build_backbone, check_weights
 from rftbench.models.nets import Normalize
-from rftbench.models.registry import (
-    BACKBONES,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    WeightsUnavailable,
-    build_backbone,
-    check_weights,
-    package_file,
-    packaged_weights,
-)
+from rftbench.models.registry import BACKBONES, IMAGENET_MEAN, IMAGENET_STD
+from rftbench.models.weights import WeightsUnavailable, package_file, packaged_weights
 
 PAPER = ["ViT", "SWIN", "CNX", "R50", "ClipViT", "ClipCNX"]
 

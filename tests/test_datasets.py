@@ -13,15 +13,12 @@ from layouts import jpeg, write_aircraft, write_caltech, write_cars, write_cub, 
 from typer.testing import CliRunner
 
 from rftbench.cli import app
-from rftbench.data.datasets import (
-    DATASETS,
-    DataNotFound,
-    build_dataset,
-    check_data,
-    read_paper_splits,
-    samples,
-    stratified_subsample,
-)
+from rftbench.data.build import build_dataset
+from rftbench.data.checks import check_data
+from rftbench.data.errors import DataNotFound
+from rftbench.data.lists import read_paper_splits, samples
+from rftbench.data.registry import DATASETS
+from rftbench.data.splits import stratified_subsample
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 

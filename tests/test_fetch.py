@@ -26,10 +26,14 @@ from layouts import write_aircraft, write_caltech, write_cars, write_cub, write_
 from servers import FileServer
 from typer.testing import CliRunner
 
+import rftbench.data.download as download_module
 import rftbench.data.fetch as fetch_module
+import rftbench.data.sources as sources_module
 from rftbench.cli import app
-from rftbench.data.datasets import DATASETS, PAPER_SPLITS, read_paper_splits, samples
-from rftbench.data.fetch import MARKER, FetchError, fetch
+from rftbench.data.download import FetchError
+from rftbench.data.fetch import MARKER, fetch
+from rftbench.data.lists import read_paper_splits, samples
+from rftbench.data.registry import DATASETS, PAPER_SPLITS
 
 PAPER = ["Aircraft", "Cars", "Caltech", "Cub", "Dogs"]
 FOLDERS = {name: Path(DATASETS[name].default_root).name for name in DATASETS}
@@ -129,15 +133,15 @@ def mirror(archives, monkeypatch):
     for name, info in PAPER_SPLITS.items():
         for split in ("train", "val", "test"):
             data = archives[name][f"roli/{split}.json"]
-            server.files[f"/roli/{fetch_module.ROLI_COMMIT}/{info.roli_folder}/{split}.json"] = data
+            server.files[f"/roli/{sources_module.ROLI_COMMIT}/{info.roli_folder}/{split}.json"] = data
             monkeypatch.setitem(
-                fetch_module.SPLIT_SHA256, (info.roli_folder, split), hashlib.sha256(data).hexdigest()
+                sources_module.SPLIT_SHA256, (info.roli_folder, split), hashlib.sha256(data).hexdigest()
             )
     monkeypatch.setattr(
         fetch_module, "SOURCES", sources | {"fashion_mnist": fetch_module.SOURCES["fashion_mnist"]}
     )
-    monkeypatch.setattr(fetch_module, "ROLI_URL", server.url + "/roli/{commit}/{folder}/{split}.json")
-    monkeypatch.setattr(fetch_module, "BACKOFF", 0.01)
+    monkeypatch.setattr(sources_module, "ROLI_URL", server.url + "/roli/{commit}/{folder}/{split}.json")
+    monkeypatch.setattr(download_module, "BACKOFF", 0.01)
     yield server
     server.stop()
 
@@ -250,12 +254,12 @@ def test_a_fetch_killed_mid_unpack_leaves_nothing_that_looks_complete(mirror, tm
     sources = {r.filename: r.url for r in fetch_module.SOURCES["Dogs"].resources}
     digests = {r.filename: r.sha256 for r in fetch_module.SOURCES["Dogs"].resources}
     patch = (
-        "import dataclasses, rftbench.data.fetch as g\n"
+        "import dataclasses, rftbench.data.fetch as g, rftbench.data.sources as s\n"
         f"g.SOURCES['Dogs'] = dataclasses.replace(g.SOURCES['Dogs'], resources=tuple(dataclasses.replace("
         f"r, url={sources!r}[r.filename], sha256={digests!r}[r.filename], size=None) "
         f"for r in g.SOURCES['Dogs'].resources))\n"
-        f"g.ROLI_URL = {fetch_module.ROLI_URL!r}\n"
-        f"g.SPLIT_SHA256.update({dict(fetch_module.SPLIT_SHA256)!r})\n"
+        f"s.ROLI_URL = {sources_module.ROLI_URL!r}\n"
+        f"s.SPLIT_SHA256.update({dict(sources_module.SPLIT_SHA256)!r})\n"
     )
     env = {**os.environ, "MARKER": str(marker)}
     process = subprocess.Popen([sys.executable, "-c", patch + KILLED_FETCH, str(root)], env=env)
@@ -274,18 +278,18 @@ def test_a_fetch_killed_mid_unpack_leaves_nothing_that_looks_complete(mirror, tm
 
 def test_the_papers_split_lists_come_from_the_pinned_commit_with_their_checksums(tmp_path, monkeypatch):
     """The real RoLI files (../shared/paper/splits, byte copies of the pinned commit), served locally, pass
-    the checksums pinned in rftbench.data.fetch and arrive unchanged in each root's paper_splits/."""
-    commit = fetch_module.ROLI_COMMIT
+    the checksums pinned in rftbench.data.sources and arrive unchanged in each root's paper_splits/."""
+    commit = sources_module.ROLI_COMMIT
     real = f"https://raw.githubusercontent.com/DongXzz/RoLI/{commit}/data_splits/cub/train.json"
-    assert fetch_module.split_resources("Cub")[0].url == real
+    assert sources_module.split_resources("Cub")[0].url == real
     server = FileServer()
     try:
         for info in PAPER_SPLITS.values():
             for split in ("train", "val", "test"):
                 data = (SHARED / "paper" / "splits" / info.roli_folder / f"{split}.json").read_bytes()
                 server.files[f"/DongXzz/RoLI/{commit}/data_splits/{info.roli_folder}/{split}.json"] = data
-        local = fetch_module.ROLI_URL.replace("https://raw.githubusercontent.com", server.url)
-        monkeypatch.setattr(fetch_module, "ROLI_URL", local)
+        local = sources_module.ROLI_URL.replace("https://raw.githubusercontent.com", server.url)
+        monkeypatch.setattr(sources_module, "ROLI_URL", local)
         roots = {name: tmp_path / FOLDERS[name] for name in PAPER_SPLITS}
         missing = fetch_cli("Cub", "--splits-only", "--root", str(tmp_path))
         assert (
@@ -310,7 +314,7 @@ def test_fashion_mnist_through_torchvisions_downloader(tmp_path, monkeypatch):
     its copy, so torchvision's md5s refuse it (and nothing is left); with that copy's md5s it is fetched."""
     from torchvision.datasets import FashionMNIST
 
-    from rftbench.data.datasets import fashion_mnist_arrays
+    from rftbench.data.readers import fashion_mnist_arrays
 
     server = FileServer()
     try:
@@ -474,7 +478,7 @@ def serve_omniglot(served: dict[str, bytes], monkeypatch) -> FileServer:
     resources = []
     for resource in OMNIGLOT_SOURCE.resources:
         path = resource.url.removeprefix(real)
-        data = served[path.split(f"/{fetch_module.OMNIGLOT_COMMIT}/")[1]]
+        data = served[path.split(f"/{sources_module.OMNIGLOT_COMMIT}/")[1]]
         server.files[path] = data
         resources.append(dataclasses.replace(resource, url=server.url + path, size=len(data),
                                              sha256=(hashlib.sha256(data).hexdigest(),)))  # fmt: skip
@@ -488,7 +492,7 @@ def test_omniglot_from_the_authors_archives_is_the_demos_tree_image_for_image(tm
     ../shared/data/omniglot is (the demo's data offline): the same files, byte for byte, so the same
     alphabets, characters and drawers, and the registry reads the same splits from both."""
     urls = [r.url for r in OMNIGLOT_SOURCE.resources]
-    base = f"https://raw.githubusercontent.com/brendenlake/omniglot/{fetch_module.OMNIGLOT_COMMIT}/"
+    base = f"https://raw.githubusercontent.com/brendenlake/omniglot/{sources_module.OMNIGLOT_COMMIT}/"
     archives = [f"python/images_background_small{i}.zip" for i in (1, 2)]
     assert urls == [base + archives[0], base + archives[1], base + "LICENSE"]
     assert all(len(r.sha256) == 1 and r.size for r in OMNIGLOT_SOURCE.resources)

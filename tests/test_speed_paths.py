@@ -20,8 +20,8 @@ from rftbench.data.loading import (
     make_loader,
 )
 from rftbench.engine.trainer import DynamicBatch, epoch_seed, param_groups
+from rftbench.models.build import build_backbone
 from rftbench.models.nets import with_normalization
-from rftbench.models.registry import build_backbone
 
 CONFIG = RunConfig(backbone="test_resnet", dataset="cifar10-jpeg", setting="fix", eps="4/255", epochs=2,
                    batch_size=24, lr=1e-3, warmup_epochs=0, resolution=32, train_attack_steps=2,

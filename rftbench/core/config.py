@@ -39,7 +39,7 @@ Norm = Literal["Linf", "L2"]  # threat models: ℓ∞ (the paper's, the default)
 Protocol = Literal["paper", "monotone"]  # per-ε evaluation protocols (rftbench.core.metrics)
 AttackMode = Literal["eval", "train"]
 Augmentation = Literal["loader", "device"]  # where the training augmentation runs (rftbench.data.loading)
-# The registry's seeded rules, or the paper's split lists (rftbench.data.datasets)
+# The registry's seeded rules, or the paper's split lists (rftbench.data.registry)
 SplitSource = Literal["rules", "paper"]
 PRECISIONS, NORMS, PROTOCOLS = typing.get_args(Precision), typing.get_args(Norm), typing.get_args(Protocol)
 ATTACK_MODES, AUGMENTATIONS = typing.get_args(AttackMode), typing.get_args(Augmentation)
@@ -159,7 +159,7 @@ class RunConfig:
     attack_mode: AttackMode = "eval"  # the model's mode while the training attack runs
     precision: Precision = "fp32"
     seed: int = 0
-    split_seed: int = 0  # seeds the dataset's split rules and test subsample (rftbench.data.datasets)
+    split_seed: int = 0  # seeds the dataset's split rules and test subsample (rftbench.data.registry)
     train_subset: int = 0  # > 0: a stratified subsample of this many training images (seeded by split_seed)
     val_subset: int = 0  # > 0: the same for the validation split
     test_subset: int = 0  # > 0: the same for the scored test split

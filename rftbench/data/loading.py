@@ -29,7 +29,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.transforms import v2
 
-from rftbench.data.datasets import IMAGE_SUFFIXES, apportion
+from rftbench.data.splits import IMAGE_SUFFIXES, apportion
 
 JITTER = 0.25  # ColorJitter's brightness, contrast and saturation
 DEGREES = 2.0  # RandomRotation's range, ±

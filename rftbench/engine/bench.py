@@ -27,8 +27,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from rftbench.attacks.apgd import apgd
 from rftbench.core.config import RunConfig, RuntimeOptions, parse_eps
 from rftbench.core.metrics import EvalProtocol, eps_grid
-from rftbench.data.datasets import DATASETS
 from rftbench.data.loading import ImageTensorDataset, make_loader
+from rftbench.data.registry import DATASETS
 from rftbench.engine.evaluation import AUTOCAST, evaluate_budgets
 from rftbench.engine.trainer import (
     DynamicBatch,
@@ -37,7 +37,7 @@ from rftbench.engine.trainer import (
     param_groups,
     train_one_epoch,
 )
-from rftbench.models.registry import build_backbone
+from rftbench.models.build import build_backbone
 
 # Dense peak TFLOP/s per device name fragment and math mode (vendor data sheets, SXM parts).
 PEAK_TFLOPS = {

@@ -36,7 +36,8 @@ from pathlib import Path
 import pydantic
 
 from rftbench.core.config import RunConfig, SlurmOptions, budget_value
-from rftbench.data.datasets import PAPER_SPLITS, SPLIT_FOLDER, data_root, paper_split_dir, resolve_root
+from rftbench.data.lists import paper_split_dir
+from rftbench.data.registry import PAPER_SPLITS, SPLIT_FOLDER, data_root, resolve_root
 from rftbench.errors import RftbenchError
 from rftbench.experiments.schema import (
     DEFAULT_THRESHOLD,

@@ -32,7 +32,7 @@ from rftbench.core.config import (
     eps_text,
 )
 from rftbench.core.schedules import SCHEDULES, Points, check_points
-from rftbench.data.datasets import DATASETS
+from rftbench.data.registry import DATASETS
 from rftbench.models.registry import BACKBONES
 
 AXIS_KEYS = ("backbone", "dataset", "eps", "seed")  # a grid's axes: its own keys, not a run-config key

@@ -16,7 +16,7 @@ from scipy import stats
 
 from rftbench.core.config import budget_value
 from rftbench.core.schedules import SCHEDULES
-from rftbench.data.datasets import DATASETS
+from rftbench.data.registry import DATASETS
 
 DATASET_ORDER = list(
     dict.fromkeys(["Aircraft", "Caltech", "Cars", "Cub", "Dogs", *DATASETS])
