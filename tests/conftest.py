@@ -21,11 +21,7 @@ import pytest
 import torch
 
 from rftbench.data.loading import decode_image_folder
-from rftbench.models.nets import (
-    cifar_resnet20,
-    load_cifar_resnet20_weights,
-    with_normalization,
-)
+from rftbench.models.nets import cifar_resnet20, load_cifar_resnet20_weights, with_normalization
 from rftbench.models.registry import IMAGENET_MEAN, IMAGENET_STD
 
 REPO = Path(__file__).resolve().parents[1]

@@ -107,13 +107,19 @@ def test_flags(db, tmp_path):
             ["evaluate", "--db", str(db), "x", "--steps", "0"],
             "Invalid value for '--steps': Input should be greater than or equal to 1",
         ),
-        (["evaluate", "--db", str(db), "x", "--protocol", "union"], "evaluation protocol 'union' unknown"),
+        (
+            ["evaluate", "--db", str(db), "x", "--protocol", "union"],
+            "Invalid value for '--protocol': 'union' is not one of 'paper', 'monotone', 'budget'",
+        ),
         (
             ["report", "--db", str(db), "--threshold", "2"],
             "--threshold 2: an adaptation threshold is a validation",
         ),
         (["report", "--db", str(db), "--out", str(tmp_path)], f"--out {tmp_path} is a directory"),
-        (["report", "--db", str(db), "--format", "xls"], "--format 'xls': choose md, csv or latex"),
+        (
+            ["report", "--db", str(db), "--format", "xls"],
+            "Invalid value for '--format': 'xls' is not one of 'md', 'csv', 'latex'",
+        ),
         (
             ["plot", "schedule", "--t1", "40", "--t2", "10", "--out", str(tmp_path / "s.png")],
             "T1 (40) > T2 (10)",
@@ -128,7 +134,10 @@ def test_executor_flags(db, tmp_path):
     runs = tmp_path / "runs"
     smoke = [*SMOKE, "--runs-dir", str(runs), "--db", str(db)]
     cases = [
-        ([*smoke, "--executor", "ray"], "--executor ray: unknown; choose inline, local or slurm"),
+        (
+            [*smoke, "--executor", "ray"],
+            "Invalid value for '--executor': 'ray' is not one of 'inline', 'local', 'slurm'",
+        ),
         (
             [*smoke, "--executor", "local"],
             "--executor local needs --gpus LIST (one worker per GPU) or --processes",
@@ -271,7 +280,8 @@ def test_databases_that_cannot_be_used(db, tmp_path, read_only):
             "cannot open database postgresql+psycopg://u@127.0.0.1:1/db",
         ),
         (["status", "--db", str(corrupt)], "file is not a database"),
-        (["report", "--db", str(empty)], "is empty: it is not an rftbench database"),
+        # a 0-byte file (`touch`, a job prologue) is a database not yet written: read, it is not there
+        (["report", "--db", str(empty)], "not found; run `rftbench run-grid` first or pass --db"),
         (["status", "--db", str(foreign)], "holds tables but none of rftbench's"),
         (
             ["status", "--db", str(newer)],

@@ -192,3 +192,43 @@ def test_the_package_documents_its_api():
     assert "build_backbone" in text and "fetch_dataset" in text and "class RunConfig" in text
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         rftbench.nothing  # noqa: B018
+
+
+def test_any_rftbench_error_is_one_line_wherever_it_is_raised(monkeypatch):
+    """The CLI knows one error type (STYLE.md 18): a subclass from a module it never named is still one
+    line on stderr and exit code 2, not a traceback."""
+    from rftbench.errors import RftbenchError
+
+    class FreshError(RftbenchError):
+        pass
+
+    FreshError.__module__ = "rftbench.somewhere_new"
+
+    def refuse(*args, **kwargs):
+        raise FreshError("the fresh problem: fix it like this\nand a second line nobody needs")
+
+    monkeypatch.setattr("rftbench.execution.status.status_view", refuse)
+    result = runner.invoke(app, ["status"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == "error: the fresh problem: fix it like this"
+
+
+def test_help_shows_each_command_s_short_help_whole():
+    """Docstrings' hard line breaks flow: each command's first paragraph is one line of `rftbench --help`
+    on a wide terminal, and [brackets] in it stay text."""
+    shown = runner.invoke(app, ["--help"], env={"COLUMNS": "400"})
+    assert shown.exit_code == 0, shown.output
+    lines = shown.output.splitlines()
+    for command in app.registered_commands:
+        first = " ".join(command.callback.__doc__.split("\n\n")[0].split()).replace("`", "")
+        assert any(first in line for line in lines), (command.callback.__name__, first)
+    assert not any(line.rstrip(" │").endswith("the paper's") for line in lines)
+    one = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "200"})
+    assert "(or the file's [defaults]); a finished identical run is reused" in one.output
+
+
+def test_python_m_rftbench_cli_runs_the_app():
+    result = subprocess.run(
+        [sys.executable, "-m", "rftbench.cli", "version"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0 and result.stdout.startswith("rftbench "), result.stderr

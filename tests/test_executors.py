@@ -132,7 +132,7 @@ def test_workers_starting_on_a_cold_cache_decode_once_and_never_read_half_a_file
 
     import torch
 
-    from rftbench.data import datasets
+    from rftbench.data import build
 
     calls = []
 
@@ -141,12 +141,12 @@ def test_workers_starting_on_a_cold_cache_decode_once_and_never_read_half_a_file
         time.sleep(0.5)  # the others arrive while the file is being written
         return torch.full((4, 3, resolution, resolution), 7, dtype=torch.uint8)
 
-    monkeypatch.setattr(datasets, "decode_all", slow_decode)
+    monkeypatch.setattr(build, "decode_all", slow_decode)
     cache, results, barrier = tmp_path / "decoded" / "x.pt", [], threading.Barrier(4)
 
     def worker() -> None:
         barrier.wait()
-        results.append(datasets.decode_samples(None, 8, cache))
+        results.append(build.decode_samples(None, 8, cache))
 
     threads = [threading.Thread(target=worker) for _ in range(4)]
     for t in threads:
@@ -261,7 +261,7 @@ def test_slurm_options_reach_the_sbatch_script(tmp_path):
     """Every [slurm] option / --slurm-* flag lands in the script submitit writes (a wrong submitit parameter
     name fails here, not at a user's first submission)."""
     from rftbench.core.config import SlurmOptions
-    from rftbench.execution.executors import SlurmExecutor
+    from rftbench.execution.slurm import SlurmExecutor
 
     options = SlurmOptions(partition="gpu", account="lab", qos="high", time_min=90, gpus_per_task=2,
                            cpus_per_task=6, mem_gb=40, jobs=5, array_parallelism=3, max_requeues=7,

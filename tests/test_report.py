@@ -293,9 +293,12 @@ def test_plots_write_pngs(db, tmp_path, kind, extra):
 
 def test_report_errors_are_one_line(db, tmp_path):
     for args, message in [
-        (["--table", "nope"], "unknown table 'nope'"),
+        (["--table", "nope"], "Invalid value for '--table': 'nope' is not one of 'main', 'averages',"),
         (["--table", "main", "--eps", "6/255"], "no results at ε_g = 6/255"),
-        (["--format", "xml"], "--format 'xml'"),
+        (
+            ["--format", "xml"],
+            "Invalid value for '--format': 'xml' is not one of 'md', 'csv', 'latex'",
+        ),
     ]:
         result = CliRunner().invoke(app, ["report", "--db", db, *args])
         assert result.exit_code == 2 and message in result.output and result.output.count("\n") == 1, (

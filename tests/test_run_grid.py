@@ -299,8 +299,14 @@ def test_evaluate_with_autoattack_and_under_l2(reference, tmp_path):
     assert again.exit_code == 0 and "nothing measured" in again.output and "square" in again.output
     digest = db_digest(db)
     for args, message in [
-        (["--attack", "fgsm"], "--attack 'fgsm' unknown: choose apgd or autoattack"),
-        (["--attack", "autoattack", "--version", "rand"], "--version 'rand' unknown"),
+        (
+            ["--attack", "fgsm"],
+            "Invalid value for '--attack': 'fgsm' is not one of 'apgd', 'autoattack'",
+        ),
+        (
+            ["--attack", "autoattack", "--version", "rand"],
+            "Invalid value for '--version': 'rand' is not one of 'standard', 'plus'",
+        ),
         (["--norm", "L1"], "norm 'L1' unknown"),
         (["--norm", "L2"], "was trained under Linf: pass --eps for an L2 evaluation"),
         (["--norm", "L2", "--eps", "2/255"], "write it as a number"),
@@ -660,3 +666,28 @@ def wait_for(marker: Path, child: subprocess.Popen, timeout: float = 120) -> Non
         if time.monotonic() > deadline:
             pytest.fail("the child never reached its pause point")
         time.sleep(0.05)
+
+
+def test_an_inline_run_builds_one_runner_and_opens_the_database_once(tmp_path, monkeypatch):
+    """The inline executor runs on the command's own runner: one Runner, one Store.open for the launch."""
+    from rftbench.execution import runner as runner_module
+    from rftbench.execution.runner import Runner, Summary
+
+    built, opened = [], []
+    init, open_ = Runner.__init__, Store.open.__func__
+
+    def counting_init(self, *args, **kwargs):
+        built.append(self)
+        init(self, *args, **kwargs)
+
+    def counting_open(cls, *args, **kwargs):
+        opened.append(args)
+        return open_(cls, *args, **kwargs)
+
+    monkeypatch.setattr(Runner, "__init__", counting_init)
+    monkeypatch.setattr(Store, "open", classmethod(counting_open))
+    monkeypatch.setattr(runner_module.Runner, "run", lambda self, run_ids=None: Summary(completed=run_ids))
+    result = CliRunner().invoke(app, ["run-grid", "--grid", "smoke", "--device", "cpu", *grid_args(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "3 completed, 0 failed" in result.output
+    assert len(built) == 1 and len(opened) == 1, (len(built), opened)

@@ -15,8 +15,6 @@ same signal, say) is an interruption, never a failure.
 from __future__ import annotations
 
 import os
-import platform
-import subprocess
 import threading
 import traceback
 from dataclasses import dataclass, field
@@ -26,15 +24,19 @@ import torch
 
 from rftbench.core.config import RunConfig, RuntimeOptions
 from rftbench.core.metrics import EvalProtocol
-from rftbench.data.datasets import build_dataset, check_data, data_root, stratified_subsample
+from rftbench.data.build import build_dataset
+from rftbench.data.checks import check_data
 from rftbench.data.loading import ImageTensorDataset, make_loader, train_transform
+from rftbench.data.registry import data_root
+from rftbench.data.splits import stratified_subsample
 from rftbench.engine.checkpoint import CheckpointError, load_checkpoint
 from rftbench.engine.evaluation import evaluate_budgets, evaluation_key
 from rftbench.engine.trainer import configure_device, train
-from rftbench.models.registry import build_backbone, check_weights, get_backbone_spec
+from rftbench.execution.provenance import provenance
+from rftbench.models.build import build_backbone, check_weights
+from rftbench.models.registry import get_backbone_spec
 from rftbench.results.queue import JobQueue, LeaseLost, Worker
 from rftbench.results.store import EvalLog, Run, Store
-from rftbench.version import __version__
 
 LEASE_SECONDS = 120.0
 
@@ -91,39 +93,6 @@ def build_model(config: RunConfig, paths: dict, num_classes: int) -> torch.nn.Mo
         pretrained=config.pretrained,
         size=config.resolution,
     )
-
-
-def provenance(runtime: RuntimeOptions) -> dict:
-    """What produced a run's numbers, stored with it: versions, commit, device, math modes. The libraries'
-    versions are read from their installed metadata: importing timm and open_clip to ask would cost every
-    run of a backbone that needs neither a second."""
-    from importlib.metadata import version
-
-    device = torch.device(runtime.device)
-    return {
-        "rftbench": __version__,
-        "git": git_sha(),
-        "torch": torch.__version__,
-        "timm": version("timm"),
-        "open_clip": version("open_clip_torch"),
-        "python": platform.python_version(),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
-        "host": platform.node(),
-        # how fp32 math ran: TF32 matmuls and cuDNN's per-shape kernel choice change the last bits
-        "tf32": device.type == "cuda" and runtime.tf32,
-        "cudnn_benchmark": device.type == "cuda",
-        "compile": runtime.compile_mode or "default" if runtime.compile else None,
-    }
-
-
-def git_sha() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def one_line(exc: BaseException) -> str:

@@ -1,0 +1,99 @@
+"""What `rftbench bench` measures, below the command line: each (backbone, precision, compile mode) case
+on this device, and a grid's projected hours from the measurements.
+
+    rows = bench_rows(BenchRequest(backbones=["ViT"]), RunnerOptions(device="cuda"), say=print)
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rftbench.core.config import eps_text
+from rftbench.execution.launch import runtime_options
+from rftbench.execution.options import LaunchError, RunnerOptions
+
+
+@dataclass(frozen=True)
+class BenchRequest:
+    backbones: list[str]
+    resolution: int = 224
+    batch_size: int = 64
+    precisions: list[str] = field(default_factory=list)  # []: bf16 on CUDA, fp32 elsewhere
+    compile_modes: list[str] = field(default_factory=lambda: ["off"])
+    attack_steps: int = 7
+    eval_steps: int = 10
+    eps: str = "4/255"
+    batches: int = 8
+    grid: str | None = None  # project this grid's hours
+    experiments: Path | None = None
+    torchattacks: bool = True
+
+
+def check_request(request: BenchRequest) -> None:
+    from rftbench.engine.bench import COMPILE_MODES
+    from rftbench.models.registry import BACKBONES
+
+    unknown = sorted(set(request.backbones) - set(BACKBONES))
+    if unknown:
+        raise LaunchError(f"--backbone {', '.join(unknown)}: unknown; valid ones are {', '.join(BACKBONES)}")
+    for mode in request.compile_modes:
+        if mode not in COMPILE_MODES:
+            raise LaunchError(f"--compile {mode!r}: choose one of {', '.join(COMPILE_MODES)}")
+
+
+def bench_rows(request: BenchRequest, options: RunnerOptions, say: Callable[[str], None] | None = None):
+    """One row per measured case, then (with a grid) one total per (precision, compile mode)."""
+    from rftbench.engine.bench import BenchCase, grid_hours, measure
+    from rftbench.experiments.files import find_experiments
+    from rftbench.experiments.grids import load_experiments
+
+    r = request
+    check_request(r)
+    try:
+        eps = eps_text(r.eps)
+    except ValueError as exc:
+        raise LaunchError(str(exc)) from None
+    configs = []
+    if r.grid is not None:
+        configs = [job.config for job in load_experiments(find_experiments(r.experiments)).jobs(r.grid)]
+    runtime = runtime_options(options)
+    precisions = r.precisions or (["bf16"] if runtime.device.startswith("cuda") else ["fp32"])
+    rows = []
+    for name, precision, mode in itertools.product(r.backbones, precisions, r.compile_modes):
+        case = BenchCase(
+            name, r.resolution, r.batch_size, precision, mode, r.attack_steps, r.eval_steps, eps, r.batches
+        )
+        if say is not None:
+            say(f"measuring {name} {precision} compile={mode} on {runtime.device} …")
+        rows.append(
+            measure(
+                case,
+                runtime.device,
+                num_workers=runtime.num_workers,
+                tf32=options.tf32,
+                torchattacks=r.torchattacks,
+            )
+        )
+    if r.grid is None:
+        return rows
+    for row in rows:
+        projected = grid_hours(configs, {row["backbone"]: row})
+        row[f"{r.grid}_hours"] = projected["hours"].get(row["backbone"])
+        row[f"{r.grid}_runs"] = projected["runs"].get(row["backbone"], 0)
+    for precision, mode in itertools.product(precisions, r.compile_modes):
+        chosen = {x["backbone"]: x for x in rows if (x["precision"], x["compile"]) == (precision, mode)}
+        total = grid_hours(configs, chosen)
+        rows.append(
+            {
+                "grid": r.grid,
+                "precision": precision,
+                "compile": mode,
+                "hours": total["total"],
+                "runs": sum(total["runs"].values()),
+                "unprojected": total["unprojected"],
+            }
+        )
+    return rows
