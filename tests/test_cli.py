@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -157,6 +158,9 @@ def test_init_writes_a_copy_of_the_bundled_grids_that_commands_there_read(tmp_pa
     copy = tmp_path / "study" / "experiments.toml"
     assert copy.read_text().endswith(BUNDLED.read_text()) and copy.read_text().startswith("# Written by")
     assert "paper, sweep, ablation, baselines, adaptive, smoke, demo" in made.output
+    schema = json.loads((tmp_path / "study" / "experiments.schema.json").read_text())
+    assert "#:schema ./experiments.schema.json" in copy.read_text().split("\n[")[0]  # editors find it
+    assert schema["additionalProperties"] is False and "grids" in schema["properties"]
     again = runner.invoke(app, ["init", str(tmp_path / "study")])
     assert again.exit_code == 2 and "exists: edit it, or add --force" in again.output
     copy.write_text(

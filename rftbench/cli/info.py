@@ -168,22 +168,11 @@ def init(
     directory: Path = typer.Argument(Path("."), help="the folder to write experiments.toml into"),
     force: bool = typer.Option(False, "--force", help="replace an experiments.toml already there"),
 ) -> None:
-    """Write a commented copy of the bundled grids, to edit: commands run in that folder read it."""
-    from rftbench.core.files import atomic_write
-    from rftbench.experiments.files import BUNDLED
-    from rftbench.experiments.grids import load_experiments
+    """Write a commented copy of the bundled grids, to edit (commands run in that folder read it), and its
+    JSON schema beside it for editors."""
+    from rftbench.experiments.starter import write_experiments
 
-    target = directory / "experiments.toml"
-    if target.exists() and not force:
-        fail(f"{target} exists: edit it, or add --force to replace it with the bundled grids")
-    if directory.exists() and not directory.is_dir():
-        fail(f"{directory} is a file, not a folder: give the folder to write experiments.toml into")
-    header = (
-        f"# Written by `rftbench init` from the grids bundled with rftbench {__version__}.\n"
-        f"# rftbench commands run in this folder read this file; elsewhere, pass\n"
-        f"# --experiments {target.resolve()}. Edit a grid or add your own [grids.NAME];\n"
-        "# `rftbench run-grid --grid NAME --dry-run` shows the runs a grid expands to.\n#\n"
+    target, grids = write_experiments(directory, force)
+    console.print(
+        f"wrote {target} with the grids {', '.join(grids)}, and its schema for editors", highlight=False
     )
-    atomic_write(target, (header + BUNDLED.read_text()).encode())
-    grids = ", ".join(load_experiments(target).grids)
-    console.print(f"wrote {target} with the grids {grids}", highlight=False)

@@ -18,7 +18,7 @@ from typing import Literal
 import typer
 
 from rftbench.cli.app import fail
-from rftbench.core.config import PLOTS, PRECISIONS, PROTOCOLS, TABLES, budget_value, eps_text
+from rftbench.core.config import PRECISIONS, PROTOCOLS, budget_value, eps_text
 from rftbench.core.schedules import SCHEDULES
 from rftbench.execution.options import EXECUTOR_NAMES, LaunchOptions, RunnerOptions
 
@@ -53,14 +53,6 @@ def complete_fetchable(incomplete: str) -> list[str]:
 
 def complete_setting(incomplete: str) -> list[str]:
     return matching(SCHEDULES, incomplete)
-
-
-def complete_table(incomplete: str) -> list[str]:
-    return matching(TABLES, incomplete)
-
-
-def complete_plot(incomplete: str) -> list[str]:
-    return matching(PLOTS, incomplete)
 
 
 def completion_store(ctx: typer.Context):
