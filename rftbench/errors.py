@@ -2,7 +2,7 @@
 
     raise GridError("experiments.toml: grids.demo.seeds: ...; write a list of integers")
 
-The CLI prints such an error as one line and exits 1; anything else is a bug and keeps its traceback
+The CLI prints such an error as one line and exits 2; anything else is a bug and keeps its traceback
 (Click's `ClickException`, pip's `PipError`). A subclass may also derive from the built-in type its callers
 catch (`ValueError`, `FileNotFoundError`, ...), so code written against those keeps working.
 """

@@ -11,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from rftbench.cli import app
-from rftbench.experiments.grids import GridError, experiments_schema, load_experiments
-from rftbench.experiments.schema import ExperimentsFile
+from rftbench.experiments.grids import GridError, load_experiments
+from rftbench.experiments.schema import ExperimentsFile, experiments_schema
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "rftbench" / "experiments.toml"
 
@@ -190,6 +190,7 @@ BAD = [
     ),
     (G, r"grids\.g: missing `eps`"),
     ("[defaults]\nepochs = 3", r"no \[grids\.NAME\] table"),
+    ("grids = { g = 3 }", r"grids\.g: expected a table, got int"),
 ]
 
 

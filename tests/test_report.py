@@ -20,9 +20,12 @@ from rftbench.cli import app
 from rftbench.core.config import RunConfig
 from rftbench.core.metrics import EvalProtocol
 from rftbench.experiments.grids import Job
-from rftbench.reports.tables import ReportError, Results, Selection, build, render
+from rftbench.reports.render import render
+from rftbench.reports.results import ReportError, Results, Selection
+from rftbench.reports.tables import build
+from rftbench.results.batches import EvalLog, batches_key
 from rftbench.results.queue import JobQueue, Worker
-from rftbench.results.store import EvalLog, Store, batches_key
+from rftbench.results.store import Store
 
 PAPER_CSV = Path(__file__).resolve().parents[1].parent / "shared" / "paper" / "results.csv"
 BACKBONES, DATASETS = ["ViT", "SWIN"], ["Aircraft", "Cars", "Cub"]

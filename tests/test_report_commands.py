@@ -13,7 +13,8 @@ from test_report import SWEEP, add_run, evaluation
 
 from rftbench.core.config import RunConfig
 from rftbench.reports.commands import make_plot, render, report_sections, rich_tables
-from rftbench.reports.tables import ReportError, Results, build
+from rftbench.reports.results import ReportError, Results
+from rftbench.reports.tables import build
 from rftbench.results.store import Store
 
 FLAGS = dict(

@@ -354,7 +354,7 @@ def test_an_l2_grid_trains_validates_and_evaluates_under_l2(tmp_path):
 # Runs `rftbench evaluate` in a subprocess that stops for good right after storing batch N.
 PAUSING_EVALUATION = """
 import os, sys, time
-import rftbench.results.store as store
+import rftbench.results.batches as store
 from rftbench.cli import app
 real = store.EvalLog.save
 def save(self, index, payload):

@@ -40,7 +40,7 @@ def expected_error(exc: Exception) -> str | None:
     if isinstance(exc, RftbenchError):
         return str(exc).strip().splitlines()[0]
     if type(exc).__module__.startswith("sqlalchemy"):
-        from rftbench.results.store import first_line
+        from rftbench.results.connect import first_line
 
         return f"the database failed: {first_line(exc)}; nothing was changed by this command's failed step"
     if isinstance(exc, OSError) and exc.filename:

@@ -13,7 +13,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from rftbench.cli.app import app, console, fail, say
-from rftbench.cli.options import POINTS, complete_backbone, complete_setting, parse_roots, parse_weights
+from rftbench.cli.options import (
+    POINTS,
+    check_out,
+    complete_backbone,
+    complete_setting,
+    parse_roots,
+    parse_weights,
+)
 from rftbench.core.config import eps_text, parse_eps
 from rftbench.core.schedules import SCHEDULES, ScheduleSpec
 from rftbench.version import __version__
@@ -84,8 +91,7 @@ def schedule(
     if plot is not None:
         from rftbench.reports.plots import plot_schedule
 
-        if plot.is_dir():
-            fail(f"--out {plot} is a directory: give the file to write")
+        check_out(plot, "--plot")
         console.print(f"wrote {plot_schedule(spec.label, values, eps_text(eps), plot)}")
 
 
@@ -161,18 +167,3 @@ def datasets(
     for spec in DATASETS.values():
         table.add_row(*dataset_row(spec, roots))
     console.print(table)
-
-
-@app.command()
-def init(
-    directory: Path = typer.Argument(Path("."), help="the folder to write experiments.toml into"),
-    force: bool = typer.Option(False, "--force", help="replace an experiments.toml already there"),
-) -> None:
-    """Write a commented copy of the bundled grids, to edit (commands run in that folder read it), and its
-    JSON schema beside it for editors."""
-    from rftbench.experiments.starter import write_experiments
-
-    target, grids = write_experiments(directory, force)
-    console.print(
-        f"wrote {target} with the grids {', '.join(grids)}, and its schema for editors", highlight=False
-    )

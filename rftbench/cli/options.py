@@ -18,7 +18,7 @@ from typing import Literal
 import typer
 
 from rftbench.cli.app import fail
-from rftbench.core.config import PRECISIONS, PROTOCOLS, budget_value, eps_text
+from rftbench.core.config import PRECISIONS, PROTOCOLS, budget_arg
 from rftbench.core.schedules import SCHEDULES
 from rftbench.execution.options import EXECUTOR_NAMES, LaunchOptions, RunnerOptions
 
@@ -46,7 +46,7 @@ def complete_dataset(incomplete: str) -> list[str]:
 
 
 def complete_fetchable(incomplete: str) -> list[str]:
-    from rftbench.data.fetch import SOURCES
+    from rftbench.data.sources import SOURCES
 
     return matching(SOURCES, incomplete)
 
@@ -138,12 +138,6 @@ def parse_weights(items: list[str]) -> dict[str, str]:
     return parse_pairs("--weights", items, "SWIN=swin.safetensors", BACKBONES, "backbone")
 
 
-def budget_arg(text: str) -> str:
-    """A budget flag as rows store it: '4/255' canonical (ℓ∞), a plain number as given (ℓ2 runs' form)."""
-    budget_value(text)  # ValueError: one line
-    return eps_text(text) if "/" in text else text.strip()
-
-
 def parse_budgets(eps: list[str], flag: str = "--eps") -> list[str]:
     try:
         return [budget_arg(e) for e in eps]
@@ -230,6 +224,12 @@ def launch_flags(
     }
     given = {k: v for k, v in slurm.items() if v is not None}
     return LaunchOptions(executor, gpus, processes, given, slurm_folder, wait)
+
+
+def check_out(path: Path | None, flag: str = "--out") -> None:
+    """Refuse a folder where a command writes a file, before it works."""
+    if path is not None and path.is_dir():
+        fail(f"{flag} {path} is a directory: give the file to write")
 
 
 def with_options(**builders):

@@ -22,17 +22,12 @@ from rftbench.cli.options import (
     STEPS,
     Precision,
     Protocol,
+    check_out,
     complete_backbone,
     complete_dataset,
     with_options,
 )
 from rftbench.core.config import PLOTS, TABLES
-
-
-def check_out(out: Path | None) -> None:
-    if out is not None and out.is_dir():
-        fail(f"--out {out} is a directory: give the file to write")
-
 
 TABLE = typer.Option("main", "--table", help=", ".join(TABLES))
 EPS = typer.Option([], "--eps", help="only these ε_g (repeatable) [default: all present]")

@@ -257,7 +257,7 @@ def evaluate(request: EvaluateRequest = None, options: RunnerOptions = None) -> 
 
 
 def show_status(view) -> None:
-    from rftbench.results.store import STATES
+    from rftbench.results.schema import STATES
 
     table = Table(title="grids", box=box.SIMPLE_HEAD)
     for column in ("grid", "runs", *STATES, "from"):

@@ -129,6 +129,12 @@ def budget_value(text: str | float | Fraction) -> Fraction:
     return parse_eps(text) if isinstance(text, str) and "/" in text else parse_budget(text, "L2")
 
 
+def budget_arg(text: str) -> str:
+    """A budget flag as rows store it: '4/255' canonical (ℓ∞), a plain number as given (ℓ2 runs' form)."""
+    budget_value(text)  # ValueError: one line
+    return eps_text(text) if "/" in text else text.strip()
+
+
 def budget_text(value: str | float | Fraction, norm: str = "Linf") -> str:
     """Canonical text of a budget under `norm`: '4/255' (ℓ∞, `eps_text`), '0.5' (ℓ2)."""
     return eps_text(value) if norm == "Linf" else f"{float(parse_budget(value, norm)):.15g}"

@@ -16,7 +16,7 @@ from rftbench.execution.workers import Outcome
 
 
 def check_names(names: list[str], own: dict[str, str]) -> None:
-    from rftbench.data.fetch import SOURCES
+    from rftbench.data.sources import SOURCES
 
     unknown = [n for n in names if n not in SOURCES]
     if unknown:
@@ -39,8 +39,9 @@ def fetch_datasets(
 ) -> Outcome:
     """Fetch `names` into their own root (`own`), else PARENT/<folder>, else where run-grid reads them;
     `progress` (data.fetch.Progress) shows the downloads and a line per dataset, `error` each failure."""
+    from rftbench.data.download import FetchError
     from rftbench.data.errors import DataNotFound
-    from rftbench.data.fetch import FetchError, fetch
+    from rftbench.data.fetch import fetch
     from rftbench.data.registry import DATASETS, env_var, resolve_root
 
     own = own or {}

@@ -69,7 +69,8 @@ def preflight(runner, items) -> None:
 
 def existing_store(db: str | None):
     """The database opened to read, or None (and no file created) where there is none yet."""
-    from rftbench.results.store import Store, database_url
+    from rftbench.results.connect import database_url
+    from rftbench.results.store import Store
 
     url = database_url(db)
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
@@ -91,7 +92,7 @@ def check_grid(store, grid: str | None) -> None:
 
 
 def worker_spec(runner, run_ids: list[str] | None, db: str | None) -> WorkerSpec:
-    from rftbench.results.store import database_url, sqlite_path
+    from rftbench.results.connect import database_url, sqlite_path
 
     url = database_url(db)
     if (path := sqlite_path(url)) is not None:  # workers may start elsewhere: an absolute path

@@ -35,8 +35,10 @@ from rftbench.engine.trainer import configure_device, train
 from rftbench.execution.provenance import provenance
 from rftbench.models.build import build_backbone, check_weights
 from rftbench.models.registry import get_backbone_spec
+from rftbench.results.batches import EvalLog
 from rftbench.results.queue import JobQueue, LeaseLost, Worker
-from rftbench.results.store import EvalLog, Run, Store
+from rftbench.results.schema import Run
+from rftbench.results.store import Store
 
 LEASE_SECONDS = 120.0
 

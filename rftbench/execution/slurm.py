@@ -90,7 +90,7 @@ class SlurmExecutor:
         return 130 if 130 in codes else max(codes, default=0)
 
     def launch(self, spec: WorkerSpec, runner, say: Callable[[str], None]) -> Outcome:
-        from rftbench.results.store import sqlite_path
+        from rftbench.results.connect import sqlite_path
 
         if sqlite_path(spec.db) is not None:
             say(SQLITE_NOTE)

@@ -45,11 +45,8 @@ from rftbench.experiments.schema import (
     Defaults,
     ExperimentsFile,
     GridBlock,
-    experiments_schema,
     problems,
 )
-
-__all__ = ["Experiments", "Grid", "GridError", "Job", "experiments_schema", "load_experiments"]
 
 
 class GridError(RftbenchError, ValueError):

@@ -201,12 +201,17 @@ class DatasetPaths(Table):
     split_file: str | None = None
 
 
-# [grids.NAME] is one table, [[grids.NAME]] a union of blocks
+def _blocks(value):
+    """[grids.NAME] is one table, [[grids.NAME]] a union of blocks; anything else is not a grid."""
+    if isinstance(value, dict):
+        return [value]
+    if not isinstance(value, list):
+        raise ValueError(f"expected a table, got {type(value).__name__}")
+    return value
+
+
 Blocks = Annotated[
-    list[GridBlock],
-    BeforeValidator(
-        lambda v: [v] if isinstance(v, dict) else v, json_schema_input_type=GridBlock | list[GridBlock]
-    ),
+    list[GridBlock], BeforeValidator(_blocks, json_schema_input_type=GridBlock | list[GridBlock])
 ]
 
 
@@ -235,7 +240,7 @@ def problems(error: pydantic.ValidationError, path: Path, data: dict) -> list[st
     lines = []
     for problem in error.errors():
         loc, kind, value = problem["loc"], problem["type"], problem.get("input")
-        text = f"{problem['msg']} (got {value!r})"  # pydantic's words, as [slurm] always had them
+        text = f"{problem['msg']} (got {value!r})"  # pydantic's words where no rule below has ours
         if kind == "missing":
             loc, text = loc[:-1], f"missing `{loc[-1]}`"
         elif kind == "value_error":

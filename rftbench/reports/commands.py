@@ -18,18 +18,12 @@ from pathlib import Path
 from rich import box
 from rich.table import Table
 
-from rftbench.core.config import PLOTS, budget_value, eps_text
+from rftbench.core.config import PLOTS, budget_arg
 from rftbench.reports.render import LABEL_COLUMNS, Section, render
 from rftbench.reports.results import ReportError, Results, Selection
 from rftbench.reports.tables import build
 
-__all__ = ["budget_arg", "make_plot", "render", "report_sections", "rich_tables"]
-
-
-def budget_arg(text: str) -> str:
-    """A budget flag as rows store it: '4/255' canonical (ℓ∞), a plain number as given (ℓ2 runs' form)."""
-    budget_value(text)  # ValueError: one line
-    return eps_text(text) if "/" in text else text.strip()
+__all__ = ["make_plot", "render", "report_sections", "rich_tables"]
 
 
 @contextmanager

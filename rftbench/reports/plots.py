@@ -17,7 +17,7 @@ import numpy as np
 from matplotlib.figure import Figure  # the object API: no pyplot state, no display backend
 from matplotlib.ticker import MaxNLocator
 
-from rftbench.core.config import PLOTS, budget_value, parse_eps
+from rftbench.core.config import budget_value, parse_eps
 from rftbench.core.metrics import adaptation_start_epoch
 from rftbench.core.schedules import ScheduleSpec
 from rftbench.reports.results import ReportError, Results
@@ -33,7 +33,6 @@ COLOURS = {
     "auto": "tab:brown",
     "adaptive": "tab:cyan",
 }
-KINDS = PLOTS
 
 
 def _save(fig, out: str | Path) -> Path:

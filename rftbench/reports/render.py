@@ -18,7 +18,6 @@ import pandas as pd
 from rftbench.reports.results import ReportError
 
 LABEL_COLUMNS = ("Backbone", "Setting", "Dataset", "Run", "Finding")  # left-justified in the terminal
-FORMATS = ("md", "csv", "latex")
 
 
 @dataclass

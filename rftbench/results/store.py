@@ -25,7 +25,7 @@ from sqlmodel import Session, delete, select
 
 from rftbench.core.config import budget_text, parse_budget
 from rftbench.core.metrics import EvalProtocol, adaptation_start_epoch
-from rftbench.results.batches import EvalLog, batches_key, worst_cases
+from rftbench.results.batches import worst_cases
 from rftbench.results.connect import (
     StoreError,
     connect,
@@ -35,7 +35,7 @@ from rftbench.results.connect import (
     sqlite_path,
     upsert_insert,
 )
-from rftbench.results.migrations import MIGRATIONS, stored_version, upgrade, upgraded_copy
+from rftbench.results.migrations import stored_version, upgrade, upgraded_copy
 from rftbench.results.schema import (
     EVALUATION_KEY,
     SCHEMA_VERSION,
@@ -51,8 +51,6 @@ from rftbench.results.schema import (
 )
 
 # Where callers found them before the module was split (the CLI, the runner, reports, tests, benchmarks).
-__all__ = ["MIGRATIONS", "STATES", "EvalLog", "Run", "Store", "StoreError", "batches_key", "database_url",
-           "first_line", "now", "sqlite_path"]  # fmt: skip
 
 
 class Store:

@@ -13,19 +13,16 @@ seed); delay correlations take every seed's run as a point. One seed, and the pa
 from __future__ import annotations
 
 from rftbench.core.config import TABLES, budget_value
-from rftbench.reports.render import Section, render
-from rftbench.reports.results import PAPER_TABLES, ReportError, Results, Selection
-from rftbench.reports.stats import eps_order, paired, setting_labels, summary
+from rftbench.reports.render import Section
+from rftbench.reports.results import ReportError, Results
+from rftbench.reports.stats import eps_order
 from rftbench.reports.tables.baselines import ablation_table, baselines_table
 from rftbench.reports.tables.delay import delay_table
 from rftbench.reports.tables.evaluations import autoattack_table, evaluations_table
 from rftbench.reports.tables.main import averages_table, main_table
 from rftbench.reports.tables.paired import effect_table, ttest_table
 
-__all__ = [
-    "BUILDERS", "PAPER_TABLES", "SPREADS", "ReportError", "Results", "Section", "Selection", "build",
-    "eps_order", "paired", "render", "setting_labels", "summary",
-]  # fmt: skip
+__all__ = ["BUILDERS", "SPREADS", "build"]
 
 SPREADS = ("sd", "ci", "none")  # what ± shows over seeds: standard deviation, 95% CI, nothing
 
