@@ -24,8 +24,7 @@ from rftbench.cli.options import (
     with_options,
 )
 from rftbench.core.config import PRECISIONS
-from rftbench.execution.bench import BenchRequest
-from rftbench.execution.options import RunnerOptions
+from rftbench.execution.options import BenchRequest, RunnerOptions
 
 # a repeatable choice: Typer takes a list of an Enum, not of a Literal
 PrecisionChoice = enum.Enum("PrecisionChoice", {p: p for p in PRECISIONS}, type=str)

@@ -44,8 +44,7 @@ from rftbench.cli.progress import RichProgress
 from rftbench.core.config import eps_text
 from rftbench.core.metrics import EVAL_PROTOCOLS
 from rftbench.core.schedules import points_text
-from rftbench.execution.evaluate import EvaluateRequest
-from rftbench.execution.options import LaunchOptions, RunnerOptions
+from rftbench.execution.options import EvaluateRequest, LaunchOptions, RunnerOptions
 
 
 def show_jobs(plan) -> None:

@@ -8,28 +8,10 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 
 from rftbench.core.config import eps_text
 from rftbench.execution.launch import runtime_options
-from rftbench.execution.options import LaunchError, RunnerOptions
-
-
-@dataclass(frozen=True)
-class BenchRequest:
-    backbones: list[str]
-    resolution: int = 224
-    batch_size: int = 64
-    precisions: list[str] = field(default_factory=list)  # []: bf16 on CUDA, fp32 elsewhere
-    compile_modes: list[str] = field(default_factory=lambda: ["off"])
-    attack_steps: int = 7
-    eval_steps: int = 10
-    eps: str = "4/255"
-    batches: int = 8
-    grid: str | None = None  # project this grid's hours
-    experiments: Path | None = None
-    torchattacks: bool = True
+from rftbench.execution.options import BenchRequest, LaunchError, RunnerOptions
 
 
 def check_request(request: BenchRequest) -> None:

@@ -8,27 +8,11 @@ protocol, one run at a time, each result yielded as soon as it is stored.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from rftbench.core.config import RunConfig, budget_text, budget_value
 from rftbench.execution.launch import check_grid, make_runner
-from rftbench.execution.options import LaunchError, RunnerOptions
-
-
-@dataclass(frozen=True)
-class EvaluateRequest:
-    run_id: str | None = None  # one run (a unique id prefix) ...
-    grid: str | None = None  # ... or every completed run of a grid
-    eps: list[str] = field(default_factory=list)  # [] : each run's own budgets
-    attack: str = "apgd"  # apgd or autoattack
-    version: str = "standard"  # AutoAttack's: standard or plus
-    norm: str | None = None  # None: each run's own
-    protocol: str = "paper"
-    steps: int | None = None
-    precision: str = "fp32"
-    random_start: bool = False
-    seed: int = 0
-    db: str | None = None
+from rftbench.execution.options import EvaluateRequest, LaunchError, RunnerOptions
 
 
 @dataclass

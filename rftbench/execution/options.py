@@ -60,3 +60,35 @@ class LaunchOptions:
             raise LaunchError("--slurm-* and --wait configure SLURM jobs: add --executor slurm")
         if self.gpus is not None and not all(g.strip().isdigit() for g in self.gpus.split(",")):
             raise LaunchError(f"--gpus {self.gpus}: write GPU indices separated by commas, e.g. 0,1,2,3")
+
+
+@dataclass(frozen=True)
+class EvaluateRequest:
+    run_id: str | None = None  # one run (a unique id prefix) ...
+    grid: str | None = None  # ... or every completed run of a grid
+    eps: list[str] = field(default_factory=list)  # [] : each run's own budgets
+    attack: str = "apgd"  # apgd or autoattack
+    version: str = "standard"  # AutoAttack's: standard or plus
+    norm: str | None = None  # None: each run's own
+    protocol: str = "paper"
+    steps: int | None = None
+    precision: str = "fp32"
+    random_start: bool = False
+    seed: int = 0
+    db: str | None = None
+
+
+@dataclass(frozen=True)
+class BenchRequest:
+    backbones: list[str]
+    resolution: int = 224
+    batch_size: int = 64
+    precisions: list[str] = field(default_factory=list)  # []: bf16 on CUDA, fp32 elsewhere
+    compile_modes: list[str] = field(default_factory=lambda: ["off"])
+    attack_steps: int = 7
+    eval_steps: int = 10
+    eps: str = "4/255"
+    batches: int = 8
+    grid: str | None = None  # project this grid's hours
+    experiments: Path | None = None
+    torchattacks: bool = True
