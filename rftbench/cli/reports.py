@@ -47,30 +47,37 @@ PAIR = typer.Option(
 )
 
 
-def report_query(
-    table: Literal[TABLES] = TABLE,
-    eps: list[str] = EPS,
-    results: Literal["ours", "paper"] = RESULTS,
-    compare: Literal["paper"] | None = COMPARE,
+def stored_flags(
     grid: str | None = GRID_FILTER,
-    run_id: str | None = RUN_ID,
-    threshold: float | None = THRESHOLD,
-    include_standard: bool = INCLUDE_STANDARD,
-    spread: Literal["sd", "ci", "none"] = SPREAD,
-    pairs: list[str] = PAIR,
     protocol: Protocol = PROTOCOL,
     precision: Precision = PRECISION,
     steps: int | None = STEPS,
     db: str | None = DB,
 ) -> dict:
-    """`report_sections`' arguments, as the flags give them (one option group)."""
+    """Which stored results a table or a figure reads (one option group, shared by both commands)."""
+    return dict(locals())
+
+
+def report_query(
+    table: Literal[TABLES] = TABLE,
+    eps: list[str] = EPS,
+    results: Literal["ours", "paper"] = RESULTS,
+    compare: Literal["paper"] | None = COMPARE,
+    run_id: str | None = RUN_ID,
+    threshold: float | None = THRESHOLD,
+    include_standard: bool = INCLUDE_STANDARD,
+    spread: Literal["sd", "ci", "none"] = SPREAD,
+    pairs: list[str] = PAIR,
+) -> dict:
+    """`report_sections`' arguments, as the flags give them, but for `stored_flags`."""
     return dict(locals())
 
 
 @app.command()
-@with_options(query=report_query)
+@with_options(query=report_query, stored=stored_flags)
 def report(
     query: dict = None,
+    stored: dict = None,
     format_: Literal["md", "csv", "latex"] = FORMAT,
     out: Path | None = OUT,
 ) -> None:
@@ -80,7 +87,7 @@ def report(
 
     check_out(out)
     try:
-        sections = report_sections(**query)
+        sections = report_sections(**query, **stored)
     except ValueError as exc:  # ReportError, and a bad budget or pair in the reports' own words
         fail(str(exc))
     text = render(sections, format_)
@@ -100,28 +107,23 @@ def plot_query(
     backbone: str | None = typer.Option(None, "--backbone", autocompletion=complete_backbone),
     dataset: str | None = typer.Option(None, "--dataset", autocompletion=complete_dataset),
     eps: str | None = typer.Option(None, "--eps", help="ε_g as k/255"),
-    grid: str | None = GRID_FILTER,
     epochs: int = typer.Option(50, "--epochs", help="schedule: number of epochs"),
     t1: float = typer.Option(12, "--t1", help="schedule: sched's T1"),
     t2: float = typer.Option(37, "--t2", help="schedule: sched's and linear's T2"),
-    protocol: Protocol = PROTOCOL,
-    precision: Precision = PRECISION,
-    steps: int | None = STEPS,
-    db: str | None = DB,
 ) -> dict:
-    """`make_plot`'s arguments, as the flags give them (one option group)."""
+    """`make_plot`'s arguments, as the flags give them, but for `stored_flags`."""
     return dict(locals())
 
 
 @app.command()
-@with_options(query=plot_query)
-def plot(query: dict = None) -> None:
+@with_options(query=plot_query, stored=stored_flags)
+def plot(query: dict = None, stored: dict = None) -> None:
     """Figures: validation curves with ε(t) and adaptation starts, robustness curves, ε sweep, schedules."""
     from rftbench.reports.commands import make_plot
 
     check_out(query["out"])
     try:
-        written = make_plot(**query)
+        written = make_plot(**query, **stored)
     except ValueError as exc:  # ReportError, and a schedule's own ValueError (T1 > T2)
         fail(str(exc))
     console.print(f"wrote {written}")

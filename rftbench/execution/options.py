@@ -48,7 +48,7 @@ class LaunchOptions:
     wait: bool = False
 
     def __post_init__(self) -> None:
-        if self.executor not in EXECUTOR_NAMES:
+        if self.executor not in EXECUTOR_NAMES:  # the CLI's choice refuses it first; scripts meet this
             raise LaunchError(f"--executor {self.executor}: unknown; choose inline, local or slurm")
         if self.executor == "local" and (self.gpus is None) == (self.processes is None):
             raise LaunchError(

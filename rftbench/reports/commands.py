@@ -66,6 +66,7 @@ def report_sections(
     steps: int | None,
 ) -> list[Section]:
     """The sections `rftbench report` shows: its flags checked, the results read, the table built."""
+    # The CLI's choices refuse these first; a caller of this function (a notebook, a script) has only this
     if results not in ("ours", "paper") or compare not in (None, "paper"):
         raise ReportError("--results takes ours or paper; --compare takes paper")
     if threshold is not None and not 0 <= threshold < 1:
