@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from rftbench.core.config import RunConfig, budget_text, budget_value
-from rftbench.execution.launch import check_grid, make_runner
+from rftbench.execution.launch import make_runner
 from rftbench.execution.options import EvaluateRequest, LaunchError, RunnerOptions
 
 
@@ -81,7 +81,7 @@ def evaluate_runs(request: EvaluateRequest, options: RunnerOptions) -> Iterator[
     chosen_options = protocol_options(request)
     runner = make_runner(options)
     runner.store = Store.open(request.db, create=False)
-    check_grid(runner.store, request.grid)
+    runner.store.check_grid(request.grid)
     if request.run_id is not None:
         runs = [runner.store.find_run(request.run_id)]
     else:

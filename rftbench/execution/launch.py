@@ -84,13 +84,6 @@ def existing_statuses(db: str | None, run_ids: list[str]) -> dict[str, str]:
     return {} if store is None else store.status_of(run_ids)
 
 
-def check_grid(store, grid: str | None) -> None:
-    """A --grid that names no grid of this database is a typo: say so instead of showing nothing."""
-    names = [g.name for g in store.grids()]
-    if grid is not None and grid not in names:
-        raise LaunchError(f"no grid {grid!r} in this database; it has {', '.join(names) or 'none'}")
-
-
 def worker_spec(runner, run_ids: list[str] | None, db: str | None) -> WorkerSpec:
     from rftbench.results.connect import database_url, sqlite_path
 

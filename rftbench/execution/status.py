@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from rftbench.execution.launch import check_grid
-
 
 @dataclass
 class StatusView:
@@ -29,7 +27,7 @@ def status_view(db: str | None, grid: str | None = None, experiments: Path | Non
     from rftbench.results.store import Store
 
     store = Store.open(db, create=False, write=False)
-    check_grid(store, grid)
+    store.check_grid(grid)
     if store.writable:  # a read-only database shows its runs as stored
         JobQueue(store).reap()
     chosen = [g for g in store.grids() if grid is None or g.name == grid]

@@ -39,12 +39,14 @@ def one_line():
 
 def load_results(db: str | None, grid: str | None, threshold: float | None, selection: Selection) -> Results:
     """The database's results, opened read-only; a --grid it does not hold is a typo, said as such."""
+    from rftbench.results.connect import StoreError
     from rftbench.results.store import Store
 
     store = Store.open(db, create=False, write=False)
-    names = [g.name for g in store.grids()]
-    if grid is not None and grid not in names:
-        raise ReportError(f"no grid {grid!r} in this database; it has {', '.join(names) or 'none'}")
+    try:
+        store.check_grid(grid)
+    except StoreError as exc:  # this function's callers catch ReportError for their input
+        raise ReportError(str(exc)) from None
     return Results.from_store(store, grid=grid, threshold=threshold, selection=selection)
 
 

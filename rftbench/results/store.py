@@ -306,6 +306,12 @@ class Store:
         with self.session() as session:
             return list(session.exec(select(Grid).order_by(Grid.name)).all())
 
+    def check_grid(self, grid: str | None) -> None:
+        """A grid filter that names no grid of this database is a typo: say so instead of showing nothing."""
+        names = [g.name for g in self.grids()]
+        if grid is not None and grid not in names:
+            raise StoreError(f"no grid {grid!r} in this database; it has {', '.join(names) or 'none'}")
+
     def counts(self, grid: str | None = None) -> dict[str, int]:
         """Runs per state (all states present, zeros included), for the whole database or one grid."""
         with self.session() as session:
