@@ -150,6 +150,15 @@ def test_shell_completion_offers_names_from_the_registries_the_grids_and_the_dat
     assert complete("evaluate", "--db", db + ".missing", "") == []  # no database: nothing, and no error
 
 
+def test_a_zero_byte_database_is_a_new_one_to_run_grid(tmp_path):
+    """`touch rftbench.db` (a job prologue) then run-grid: the plan reads it as empty, not as missing."""
+    empty = tmp_path / "r.db"
+    empty.touch()
+    dry = runner.invoke(app, ["run-grid", "--grid", "smoke", "--dry-run", "--db", str(empty)])
+    assert dry.exit_code == 0 and "3 jobs: 0 completed, 3 to run" in dry.output, dry.output
+    assert empty.stat().st_size == 0  # a dry run writes nothing
+
+
 def test_init_writes_a_copy_of_the_bundled_grids_that_commands_there_read(tmp_path, monkeypatch):
     from rftbench.experiments.files import BUNDLED
 

@@ -69,11 +69,11 @@ def preflight(runner, items) -> None:
 
 def existing_store(db: str | None):
     """The database opened to read, or None (and no file created) where there is none yet."""
-    from rftbench.results.connect import database_url
+    from rftbench.results.connect import database_url, sqlite_is_new, sqlite_path
     from rftbench.results.store import Store
 
-    url = database_url(db)
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+    path = sqlite_path(database_url(db))
+    if path is not None and sqlite_is_new(path):
         return None
     return Store.open(db, create=False, write=False)
 

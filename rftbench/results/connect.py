@@ -115,13 +115,18 @@ def upsert_insert(engine: Engine):
     return __import__(f"sqlalchemy.dialects.{engine.dialect.name}", fromlist=["insert"]).insert
 
 
+def sqlite_is_new(path: Path) -> bool:
+    """No database there yet: the file is missing, or 0 bytes (`touch`, a job's prologue), which SQLite
+    takes for a new database: nothing is in it."""
+    return not path.exists() or (path.is_file() and path.stat().st_size == 0)
+
+
 def check_sqlite_file(path: Path, create: bool, write: bool = True) -> bool:
     """Problems with a SQLite path that SQLite itself reports badly (or only at the first write); True when
     the file must be opened read-only (it cannot be written, and the caller only reads)."""
     if path.is_dir():
         raise StoreError(f"database {path} is a directory: pass a file path with --db")
-    # a 0-byte file (`touch`, a job's prologue) is what SQLite takes for a new database: nothing is in it
-    if not create and (not path.exists() or path.is_file() and path.stat().st_size == 0):
+    if not create and sqlite_is_new(path):
         raise StoreError(f"database {path} not found; run `rftbench run-grid` first or pass --db")
     if not path.exists():
         if not path.parent.resolve().is_dir():
