@@ -11,7 +11,8 @@ from torch import nn
 
 from rftbench.core.config import budget_text, parse_budget
 from rftbench.core.metrics import EvalProtocol, eps_grid
-from rftbench.engine.evaluation import EvaluationError, evaluate_budgets, evaluation_key
+from rftbench.engine.batches import EvaluationError
+from rftbench.engine.evaluation import evaluate_budgets, evaluation_key
 
 
 def tiny_model() -> nn.Module:

@@ -27,16 +27,28 @@ Where it departs from auto-attack, on purpose:
   "misclassified" (the first misclassified iterate where one exists, else the highest-loss iterate, for
   evaluation; auto-attack returns the start point for samples it never fools).
 - The loss increase count compares each step with the previous loss, the start point included.
-- The last iteration computes no gradient (it is never used), so N steps cost N backward passes.
-- `freeze_parameters=True` stops the parameters requiring gradients during the attack, so the forward
-  passes keep only what input gradients need; off by default, as it measured no faster on CPU
-  (`rftbench bench` measures it on any device).
+- The last iteration computes no gradient (it is never used), so N steps cost N backward passes. Its
+  forward runs with gradients enabled all the same, so a compiled model reuses the attack's graph.
+- Parameters are frozen during the attack (`freeze_parameters`, on by default): eager autograd computes only
+  the input gradient either way, but a compiled backward computes every gradient its graph was traced
+  with, weight gradients included, and throws them away.
+
+Evaluation-only savings of `apgd_attack`, each exact (rows of an eval-mode model are independent; only
+the batch's composition, and so floating-point rounding, can change):
+- `early_exit=True` (with `returned="misclassified"`): a fooled sample's result is fixed the step it is
+  fooled, so fooled samples leave the batch before the first step (a clean mistake) and at every
+  step-size checkpoint.
+- `start=(loss, grad, wrong)` at `x` (`loss_and_gradient`): the first forward and backward, which are the
+  same at every ε when the attack starts at the clean image, computed once by the caller.
+- The result carries APGD's own flags (is the returned point misclassified) and its loss, so callers need
+  not predict the returned points again.
 """
 
 from __future__ import annotations
 
 import math
 from contextlib import contextmanager, nullcontext
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +57,15 @@ from torch import Tensor, nn
 RETURNED = ("best_loss", "misclassified")
 MODES = ("eval", "train", "keep")
 NORMS = ("Linf", "L2")
+
+
+class Attack(NamedTuple):
+    """What `apgd_attack` returns, per sample: the returned point, whether it is misclassified (APGD's own
+    prediction there), and its cross-entropy loss (fp32)."""
+
+    x: Tensor
+    fooled: Tensor
+    loss: Tensor
 
 
 def step_size_checkpoints(steps: int) -> list[int]:
@@ -59,7 +80,12 @@ def step_size_checkpoints(steps: int) -> list[int]:
     return checkpoints
 
 
-def apgd(
+def apgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int = 10, **options) -> Tensor:
+    """Adversarial examples for images `x` in [0, 1] with labels `y` (`apgd_attack`'s points)."""
+    return apgd_attack(model, x, y, eps, steps, **options).x
+
+
+def apgd_attack(
     model: nn.Module,
     x: Tensor,
     y: Tensor,
@@ -74,16 +100,20 @@ def apgd(
     rho: float = 0.75,
     autocast_dtype: torch.dtype | None = None,
     generator: torch.Generator | None = None,
-    freeze_parameters: bool = False,
+    freeze_parameters: bool = True,
     norm: str = "Linf",
-) -> Tensor:
-    """Adversarial examples for images `x` in [0, 1] with labels `y`, inside the `norm` ("Linf" or "L2")
-    ball of radius `eps`.
+    early_exit: bool = False,
+    start: tuple[Tensor, Tensor, Tensor] | None = None,
+) -> Attack:
+    """APGD for images `x` in [0, 1] with labels `y`, inside the `norm` ("Linf" or "L2") ball of radius
+    `eps`: the returned points, APGD's flags of them being misclassified, and their losses.
 
     `mode` is the model's mode during the attack ("eval", "train", or "keep" it as found); every
     module's mode is restored afterwards. Only input gradients are computed: parameters' `.grad` are
     untouched. The loss is computed in fp32 on the logits, also under `autocast_dtype`. With eps == 0
-    (or steps == 0) `x` itself is returned without any forward pass.
+    (or steps == 0) `x` itself is returned without any forward pass, and its flags and losses are
+    those of `start` if given, else NaN losses and unknown (False) flags. `early_exit` and `start`: the
+    module docstring; `start` is `loss_and_gradient` at `x` (no random start, no `x_init`).
     """
     if returned not in RETURNED:
         raise ValueError(f"returned={returned!r} unknown: use one of {RETURNED}")
@@ -93,12 +123,36 @@ def apgd(
         raise ValueError(f"norm={norm!r} unknown: use one of {NORMS}")
     if eps < 0:
         raise ValueError(f"eps must be non-negative, got {eps}")
+    if early_exit and (returned != "misclassified" or mode != "eval"):
+        raise ValueError("early_exit needs returned='misclassified' and mode='eval' (independent rows)")
+    if start is not None and (random_start or x_init is not None):
+        raise ValueError("start is the loss and gradient at x: it cannot go with a random start or x_init")
     if eps == 0 or steps == 0:
-        return x
+        if start is not None:
+            return Attack(x, start[2], start[0])
+        return Attack(
+            x, torch.zeros_like(y, dtype=torch.bool), torch.full(y.shape, math.nan, device=x.device)
+        )
     frozen = frozen_parameters(model) if freeze_parameters else nullcontext()
     with module_modes(model, None if mode == "keep" else mode == "train"), frozen:
         return _apgd(model, x.detach(), y, eps, steps, random_start, x_init, returned, momentum, rho,
-                     autocast_dtype, generator, norm)  # fmt: skip
+                     autocast_dtype, generator, norm, early_exit, start)  # fmt: skip
+
+
+def loss_and_gradient(
+    model: nn.Module, x: Tensor, y: Tensor, autocast_dtype: torch.dtype | None = None, need_grad: bool = True
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """Per-sample cross-entropy (fp32), its gradient with respect to `x` (None without `need_grad`: the
+    forward still runs with gradients enabled, so a compiled model reuses one graph), and the flags of
+    misclassified samples: one forward and at most one input-gradient backward."""
+    z = x.detach().requires_grad_(True)
+    autocast = torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
+    with torch.enable_grad():
+        with autocast:
+            logits = model(z)
+        loss = F.cross_entropy(logits.float(), y, reduction="none")
+        grad = torch.autograd.grad(loss.sum(), z)[0].detach() if need_grad else None
+    return loss.detach(), grad, logits.detach().argmax(1) != y
 
 
 @contextmanager
@@ -146,38 +200,21 @@ def random_point(x: Tensor, eps: float, norm: str, generator: torch.Generator | 
 
 
 def _apgd(model, x, y, eps, steps, random_start, x_init, returned, momentum, rho, autocast_dtype, generator,
-          norm):  # fmt: skip
-    if norm == "Linf":
-        lower, upper = (x - eps).clamp(min=0.0), (x + eps).clamp(max=1.0)
-
-        def project(z: Tensor) -> Tensor:
+          norm, early_exit, start):  # fmt: skip
+    def project(z: Tensor) -> Tensor:  # reads x (and the ℓ∞ bounds) of the samples still attacked
+        if norm == "Linf":
             return torch.minimum(torch.maximum(z, lower), upper)
+        delta = z - x
+        length = l2_norms(delta)
+        return (x + delta / (length + 1e-12) * length.clamp(max=eps)).clamp(0.0, 1.0)
 
-        def direction(g: Tensor) -> Tensor:
-            return g.sign()
-    else:
-
-        def project(z: Tensor) -> Tensor:
-            delta = z - x
-            length = l2_norms(delta)
-            return (x + delta / (length + 1e-12) * length.clamp(max=eps)).clamp(0.0, 1.0)
-
-        def direction(g: Tensor) -> Tensor:
-            return g / (l2_norms(g) + 1e-12)
-
-    autocast = (
-        torch.autocast(x.device.type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
-    )
+    def direction(g: Tensor) -> Tensor:
+        return g.sign() if norm == "Linf" else g / (l2_norms(g) + 1e-12)
 
     def loss_grad(z: Tensor, need_grad: bool = True) -> tuple[Tensor, Tensor | None, Tensor]:
-        z = z.detach().requires_grad_(need_grad)
-        with torch.set_grad_enabled(need_grad):
-            with autocast:
-                logits = model(z)
-            loss = F.cross_entropy(logits.float(), y, reduction="none")
-            grad = torch.autograd.grad(loss.sum(), z)[0].detach() if need_grad else None
-        return loss.detach(), grad, logits.detach().argmax(1) != y
+        return loss_and_gradient(model, z, y, autocast_dtype, need_grad)
 
+    lower, upper = (x - eps).clamp(min=0.0), (x + eps).clamp(max=1.0)
     if x_init is not None:
         x_adv = project(x_init.detach())
     elif random_start:
@@ -187,28 +224,57 @@ def _apgd(model, x, y, eps, steps, random_start, x_init, returned, momentum, rho
 
     per_sample = (-1,) + (1,) * (x.dim() - 1)
     step = torch.full((x.shape[0],), 2.0 * eps, device=x.device, dtype=x.dtype).view(per_sample)
-    loss, grad, fooled = loss_grad(x_adv)
-    x_best, loss_best, grad_best = x_adv, loss, grad
-    x_fooled = x_adv
+    loss, grad, fooled = loss_grad(x_adv) if start is None else start
+    x_best, loss_best, grad_best, wrong_best = x_adv, loss, grad, fooled
+    x_fooled, loss_fooled = x_adv, loss
     loss_prev, increases = loss, torch.zeros_like(loss)
     loss_best_last_check, reduced_last_check = loss_best, torch.ones_like(fooled)
     checkpoints, last_check = set(step_size_checkpoints(steps)), 0
     x_prev = x_adv
+    # where each row of the working batch sits in the caller's batch, and the results of rows that left
+    rows, out = torch.arange(x.shape[0], device=x.device), Attack(x.clone(), fooled.clone(), loss.clone())
+
+    def finish(done: Tensor) -> None:
+        """Write the results of the working rows flagged `done` (all, at the end) into `out`."""
+        if returned == "misclassified":
+            point = torch.where(fooled.view(per_sample), x_fooled, x_best)
+            flag, value = fooled | wrong_best, torch.where(fooled, loss_fooled, loss_best)
+        else:
+            point, flag, value = x_best, wrong_best, loss_best
+        index = rows[done]
+        out.x.index_copy_(0, index, point[done])
+        out.fooled.index_copy_(0, index, flag[done])
+        out.loss.index_copy_(0, index, value[done])
 
     for i in range(steps):
+        if early_exit and (i == 0 or i in checkpoints) and bool(fooled.any()):  # one host sync per check
+            finish(fooled)
+            keep = (~fooled).nonzero().squeeze(1)
+            if keep.numel() == 0:
+                return out
+            (x, y, lower, upper, rows, step, x_adv, x_prev, grad, x_best, loss_best, grad_best, wrong_best,
+             x_fooled, loss_fooled, fooled, loss_prev, increases, loss_best_last_check,
+             reduced_last_check) = (
+                t[keep] for t in (x, y, lower, upper, rows, step, x_adv, x_prev, grad, x_best, loss_best,
+                                  grad_best, wrong_best, x_fooled, loss_fooled, fooled, loss_prev, increases,
+                                  loss_best_last_check, reduced_last_check)
+            )  # fmt: skip
         with torch.no_grad():
             a = momentum if i > 0 else 1.0
             z = project(x_adv + step * direction(grad))
             x_prev, x_adv = x_adv, project(x_adv + a * (z - x_adv) + (1 - a) * (x_adv - x_prev))
         loss, grad, wrong = loss_grad(x_adv, need_grad=i < steps - 1)
         with torch.no_grad():
-            x_fooled = torch.where((wrong & ~fooled).view(per_sample), x_adv, x_fooled)
+            first = wrong & ~fooled
+            x_fooled = torch.where(first.view(per_sample), x_adv, x_fooled)
+            loss_fooled = torch.where(first, loss, loss_fooled)
             fooled = fooled | wrong
             increases += loss > loss_prev
             loss_prev = loss
             improved = loss > loss_best
             x_best = torch.where(improved.view(per_sample), x_adv, x_best)
             loss_best = torch.where(improved, loss, loss_best)
+            wrong_best = torch.where(improved, wrong, wrong_best)
             if grad is not None:
                 grad_best = torch.where(improved.view(per_sample), grad, grad_best)
             if i + 1 in checkpoints:
@@ -221,6 +287,5 @@ def _apgd(model, x, y, eps, steps, random_start, x_init, returned, momentum, rho
                 reduced_last_check, loss_best_last_check = reduce.view(-1), loss_best
                 increases, last_check = torch.zeros_like(increases), i + 1
 
-    if returned == "misclassified":
-        return torch.where(fooled.view(per_sample), x_fooled, x_best)
-    return x_best
+    finish(torch.ones_like(fooled))
+    return out

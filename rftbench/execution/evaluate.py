@@ -72,8 +72,8 @@ def evaluate_runs(request: EvaluateRequest, options: RunnerOptions) -> Iterator[
     """Each run's evaluation, stored beside its final one (never replacing it) and yielded; a run of a
     grid that cannot be evaluated is skipped with its reason, a run named alone raises it."""
     from rftbench.core.metrics import EvalProtocol
+    from rftbench.engine.batches import EvaluationError
     from rftbench.engine.checkpoint import CheckpointError
-    from rftbench.engine.evaluation import EvaluationError
     from rftbench.results.store import Store
 
     if (request.run_id is None) == (request.grid is None):
