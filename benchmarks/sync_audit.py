@@ -1,6 +1,8 @@
 """Host syncs in the trainer's hot loop on a GPU: CUDA's sync debug mode over one training epoch of the
 real `train_one_epoch` (device-side augmentation, APGD, fused AdamW), after a warm-up epoch. The hot loop
-should have one: the epoch's metrics, read once at its end.
+should have one: the epoch's metrics, read once at its end. Copies from unpaged host memory, which make the
+host wait without the sync debug mode seeing them, are counted over the same epoch by
+`rftbench.engine.audit.UnpinnedCopies`: there should be none.
 
     python benchmarks/sync_audit.py --device cuda --backbone R50 --precision bf16
 
@@ -18,7 +20,8 @@ import torch
 
 from rftbench.core.config import RunConfig, RuntimeOptions
 from rftbench.data.loading import ImageTensorDataset, make_loader
-from rftbench.engine.evaluation import AUTOCAST
+from rftbench.engine.audit import UnpinnedCopies
+from rftbench.engine.batches import AUTOCAST
 from rftbench.engine.trainer import (
     configure_device,
     memory_format,
@@ -29,7 +32,9 @@ from rftbench.engine.trainer import (
 from rftbench.models.build import build_backbone
 
 
-def sync_audit(device: str, backbone: str, precision: str, batch_size: int, resolution: int) -> list:
+def sync_audit(
+    device: str, backbone: str, precision: str, batch_size: int, resolution: int
+) -> tuple[list, list[str]]:
     config = RunConfig(backbone=backbone, dataset="synthetic", eps="4/255", epochs=1, batch_size=batch_size,
                        resolution=resolution, train_attack_steps=3, precision=precision,
                        augmentation="device")  # fmt: skip
@@ -48,11 +53,11 @@ def sync_audit(device: str, backbone: str, precision: str, batch_size: int, reso
     args = (model, loader, optimizer, scheduler, scaler, eps_at, config, dev, amp, fmt, augment)
     train_one_epoch(*args)  # warm-up: cuDNN autotuning and lazy initialisations may sync once
     torch.cuda.set_sync_debug_mode("warn")
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, UnpinnedCopies() as copies:
         warnings.simplefilter("always")
         train_one_epoch(*args)
     torch.cuda.set_sync_debug_mode("default")
-    return [w for w in caught if "synchroniz" in str(w.message)]
+    return [w for w in caught if "synchroniz" in str(w.message)], copies.found
 
 
 def main() -> None:
@@ -63,10 +68,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--resolution", type=int, default=64)
     args = parser.parse_args()
-    syncs = sync_audit(args.device, args.backbone, args.precision, args.batch_size, args.resolution)
+    syncs, unpinned = sync_audit(args.device, args.backbone, args.precision, args.batch_size, args.resolution)
     print(f"host syncs in one training epoch (4 steps): {len(syncs)}")
     for w in syncs[:5]:
         print(f"  {w.filename}:{w.lineno}: {str(w.message)[:100]}")
+    print(f"copies from unpinned host memory in that epoch: {len(unpinned)}")
+    for where in sorted(set(unpinned))[:5]:
+        print(f"  {where} ({unpinned.count(where)}x)")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ from rftbench.data.loading import (
     decode_image_folder,
     make_loader,
 )
-from rftbench.engine.trainer import DynamicBatch, epoch_seed, param_groups
+from rftbench.engine.compiled import CompiledModel
+from rftbench.engine.trainer import epoch_seed, param_groups
 from rftbench.models.build import build_backbone
 from rftbench.models.nets import with_normalization
 
@@ -126,16 +127,13 @@ def test_a_device_augmented_run_killed_mid_epoch_resumes_to_the_uninterrupted_re
     assert without_timings(resumed[1]) == without_timings(whole[1])
 
 
-def test_compiled_training_compiles_once_and_agrees_with_eager(data, monkeypatch):
+def test_compiled_training_compiles_once_and_agrees_with_eager(data):
     """After the first epoch nothing compiles again: APGD's iterations, the train/eval flips, the grad-free
-    last APGD step and the ragged last batches reuse graphs (dynamo's guards, here traced through
-    aot_eager to keep the test fast). The compiled run's numbers equal eager's to rounding."""
+    last APGD step, the shrinking batches of the early exit and the ragged last batches reuse at most four
+    graphs (dynamo's guards, here traced through aot_eager to keep the test fast), and the run reports them.
+    The compiled run's numbers equal eager's to rounding."""
     from torch._dynamo.utils import counters
 
-    torch._dynamo.reset()
-    counters.clear()
-    compile_ = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda model, **kw: compile_(model, backend="aot_eager", **kw))
     config = RunConfig(**{**CONFIG.to_dict(), "backbone": "test_vit"})
     graphs, compiled = [], []
 
@@ -143,8 +141,11 @@ def test_compiled_training_compiles_once_and_agrees_with_eager(data, monkeypatch
         graphs.append(counters["stats"]["unique_graphs"])
         compiled.append(metrics)
 
-    compiled_result = run(config, data, runtime=RuntimeOptions(compile=True), callback=record)[1]
+    runtime = RuntimeOptions(compile=True, compile_backend="aot_eager")
+    compiled_result = run(config, data, runtime=runtime, callback=record)[1]
     assert graphs[0] > 0 and graphs[-1] == graphs[0], f"graphs compiled by the end of each epoch: {graphs}"
+    assert 0 < compiled_result["compile"]["graphs"] <= 4, compiled_result["compile"]
+    assert compiled_result["compile"]["compile_seconds"] > 0
     eager, eager_result = run(config, data)
     assert [m["train_loss"] for m in compiled] == pytest.approx([m["train_loss"] for m in eager], rel=1e-4)
     assert compiled_result["clean"] == pytest.approx(eager_result["clean"], abs=0.05)
@@ -162,7 +163,7 @@ def test_inductor_agrees_with_eager_and_a_new_batch_size_reuses_its_graph():
     model = with_normalization(
         timm.create_model("test_vit", num_classes=10, img_size=32), (0.5,) * 3, (0.5,) * 3
     )
-    compiled = DynamicBatch(model.eval())
+    compiled = CompiledModel(model.eval())
     for n in (8, 5):
         x = torch.rand(n, 3, 32, 32, requires_grad=True)
         grads = [torch.autograd.grad(net(x).logsumexp(1).sum(), x)[0] for net in (model, compiled)]
@@ -172,3 +173,18 @@ def test_inductor_agrees_with_eager_and_a_new_batch_size_reuses_its_graph():
         if n == 8:
             after_first = counters["stats"]["unique_graphs"]
     assert after_first > 0 and counters["stats"]["unique_graphs"] == after_first
+
+
+def test_the_audit_catches_copies_from_unpinned_host_memory():
+    """`UnpinnedCopies` (which benchmarks/sync_audit.py runs over a training epoch on a GPU) names every
+    copy from pageable host memory to another device, through `to` or `copy_`, and nothing else."""
+    from rftbench.data.loading import to_device
+    from rftbench.engine.audit import UnpinnedCopies
+
+    with UnpinnedCopies() as audit:
+        torch.rand(3).to("meta", non_blocking=True)  # host -> another device from pageable memory
+        torch.empty(3, device="meta").copy_(torch.rand(3))
+        torch.rand(3).to("cpu", non_blocking=True)  # no device change: no copy to count
+        torch.rand(3).double()
+        to_device(torch.rand(3), torch.device("cpu"))
+    assert len(audit.found) == 2 and all("test_speed_paths.py:" in where for where in audit.found)

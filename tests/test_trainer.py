@@ -264,3 +264,29 @@ def test_adaptive_follows_the_validation_history_and_a_killed_run_replays_it(dat
     resumed, again, _ = run(config, data, tmp_path / "killed")
     assert without_timings(resumed) == without_timings(history)
     assert without_timings(again) == without_timings(result)
+
+
+def test_a_run_checkpointed_every_other_epoch_replays_the_epochs_since_to_the_same_numbers(data, tmp_path):
+    """`checkpoint_every=2` over 3 epochs writes after epochs 1 and 2 (the last, always). Killed in epoch 2,
+    the run resumes from epoch 1's checkpoint; killed in epoch 1, from scratch: both end with the numbers
+    of a run checkpointed every epoch."""
+    config = dataclasses.replace(CONFIG, epochs=3)
+    whole = run(config, data, tmp_path / "whole")
+    sparse = RuntimeOptions(checkpoint_every=2)
+    loaders = {name: make_loader(ds, config.batch_size, shuffle=name == "train") for name, ds in data.items()}
+    for epoch, saved in ((2, 1), (1, None)):
+        run_dir, seen = tmp_path / f"killed-in-{epoch}", []
+        with pytest.raises(Interrupted):
+            train(config, build_model(config), DiesMidEpoch(loaders["train"], epoch=epoch, after=1),
+                  loaders["val"], loaders["test"], callback=seen.append, run_dir=run_dir,
+                  runtime=sparse)  # fmt: skip
+        assert [m["epoch"] for m in seen] == list(range(epoch))
+        last = run_dir / "last.pt"
+        assert (load_checkpoint(last)["epoch"] if last.exists() else None) == saved
+        history, model = [], build_model(config)
+        result = train(config, model, loaders["train"], loaders["val"], loaders["test"],
+                       callback=history.append, run_dir=run_dir, runtime=sparse)  # fmt: skip
+        assert [m["epoch"] for m in history] == [0, 1, 2]
+        assert without_timings(history) == without_timings(whole[0])
+        assert without_timings(result) == without_timings(whole[1])
+        assert load_checkpoint(run_dir / "last.pt")["epoch"] == 2

@@ -169,6 +169,12 @@ def runner_flags(
     lease_seconds: float = typer.Option(
         120.0, "--lease-seconds", min=5, help="a claimed run's lease, renewed by a heartbeat"
     ),
+    checkpoint_every: int = typer.Option(
+        1, "--checkpoint-every", min=1, help="write last.pt after every N-th epoch (and the last)"
+    ),
+    checkpoint_minutes: float | None = typer.Option(
+        None, "--checkpoint-minutes", help="write last.pt at most every N minutes (the last epoch always)"
+    ),
 ) -> RunnerOptions:
     return RunnerOptions(
         runs_dir,
@@ -181,6 +187,8 @@ def runner_flags(
         parse_weights(weights),
         prune_checkpoints,
         lease_seconds,
+        checkpoint_every,
+        checkpoint_minutes,
     )
 
 

@@ -297,6 +297,10 @@ class RunConfig:
         return cls.from_dict(json.loads(text))
 
 
+class RuntimeOptionsError(RftbenchError, ValueError):
+    """A runtime option out of its range (a library caller's, or a flag the CLI did not check): one line."""
+
+
 @dataclass(frozen=True)
 class RuntimeOptions:
     """How a run executes, not what it computes: never part of the run id."""
@@ -305,8 +309,22 @@ class RuntimeOptions:
     channels_last: bool | None = None  # None: for convnets on CUDA
     compile: bool = False
     compile_mode: str | None = None  # torch.compile's mode ("reduce-overhead": CUDA graphs)
+    compile_backend: str = "inductor"  # torch.compile's backend ("aot_eager": traced, run eagerly; for tests)
     num_workers: int = 0
     tf32: bool = True  # fp32 matmuls and convolutions may use TF32 on CUDA
+    # when `last.pt` is written (rftbench.engine.checkpoint.checkpoint_due): at the ends of epochs that are
+    # a multiple of `checkpoint_every`, and there only once `checkpoint_minutes` passed since the last write;
+    # always after the last epoch. A skipped checkpoint costs an interrupted run those epochs again.
+    checkpoint_every: int = 1
+    checkpoint_minutes: float | None = None
+
+    def __post_init__(self) -> None:
+        every, minutes = self.checkpoint_every, self.checkpoint_minutes
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise RuntimeOptionsError(f"--checkpoint-every {every!r}: write a whole number of epochs >= 1")
+        positive = isinstance(minutes, int | float) and math.isfinite(minutes) and minutes > 0
+        if minutes is not None and not positive:
+            raise RuntimeOptionsError(f"--checkpoint-minutes {minutes!r}: write a number of minutes > 0")
 
 
 class SlurmOptions(pydantic.BaseModel):

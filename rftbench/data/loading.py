@@ -10,11 +10,12 @@ tensor (N×3×H×W at the run's resolution) and augmentation runs on those tenso
 batch (`augment_params` + `augment_batch`, `augmentation = "device"`), where loaders ship uint8 batches:
 
     params = augment_params(len(x), generator)        # on the CPU, from (seed, epoch): any device agrees
-    x = augment_batch(x.to("cuda", non_blocking=True), params.to("cuda", non_blocking=True))
+    x = augment_batch(to_device(x, "cuda"), to_device(params, "cuda"))   # pinned, asynchronous
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import signal
@@ -81,6 +82,15 @@ def eval_transform() -> Callable[[Tensor], Tensor]:
     return v2.ToDtype(torch.float32, scale=True)
 
 
+def to_device(t: Tensor, device: torch.device) -> Tensor:
+    """`t` on `device` without making the host wait: an accelerator copies asynchronously only from pinned
+    memory (from pageable memory, `non_blocking` is ignored and the host waits), so a host tensor is pinned
+    first (PyTorch's caching host allocator makes that cheap after the first batches)."""
+    if torch.device(device).type == "cuda" and t.device.type == "cpu" and not t.is_pinned():
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
+
+
 def to_unit_float(x: Tensor) -> Tensor:
     """uint8 images to float32 in [0, 1] exactly as `eval_transform` computes them; float images as given."""
     return v2.functional.to_dtype(x, torch.float32, scale=True) if x.dtype == torch.uint8 else x
@@ -111,6 +121,12 @@ def _blend(x: Tensor, other: Tensor, factor: Tensor) -> Tensor:
     return (factor * x + (1 - factor) * other).clamp(0, 1)
 
 
+@functools.cache
+def jitter_orders(device: torch.device) -> Tensor:
+    """`JITTER_ORDERS` on `device`, copied once per process rather than once per batch."""
+    return JITTER_ORDERS.to(device)
+
+
 def augment_batch(x: Tensor, params: Tensor) -> Tensor:
     """`train_transform` on a whole batch where it lives (uint8 or [0, 1] float B×3×H×W; `params` from
     `augment_params`, on the same device): horizontal flip, ColorJitter (brightness, contrast, saturation
@@ -121,7 +137,7 @@ def augment_batch(x: Tensor, params: Tensor) -> Tensor:
     per_image = (-1, 1, 1, 1)
     flip, factors, order, degrees = params[:, 0], params[:, 1:4], params[:, 4].long(), params[:, 5]
     x = torch.where(flip.view(per_image) > 0, x.flip(-1), x)
-    orders = JITTER_ORDERS.to(x.device, non_blocking=True)[order]  # B×3: the operation at each position
+    orders = jitter_orders(x.device)[order]  # B×3: the operation at each position
     for position in range(3):
         op = orders[:, position].view(per_image)
         factor = factors.gather(1, orders[:, position : position + 1]).view(per_image)

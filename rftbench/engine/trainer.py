@@ -11,10 +11,13 @@ CLI, the store or the terminal UI.
 
 Speed on a GPU (none of it changes what a run computes beyond floating-point rounding, and `provenance`
 records it): loaders may ship uint8 batches, converted (and for `augmentation = "device"` augmented) on
-the device; AdamW is fused on CUDA; fp32 matmuls may use TF32 there (`RuntimeOptions.tf32`) and cuDNN
-picks its kernels per shape (`cudnn.benchmark`); convnets run channels-last on CUDA; `--compile` compiles
-the model once per mode with a dynamic batch dimension, so ragged last batches, APGD's iterations and
-train/eval flips reuse compiled graphs.
+the device; host-to-device copies come from pinned memory; AdamW is fused on CUDA; fp32 matmuls may use
+TF32 there (`RuntimeOptions.tf32`) and cuDNN picks its kernels per shape (`cudnn.benchmark`); convnets run
+channels-last on CUDA; `--compile` compiles the model with a dynamic batch dimension into at most four
+graphs (`engine.compiled`), and every attack runs with the parameters frozen, so a compiled attack computes
+no weight gradients. Checkpoints are snapshots in host memory written by a background thread
+(`CheckpointWriter`), joined before the next epoch's metrics row; `RuntimeOptions.checkpoint_every` and
+`checkpoint_minutes` write them less often (a resumed run replays the epochs since from (seed, epoch)).
 """
 
 from __future__ import annotations
@@ -28,14 +31,22 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
-from rftbench.attacks.apgd import apgd
+from rftbench.attacks.apgd import apgd, apgd_attack, frozen_parameters
 from rftbench.core.config import RunConfig, RuntimeOptions, budget_text, parse_budget
 from rftbench.core.metrics import EvalProtocol
-from rftbench.data.loading import augment_batch, augment_params, covering_loader, to_unit_float
-from rftbench.engine.checkpoint import resume_training, save_checkpoint, training_state
-from rftbench.engine.evaluation import AUTOCAST, BatchLog, evaluate_budgets
+from rftbench.data.loading import augment_batch, augment_params, covering_loader, to_device, to_unit_float
+from rftbench.engine.batches import AUTOCAST, BatchLog
+from rftbench.engine.checkpoint import (
+    CheckpointWriter,
+    checkpoint_due,
+    resume_training,
+    save_checkpoint,
+    training_state,
+)
+from rftbench.engine.compiled import CompiledModel
+from rftbench.engine.evaluation import evaluate_budgets
 from rftbench.models.registry import BACKBONES, get_backbone_spec
 
 
@@ -87,19 +98,6 @@ def param_groups(model: nn.Module, config: RunConfig) -> list[dict]:
     ]  # fmt: skip
 
 
-class DynamicBatch(nn.Module):
-    """`torch.compile(model)` whose inputs' batch dimension is dynamic from the first call, so a ragged
-    last batch reuses the graph instead of compiling another."""
-
-    def __init__(self, model: nn.Module, mode: str | None = None) -> None:
-        super().__init__()
-        self.compiled = torch.compile(model, mode=mode)
-
-    def forward(self, x: Tensor) -> Tensor:
-        torch._dynamo.maybe_mark_dynamic(x, 0)
-        return self.compiled(x)
-
-
 def configure_device(device: torch.device, runtime: RuntimeOptions) -> None:
     """CUDA's math and kernel choices for this process (recorded by the runner's `provenance`)."""
     if device.type == "cuda":
@@ -137,11 +135,11 @@ def train_one_epoch(
     loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device)
     seen, start = 0, time.perf_counter()
     for step, (x, y) in enumerate(loader):
-        x = x.to(device, non_blocking=True)
+        x = to_device(x, device)
         if augment is not None:
-            x = augment_batch(x, augment_params(len(y), augment).to(device, non_blocking=True))
+            x = augment_batch(x, to_device(augment_params(len(y), augment), device))
         x = to_unit_float(x).contiguous(memory_format=fmt)
-        y = y.to(device, non_blocking=True)
+        y = to_device(y, device)
         eps = eps_at(step=step)
         x = apgd(net, x, y, eps, config.train_attack_steps, random_start=config.attack_random_start,
                  mode=config.attack_mode, autocast_dtype=amp, norm=config.norm)  # fmt: skip
@@ -167,20 +165,29 @@ def train_one_epoch(
 
 @torch.no_grad()
 def validate(net, loader, adv_loader, eps, steps, device, amp, fmt, norm="Linf") -> dict:
-    """Clean loss/accuracy on `loader`; APGD loss/accuracy at `eps` on `adv_loader` (when eps > 0)."""
+    """Clean loss/accuracy on `loader`; APGD loss/accuracy at `eps` on `adv_loader` (when eps > 0): the
+    loss and the prediction at the point APGD returns (its first misclassified iterate, else its highest
+    loss), taken from the attack itself. Clean mistakes leave the attack before its first step and fooled
+    images at its step-size checkpoints (`apgd_attack(early_exit=True)`): their returned point is fixed."""
     net.eval()
     sums, n, n_adv = torch.zeros(4, device=device), 0, 0  # clean loss, clean correct, adv loss, adv correct
-    for slot, batches in ((0, loader), (2, adv_loader if eps > 0 else ())):
-        for x, y in batches:
-            x = to_unit_float(x.to(device, non_blocking=True)).contiguous(memory_format=fmt)
-            y = y.to(device, non_blocking=True)
-            if slot:
-                x = apgd(net, x, y, eps, steps, returned="misclassified", autocast_dtype=amp, norm=norm)
+    with frozen_parameters(net):
+        for x, y in loader:
+            x = to_unit_float(to_device(x, device)).contiguous(memory_format=fmt)
+            y = to_device(y, device)
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 logits = net(x).float()
-            sums[slot] += F.cross_entropy(logits, y, reduction="sum")
-            sums[slot + 1] += (logits.argmax(1) == y).sum()
-            n, n_adv = (n + len(y), n_adv) if slot == 0 else (n, n_adv + len(y))
+            sums[0] += F.cross_entropy(logits, y, reduction="sum")
+            sums[1] += (logits.argmax(1) == y).sum()
+            n += len(y)
+        for x, y in adv_loader if eps > 0 else ():
+            x = to_unit_float(to_device(x, device)).contiguous(memory_format=fmt)
+            y = to_device(y, device)
+            attack = apgd_attack(net, x, y, eps, steps, returned="misclassified", autocast_dtype=amp,
+                                 norm=norm, early_exit=True, freeze_parameters=False)  # fmt: skip
+            sums[2] += attack.loss.sum()
+            sums[3] += (~attack.fooled).sum()
+            n_adv += len(y)
     loss, acc, adv_loss, adv_acc = sums.tolist()
     adv = {"val_adv_loss": adv_loss / n_adv, "val_adv_acc": adv_acc / n_adv} if n_adv else {}
     return {"val_loss": loss / n, "val_acc": acc / n, "val_adv_loss": None, "val_adv_acc": None, **adv}
@@ -221,46 +228,23 @@ def train(
     for metrics in history:  # idempotent upserts: repairs a row the store may have lost
         metrics.setdefault("val_adv_subset", "prefix" if metrics["val_adv_acc"] is not None else None)  # v0.1
         callback(metrics)
-    net = DynamicBatch(model, runtime.compile_mode) if runtime.compile else model
+    net = CompiledModel(model, runtime.compile_mode, runtime.compile_backend) if runtime.compile else model
     val_eps = val_adv_budget(config)
     val_adv_loader = covering_loader(val_loader, config.val_adv_samples, config.split_seed)
+    last_write, policy = time.perf_counter(), (runtime.checkpoint_every, runtime.checkpoint_minutes)
 
-    for epoch in range(len(history), config.epochs):
-        torch.manual_seed(epoch_seed(config.seed, epoch))
-        eps_at = functools.partial(
-            config.schedule.epsilon,
-            epoch,
-            config.epochs,
-            steps_per_epoch=steps,
-            seed=config.seed,
-            val_accuracies=[m["val_acc"] for m in history],
-        )
-        if config.schedule_granularity == "epoch":  # one ε per epoch: computed once, not at every step
-            eps_at = functools.partial(epoch_constant, eps_at(step=0))
-        lr, start = scheduler.get_last_lr()[0], time.perf_counter()
-        augment = None
-        if config.augmentation == "device":
-            augment = torch.Generator().manual_seed(epoch_seed(config.seed, epoch, stream=1))
-        trained = train_one_epoch(
-            net, train_loader, optimizer, scheduler, scaler, eps_at, config, device, amp, fmt, augment
-        )
-        val = validate(net, val_loader, val_adv_loader, val_eps, config.eval_attack_steps, device, amp, fmt,
-                       config.norm)  # fmt: skip
-        metrics = {
-            "epoch": epoch,
-            "eps": eps_at(step=0),
-            "lr": lr,
-            **trained,
-            **val,
-            "val_adv_eps": budget_text(val_eps, config.norm),
-            "val_adv_subset": "stratified" if val["val_adv_acc"] is not None else None,
-            "epoch_seconds": time.perf_counter() - start,
-        }
-        history.append(metrics)
-        callback(metrics)  # first the metrics row, then the checkpoint (CONVENTIONS.md write order)
-        if last is not None:
-            state = training_state(config, history, model, optimizer, scheduler, scaler, device)
-            save_checkpoint(last, state)
+    with CheckpointWriter() as writer:  # checkpoints written in the background, joined before the next row
+        for epoch in range(len(history), config.epochs):
+            metrics = train_epoch(epoch, config, net, train_loader, val_loader, val_adv_loader, val_eps,
+                                  optimizer, scheduler, scaler, history, device, amp, fmt)  # fmt: skip
+            history.append(metrics)
+            writer.join()  # the previous epoch's checkpoint is on disk before this epoch's row
+            callback(metrics)  # first the metrics row, then the checkpoint (CONVENTIONS.md write order)
+            since = time.perf_counter() - last_write
+            if last is not None and checkpoint_due(epoch, config.epochs, since, *policy):
+                state = training_state(config, history, model, optimizer, scheduler, scaler, device)
+                writer.submit(last, state)
+                last_write = time.perf_counter()
 
     evaluation = evaluation or EvalProtocol(steps=config.eval_attack_steps, norm=config.norm)
     result = {"run_id": config.run_id}
@@ -271,4 +255,41 @@ def train(
     if last is not None:  # the final weights, so later evaluations need no retraining
         final = {"run_id": config.run_id, "config": config.canonical_json(), "evaluation": result}
         save_checkpoint(last.with_name("final.pt"), final | {"model": model.state_dict()})
+    if runtime.compile:
+        result["compile"] = net.stats()  # graphs and compile seconds: provenance, not a result
     return result
+
+
+def train_epoch(epoch, config, net, train_loader, val_loader, val_adv_loader, val_eps, optimizer, scheduler,
+                scaler, history, device, amp, fmt) -> dict:  # fmt: skip
+    """One epoch's training and validation from its own seed (seed, epoch), and its metrics row."""
+    torch.manual_seed(epoch_seed(config.seed, epoch))
+    eps_at = functools.partial(
+        config.schedule.epsilon,
+        epoch,
+        config.epochs,
+        steps_per_epoch=len(train_loader),
+        seed=config.seed,
+        val_accuracies=[m["val_acc"] for m in history],
+    )
+    if config.schedule_granularity == "epoch":  # one ε per epoch: computed once, not at every step
+        eps_at = functools.partial(epoch_constant, eps_at(step=0))
+    lr, start = scheduler.get_last_lr()[0], time.perf_counter()
+    augment = None
+    if config.augmentation == "device":
+        augment = torch.Generator().manual_seed(epoch_seed(config.seed, epoch, stream=1))
+    trained = train_one_epoch(
+        net, train_loader, optimizer, scheduler, scaler, eps_at, config, device, amp, fmt, augment
+    )
+    val = validate(net, val_loader, val_adv_loader, val_eps, config.eval_attack_steps, device, amp, fmt,
+                   config.norm)  # fmt: skip
+    return {
+        "epoch": epoch,
+        "eps": eps_at(step=0),
+        "lr": lr,
+        **trained,
+        **val,
+        "val_adv_eps": budget_text(val_eps, config.norm),
+        "val_adv_subset": "stratified" if val["val_adv_acc"] is not None else None,
+        "epoch_seconds": time.perf_counter() - start,
+    }

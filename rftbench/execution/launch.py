@@ -19,7 +19,8 @@ from rftbench.execution.workers import Outcome, WorkerSpec
 
 
 def runtime_options(options: RunnerOptions) -> RuntimeOptions:
-    """The device (checked usable here: one line if not), workers and math modes of `options`."""
+    """The device (checked usable here: one line if not), workers, math modes and checkpoint policy of
+    `options`."""
     import torch
 
     device = options.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -39,6 +40,8 @@ def runtime_options(options: RunnerOptions) -> RuntimeOptions:
         compile=options.compile,
         num_workers=workers,
         tf32=options.tf32,
+        checkpoint_every=options.checkpoint_every,
+        checkpoint_minutes=options.checkpoint_minutes,
     )
 
 

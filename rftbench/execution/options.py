@@ -34,6 +34,8 @@ class RunnerOptions:
     weights: dict = field(default_factory=dict)  # backbone -> weights file
     prune: bool = False
     lease_seconds: float = 120.0
+    checkpoint_every: int = 1  # epochs (RuntimeOptions' checkpoint policy)
+    checkpoint_minutes: float | None = None
 
 
 @dataclass(frozen=True)

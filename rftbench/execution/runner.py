@@ -245,6 +245,8 @@ class Runner:
                 evaluation=protocol,
                 evaluation_log=final_log,
             )
+            if "compile" in result:  # graphs and compile seconds: how it ran, not what it measured
+                info = info | {"compile": result.pop("compile")}
             queue.complete(run.id, self.worker, result, provenance=info)  # owner-checked: else LeaseLost
             if self.prune:
                 (run_dir / "last.pt").unlink(missing_ok=True)
