@@ -36,16 +36,20 @@ BENCH_ROWS = [  # (label, row key, format, scale, suffix): one table row per mea
     ("APGD/clean FLOPs (limit)", "gradient_limit", ".2f", 1, "×"),
     ("time over limit", "overhead", ".2f", 1, "×"),
     ("TFLOP/s (APGD training)", "tflops", ".2f", 1, ""),
-    ("MFU", "mfu", ".1f", 100, "%"),
+    ("MFU (of the dense peak)", "mfu", ".1f", 100, "%"),
+    ("dense peak TFLOP/s", "peak_tflops", ".1f", 1, ""),
+    ("FLOPs not counted (matrix ops)", "flops_uncounted", "", 1, ""),
     ("peak memory GiB", "peak_memory_gib", ".1f", 1, ""),
     ("data stall (clean epoch)", "data_stall", ".1f", 100, "%"),
     ("eval clean img/s", "eval_clean_img_s", ".1f", 1, ""),
     ("eval APGD img/s (one ε)", "eval_attack_img_s", ".1f", 1, ""),
     ("eval img/s, paper protocol", "eval_paper_img_s", ".1f", 1, ""),
     ("eval img/s, monotone protocol", "eval_monotone_img_s", ".1f", 1, ""),
-    ("APGD, parameters frozen", "frozen_speedup", ".2f", 1, "×"),
+    ("eval APGD, parameters frozen / not", "frozen_speedup", ".2f", 1, "×"),
     ("our APGD over torchattacks'", "speedup_vs_torchattacks", ".2f", 1, "×"),
     ("robust acc. ours / torchattacks", None, "", 1, ""),
+    ("compile seconds", "compile_seconds", ".1f", 1, " s"),
+    ("compiled graphs", "graphs", "d", 1, ""),
 ]
 
 
@@ -88,20 +92,41 @@ def bench_runtime(
 def bench(
     request: BenchRequest = None,
     options: RunnerOptions = None,
-    as_json: bool = typer.Option(False, "--json", help="print the rows as JSON instead of a table"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON line per row instead of tables"),
 ) -> None:
     """Training and evaluation throughput of backbones on this device (random init), MFU, and a grid's
-    projected hours. A benchmark: run it on the machine you will train on."""
+    projected hours. Each case is printed as soon as it is measured. A benchmark: run it on the machine
+    you will train on."""
     from rftbench.execution.bench import bench_rows
 
-    rows = bench_rows(request, options, None if as_json else say)
-    if as_json:
-        return print(json.dumps(rows, indent=1))
-    print_bench(rows, request.grid)
+    measured, totals = [], []
+    for row in bench_rows(request, options, None if as_json else say):
+        if as_json:
+            print(json.dumps(row), flush=True)
+        elif "grid" in row:
+            totals.append(row)  # after every case: printed below the side-by-side table
+        else:
+            measured.append(row)
+            console.print(bench_table(measured[-1:], request.grid))
+    if len(measured) > 1:
+        console.print(bench_table(measured, request.grid))
+    for total in totals:
+        print_total(total)
 
 
-def print_bench(rows: list[dict], grid: str | None) -> None:
-    measured = [r for r in rows if "grid" not in r]
+def cell(row: dict, key: str | None, spec: str, scale: float, suffix: str) -> str:
+    if key is None:
+        ours, theirs = row.get("robust_ours"), row.get("robust_torchattacks")
+        return "—" if ours is None else f"{100 * ours:.1f}% / {100 * theirs:.1f}%"
+    value = row.get(key)
+    if value is None:
+        return "—"
+    if isinstance(value, list):
+        return ", ".join(value) or "none"
+    return f"{scale * value:{spec}}{suffix}"
+
+
+def bench_table(measured: list[dict], grid: str | None) -> Table:
     first = measured[0]
     table = Table(
         title=f"{first['device']}, torch {first['torch']}: {first['resolution']} px, batch "
@@ -111,17 +136,8 @@ def print_bench(rows: list[dict], grid: str | None) -> None:
     table.add_column("")
     for r in measured:
         table.add_column(f"{r['backbone']} {r['precision']} compile {r['compile']}", justify="right")
-    for label, key, spec, scale, suffix in BENCH_ROWS:
-        if key is None:
-            cells = [
-                f"{100 * r['robust_ours']:.1f}% / {100 * r['robust_torchattacks']:.1f}%"
-                if "robust_ours" in r
-                else "—"
-                for r in measured
-            ]
-        else:
-            cells = ["—" if r.get(key) is None else f"{scale * r[key]:{spec}}{suffix}" for r in measured]
-        table.add_row(label, *cells)
+    for label, *how in BENCH_ROWS:
+        table.add_row(label, *[cell(r, *how) for r in measured])
     if grid:
         table.add_row(
             f"{grid} grid hours (its runs)",
@@ -130,11 +146,13 @@ def print_bench(rows: list[dict], grid: str | None) -> None:
                 for r in measured
             ],
         )
-    console.print(table)
-    for total in (r for r in rows if "grid" in r):
-        unprojected = total["unprojected"]
-        note = f", {unprojected} runs not projected (backbone not measured)" * bool(unprojected)
-        say(
-            f"{total['grid']}: {total['hours']:.2f} hours for {total['runs']} runs in {total['precision']}, "
-            f"compile {total['compile']}{note}"
-        )
+    return table
+
+
+def print_total(total: dict) -> None:
+    unprojected = total["unprojected"]
+    note = f", {unprojected} runs not projected (backbone not measured)" * bool(unprojected)
+    say(
+        f"{total['grid']}: {total['hours']:.2f} hours for {total['runs']} runs in {total['precision']}, "
+        f"compile {total['compile']}{note}"
+    )

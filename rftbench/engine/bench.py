@@ -1,51 +1,54 @@
 """How fast one backbone adversarially fine-tunes and is evaluated here, and what a grid would cost: the
-engine behind `rftbench bench`.
+engine behind `rftbench bench` and `benchmarks/gpu_matrix.py`.
 
     row = measure(BenchCase("ViT", resolution=224, batch_size=64, precision="bf16"), device="cuda")
-    hours = grid_hours(configs, row)   # the grid's runs on that backbone, projected from the row
+    hours = grid_hours(configs, {"ViT": row})   # the grid's runs on that backbone, projected from the row
+
+    r = rig(BenchCase("R50", compile="default"), "cuda")    # or one measurement at a time
+    train = training(r)
+    row = train | flop_row(r, train) | compile_row(r) | evaluation(r, ["budget"])
 
 Random-init weights (speed does not depend on them) and random uint8 images, through the trainer's own
 epoch loop (`train_one_epoch`: loader, device-side augmentation, APGD, fused step) and the evaluation's
 own `evaluate_budgets`. Timings are wall-clock over whole epochs after a warm-up epoch (compilation,
-cuDNN autotuning), closed by the epoch's one host sync. FLOPs are counted per pass with FlopCounterMode
-(which cannot follow `autograd.grad`): an APGD-k training step is k forward + input-gradient passes, one
-forward without gradient (the last iterate) and the training step; their ratio to the clean step is the
-gradient-count limit of the APGD/clean time ratio. Benchmarks, not tests: nothing here asserts a speed.
+cuDNN autotuning), closed by the epoch's one host sync. Compiled cases run through `CompiledModel`, whose
+graphs and compile seconds the row reports. FLOPs and MFU: `rftbench.engine.flops`. Benchmarks, not
+tests: nothing here asserts a speed.
 """
 
 from __future__ import annotations
 
-import functools
+import inspect
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
+from torch import nn
 
+from rftbench.attacks import apgd as apgd_module
 from rftbench.attacks.apgd import apgd
 from rftbench.core.config import RunConfig, RuntimeOptions, parse_eps
 from rftbench.core.metrics import EvalProtocol, eps_grid
 from rftbench.data.loading import ImageTensorDataset, make_loader
 from rftbench.data.registry import DATASETS
-from rftbench.engine.evaluation import AUTOCAST, evaluate_budgets
-from rftbench.engine.trainer import (
-    DynamicBatch,
-    configure_device,
-    memory_format,
-    param_groups,
-    train_one_epoch,
-)
+from rftbench.engine.batches import AUTOCAST
+from rftbench.engine.compiled import CompiledModel
+from rftbench.engine.evaluation import evaluate_budgets
+from rftbench.engine.flops import device_name, peak_tflops, step_flops
+from rftbench.engine.trainer import configure_device, memory_format, param_groups, train_one_epoch
 from rftbench.models.build import build_backbone
 
-# Dense peak TFLOP/s per device name fragment and math mode (vendor data sheets, SXM parts).
-PEAK_TFLOPS = {
-    "H200": {"bf16": 989.0, "fp16": 989.0, "tf32": 494.5, "fp32": 67.0},
-    "H100": {"bf16": 989.0, "fp16": 989.0, "tf32": 494.5, "fp32": 67.0},
-    "A100": {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5},
-}
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
+
+
+def apgd_freezes() -> bool:
+    """Whether an attack that does not say freezes the parameters (as the evaluation's attacks do not)."""
+    for fn in (getattr(apgd_module, "apgd_attack", None), apgd):
+        option = inspect.signature(fn).parameters.get("freeze_parameters") if fn else None
+        if option is not None and option.default is not inspect.Parameter.empty:
+            return bool(option.default)
+    return False
 
 
 @dataclass(frozen=True)
@@ -62,40 +65,151 @@ class BenchCase:
     num_classes: int = 100
 
 
-def peak_tflops(device: torch.device, precision: str, tf32: bool) -> float | None:
-    """The device's dense peak for the math that `precision` runs in; None where unknown (CPUs)."""
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    mode = "tf32" if precision == "fp32" and tf32 else precision
-    return next((peaks[mode] for part, peaks in PEAK_TFLOPS.items() if part in name), None)
+@dataclass
+class Rig:
+    """One case set up on its device: the model, the module the loops call (`net`: compiled or the model),
+    the same batches through the loader and already resident, and the trainer's optimizer state."""
+
+    case: BenchCase
+    dev: torch.device
+    config: RunConfig
+    tf32: bool
+    model: nn.Module
+    net: nn.Module
+    fmt: torch.memory_format
+    loader: object
+    resident: list
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: torch.amp.GradScaler
+    generator: torch.Generator
+
+    @property
+    def eps(self) -> float:
+        return float(parse_eps(self.case.eps))
+
+    def unit(self, x: torch.Tensor) -> torch.Tensor:
+        return x.float().div(255).contiguous(memory_format=self.fmt)
 
 
-def flops_of(fn: Callable[[], None]) -> float:
-    counter = FlopCounterMode(display=False)
-    with counter:
-        fn()
-    return float(counter.get_total_flops())
+def rig(case: BenchCase, device: str = "cpu", *, num_workers: int = 0, tf32: bool = True,
+        model: nn.Module | None = None) -> Rig:  # fmt: skip
+    """Build `case` on `device` (`model`: another module than the registry's backbone, e.g. a tiny one)."""
+    mode = None if case.compile in ("off", "default") else case.compile
+    runtime = RuntimeOptions(device=device, compile=case.compile != "off", compile_mode=mode,
+                             num_workers=num_workers, tf32=tf32)  # fmt: skip
+    dev = torch.device(device)
+    configure_device(dev, runtime)
+    config = RunConfig(backbone=case.backbone, dataset="synthetic", pretrained=False, eps=case.eps, epochs=1,
+                       batch_size=case.batch_size, resolution=case.resolution, precision=case.precision,
+                       train_attack_steps=case.attack_steps, eval_attack_steps=case.eval_steps,
+                       augmentation="device")  # fmt: skip
+    torch.manual_seed(0)
+    if model is None:
+        model = build_backbone(case.backbone, case.num_classes, pretrained=False, size=case.resolution)
+    fmt = memory_format(config, runtime)
+    model.to(device=dev, memory_format=fmt)
+    n = case.batch_size * case.batches
+    images = torch.randint(0, 256, (n, 3, case.resolution, case.resolution), dtype=torch.uint8)
+    labels = torch.randint(0, case.num_classes, (n,))
+    loader = make_loader(ImageTensorDataset(images, labels, None), case.batch_size, shuffle=True,
+                         num_workers=num_workers, device=device)  # fmt: skip
+    optimizer = torch.optim.AdamW(param_groups(model, config), config.lr, fused=dev.type == "cuda")
+    return Rig(
+        case, dev, config, tf32, model,
+        CompiledModel(model, mode=runtime.compile_mode) if runtime.compile else model, fmt, loader,
+        [(x.to(dev), y.to(dev)) for x, y in loader],  # the same batches, already on the device
+        optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0),
+        torch.amp.GradScaler(dev.type, enabled=case.precision == "fp16"), torch.Generator().manual_seed(0),
+    )  # fmt: skip
 
 
-def step_flops(model, x, y, attack_steps: int) -> tuple[float, float]:
-    """FLOPs of one clean training step and of one APGD-`attack_steps` training step (module docstring)."""
+def training(r: Rig) -> dict:
+    """Clean and APGD training img/s through `train_one_epoch` after a warm-up, peak memory, data stall."""
 
-    def forward(grad_of: str | None) -> None:
-        z = x.detach().requires_grad_(grad_of == "input")
-        with torch.set_grad_enabled(bool(grad_of)):
-            loss = F.cross_entropy(model(z).float(), y)
-        if grad_of == "input":
-            loss.backward(inputs=[z])
-        elif grad_of == "weights":
-            loss.backward()
+    def epoch(batches, eps_value: float) -> float:
+        eps_at = lambda step: eps_value  # noqa: E731
+        amp = AUTOCAST[r.case.precision]
+        args = (r.net, batches, r.optimizer, r.scheduler, r.scaler, eps_at, r.config, r.dev, amp, r.fmt)
+        return train_one_epoch(*args, r.generator)["images_per_second"]
 
-    clean = flops_of(functools.partial(forward, "weights"))
-    attack = attack_steps * flops_of(functools.partial(forward, "input")) + flops_of(
-        functools.partial(forward, None)
-    )
-    model.zero_grad(set_to_none=True)
-    return clean, clean + attack
+    if r.dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(r.dev)
+    for eps_value in (0.0, r.eps):  # warm-up: compilation, autotuning, the loader's workers
+        epoch(r.resident[:2], eps_value)
+    clean = epoch(r.loader, 0.0)
+    clean_resident = epoch(r.resident, 0.0)
+    adversarial = epoch(r.loader, r.eps)
+    peak_memory = torch.cuda.max_memory_allocated(r.dev) / 2**30 if r.dev.type == "cuda" else None
+    return {"clean_img_s": clean, "apgd_img_s": adversarial, "ratio": clean / adversarial,
+            "peak_memory_gib": peak_memory, "data_stall": max(0.0, 1 - clean / clean_resident)}  # fmt: skip
+
+
+def flop_row(r: Rig, train: dict) -> dict:
+    """FLOPs per step counted eagerly on one batch; with `training`'s speeds, the APGD step's TFLOP/s and
+    MFU against the device's peak (None where the peak is unknown)."""
+    x, y = r.unit(r.resident[0][0]), r.resident[0][1]
+    clean, adversarial, uncounted = step_flops(r.model, x, y, r.case.attack_steps)
+    limit = adversarial / clean
+    tflops = adversarial / r.case.batch_size * train["apgd_img_s"] / 1e12
+    peak = peak_tflops(r.dev, r.case.precision, r.tf32)
+    return {"gradient_limit": limit, "overhead": train["ratio"] / limit, "tflops": tflops,
+            "peak_tflops": peak, "mfu": tflops / peak if peak else None,
+            "flops_uncounted": uncounted}  # fmt: skip
+
+
+def compile_row(r: Rig) -> dict:
+    """The compiled graphs and compile seconds so far (None for an eager case)."""
+    stats = r.net.stats() if isinstance(r.net, CompiledModel) else {}
+    return {"graphs": stats.get("graphs"), "compile_seconds": stats.get("compile_seconds")}
+
+
+def eval_targets(r: Rig) -> list:
+    """The resident batches labelled with the model's own predictions: every image is attacked, as for a
+    trained model."""
+    r.net.eval()
+    with torch.no_grad():
+        return [(x, r.net(r.unit(x)).argmax(1)) for x, _ in r.resident]
+
+
+def evaluation(r: Rig, protocols: Iterable[str] = ("paper", "monotone"), targets: list | None = None) -> dict:
+    """Evaluation img/s: clean forward passes, then `evaluate_budgets` at the case's ε under each protocol
+    (`budget`: that ε alone). Leaves the model in eval mode."""
+    targets = eval_targets(r) if targets is None else targets
+    n = sum(len(y) for _, y in targets)
+    forward = lambda: [r.net(r.unit(x)) for x, _ in targets]  # noqa: E731
+    with torch.no_grad():
+        forward()
+        row = {"eval_clean_img_s": n / timed(forward, r.dev)}
+    for protocol in protocols:
+        spec = EvalProtocol(protocol, steps=r.case.eval_steps)
+        row[f"eval_{protocol}_img_s"] = eval_throughput(r.net, targets, r.case.eps, spec, r.dev)
+    return row
+
+
+def measure(case: BenchCase, device: str = "cpu", *, num_workers: int = 0, tf32: bool = True,
+            torchattacks: bool = True) -> dict:  # fmt: skip
+    """One row of `rftbench bench`: training and evaluation throughput of `case` on `device`."""
+    r = rig(case, device, num_workers=num_workers, tf32=tf32)
+    train = training(r)
+    row = {**asdict(case), "device": device_name(r.dev), "torch": torch.__version__, "tf32": tf32, **train}
+    row |= flop_row(r, train)
+    targets = eval_targets(r)
+    row |= evaluation(r, ("paper", "monotone"), targets)
+    # the attack timed both ways, whatever apgd's default: parameters frozen (no weight-gradient graph) or not
+    unfrozen, frozen = (attack_throughput(r.net, targets, r.eps, case.eval_steps, r.dev, r.fmt, freeze=f)
+                        for f in (False, True))  # fmt: skip
+    ours = frozen if apgd_freezes() else unfrozen  # what the evaluation runs
+    row |= {"eval_attack_img_s": ours["ours"], "frozen_speedup": frozen["ours"] / unfrozen["ours"]}
+    if torchattacks:  # both eager, fp32, same ε and steps
+        if r.net is not r.model:
+            ours = attack_throughput(r.model, targets, r.eps, case.eval_steps, r.dev, r.fmt, apgd_freezes())
+        theirs = torchattacks_throughput(r.model, targets, r.eps, case.eval_steps, r.dev, r.fmt)
+        row |= {"torchattacks_img_s": theirs["img_s"], "robust_ours": ours["robust"],
+                "speedup_vs_torchattacks": ours["ours"] / theirs["img_s"],
+                "robust_torchattacks": theirs["robust"]}  # fmt: skip
+    r.net.train()
+    return row | compile_row(r)
 
 
 def timed(fn: Callable[[], object], device: torch.device) -> float:
@@ -112,101 +226,7 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(case: BenchCase, device: str = "cpu", *, num_workers: int = 0, tf32: bool = True,
-            torchattacks: bool = True) -> dict:  # fmt: skip
-    """One row of `rftbench bench`: training and evaluation throughput of `case` on `device`."""
-    mode = None if case.compile in ("off", "default") else case.compile
-    runtime = RuntimeOptions(device=device, compile=case.compile != "off", compile_mode=mode,
-                             num_workers=num_workers, tf32=tf32)  # fmt: skip
-    dev = torch.device(device)
-    configure_device(dev, runtime)
-    config = RunConfig(backbone=case.backbone, dataset="synthetic", pretrained=False, eps=case.eps, epochs=1,
-                       batch_size=case.batch_size, resolution=case.resolution, precision=case.precision,
-                       train_attack_steps=case.attack_steps, eval_attack_steps=case.eval_steps,
-                       augmentation="device")  # fmt: skip
-    torch.manual_seed(0)
-    model = build_backbone(case.backbone, case.num_classes, pretrained=False, size=case.resolution)
-    fmt = memory_format(config, runtime)
-    model.to(device=dev, memory_format=fmt)
-    amp = AUTOCAST[case.precision]
-    n = case.batch_size * case.batches
-    images = torch.randint(0, 256, (n, 3, case.resolution, case.resolution), dtype=torch.uint8)
-    labels = torch.randint(0, case.num_classes, (n,))
-    loader = make_loader(ImageTensorDataset(images, labels, None), case.batch_size, shuffle=True,
-                         num_workers=num_workers, device=device)  # fmt: skip
-    resident = [(x.to(dev), y.to(dev)) for x, y in loader]  # the same batches, already on the device
-    optimizer = torch.optim.AdamW(param_groups(model, config), config.lr, fused=dev.type == "cuda")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    scaler = torch.amp.GradScaler(dev.type, enabled=case.precision == "fp16")
-    net = DynamicBatch(model, runtime.compile_mode) if runtime.compile else model
-    generator = torch.Generator().manual_seed(0)
-    eps = float(parse_eps(case.eps))
-
-    def epoch(batches, eps_value: float) -> float:
-        eps_at = lambda step: eps_value  # noqa: E731
-        args = (net, batches, optimizer, scheduler, scaler, eps_at, config, dev, amp, fmt, generator)
-        return train_one_epoch(*args)["images_per_second"]
-
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    for eps_value in (0.0, eps):  # warm-up: compilation, autotuning, the loader's workers
-        epoch(resident[:2], eps_value)
-    clean = epoch(loader, 0.0)
-    clean_resident = epoch(resident, 0.0)
-    adversarial = epoch(loader, eps)
-    peak_memory = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
-
-    x, y = resident[0][0].float().div(255).contiguous(memory_format=fmt), resident[0][1]
-    flop_clean, flop_adv = step_flops(model, x, y, case.attack_steps)
-    limit = flop_adv / flop_clean
-    tflops = flop_adv / case.batch_size * adversarial / 1e12
-    peak = peak_tflops(dev, case.precision, tf32)
-
-    model.eval()
-    with torch.no_grad():  # labels the model gets right: every image is attacked, as for a trained model
-        targets = [(x, net(x.float().div(255).contiguous(memory_format=fmt)).argmax(1)) for x, _ in resident]
-    attack = attack_throughput(net, targets, eps, case.eval_steps, dev, fmt)
-    forward = lambda: [net(x.float().div(255).contiguous(memory_format=fmt)) for x, _ in targets]  # noqa: E731
-    with torch.no_grad():
-        forward()
-        clean_eval = n / timed(forward, dev)
-    evaluation = {
-        protocol: eval_throughput(net, targets, case.eps, EvalProtocol(protocol, steps=case.eval_steps), dev)
-        for protocol in ("paper", "monotone")
-    }
-    row = {
-        **asdict(case),
-        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type,
-        "torch": torch.__version__,
-        "clean_img_s": clean,
-        "apgd_img_s": adversarial,
-        "ratio": clean / adversarial,
-        "gradient_limit": limit,
-        "overhead": clean / adversarial / limit,
-        "tflops": tflops,
-        "mfu": tflops / peak if peak else None,
-        "peak_memory_gib": peak_memory,
-        "data_stall": max(0.0, 1 - clean / clean_resident),
-        "eval_clean_img_s": clean_eval,
-        "eval_attack_img_s": attack["ours"],
-        "eval_paper_img_s": evaluation["paper"],
-        "eval_monotone_img_s": evaluation["monotone"],
-    }
-    frozen = attack_throughput(net, targets, eps, case.eval_steps, dev, fmt, freeze=True)
-    row["frozen_speedup"] = frozen["ours"] / attack["ours"]  # APGD with parameters frozen vs not
-    if torchattacks:  # both eager, fp32, same ε and steps
-        ours = (
-            attack_throughput(model, targets, eps, case.eval_steps, dev, fmt) if runtime.compile else attack
-        )
-        theirs = torchattacks_throughput(model, targets, eps, case.eval_steps, dev, fmt)
-        row |= {"torchattacks_img_s": theirs["img_s"], "robust_ours": ours["robust"],
-                "speedup_vs_torchattacks": ours["ours"] / theirs["img_s"],
-                "robust_torchattacks": theirs["robust"]}  # fmt: skip
-    model.train()
-    return row
-
-
-def attack_throughput(net, batches, eps: float, steps: int, dev, fmt, freeze: bool = False) -> dict:
+def attack_throughput(net, batches, eps: float, steps: int, dev, fmt, freeze: bool) -> dict:
     """Images/s of one evaluation APGD (fp32, returns misclassified iterates) and the accuracy it leaves."""
     robust, seen = torch.zeros((), device=dev), 0
 

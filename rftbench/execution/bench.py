@@ -1,13 +1,14 @@
 """What `rftbench bench` measures, below the command line: each (backbone, precision, compile mode) case
 on this device, and a grid's projected hours from the measurements.
 
-    rows = bench_rows(BenchRequest(backbones=["ViT"]), RunnerOptions(device="cuda"), say=print)
+    for row in bench_rows(BenchRequest(backbones=["ViT"]), RunnerOptions(device="cuda"), say=print):
+        print(row)   # each case as soon as it is measured, then a grid's totals
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from rftbench.core.config import eps_text
 from rftbench.execution.launch import runtime_options
@@ -26,8 +27,11 @@ def check_request(request: BenchRequest) -> None:
             raise LaunchError(f"--compile {mode!r}: choose one of {', '.join(COMPILE_MODES)}")
 
 
-def bench_rows(request: BenchRequest, options: RunnerOptions, say: Callable[[str], None] | None = None):
-    """One row per measured case, then (with a grid) one total per (precision, compile mode)."""
+def bench_rows(
+    request: BenchRequest, options: RunnerOptions, say: Callable[[str], None] | None = None
+) -> Iterator[dict]:
+    """Each measured case's row as soon as it is measured (with a grid: its backbone's share of the grid's
+    hours), then with a grid one total per (precision, compile mode). A run cut short keeps its rows."""
     from rftbench.engine.bench import BenchCase, grid_hours, measure
     from rftbench.experiments.files import find_experiments
     from rftbench.experiments.grids import load_experiments
@@ -50,32 +54,29 @@ def bench_rows(request: BenchRequest, options: RunnerOptions, say: Callable[[str
         )
         if say is not None:
             say(f"measuring {name} {precision} compile={mode} on {runtime.device} …")
-        rows.append(
-            measure(
-                case,
-                runtime.device,
-                num_workers=runtime.num_workers,
-                tf32=options.tf32,
-                torchattacks=r.torchattacks,
-            )
+        row = measure(
+            case,
+            runtime.device,
+            num_workers=runtime.num_workers,
+            tf32=options.tf32,
+            torchattacks=r.torchattacks,
         )
+        if r.grid is not None:
+            projected = grid_hours(configs, {name: row})
+            row[f"{r.grid}_hours"] = projected["hours"].get(name)
+            row[f"{r.grid}_runs"] = projected["runs"].get(name, 0)
+        rows.append(row)
+        yield row
     if r.grid is None:
-        return rows
-    for row in rows:
-        projected = grid_hours(configs, {row["backbone"]: row})
-        row[f"{r.grid}_hours"] = projected["hours"].get(row["backbone"])
-        row[f"{r.grid}_runs"] = projected["runs"].get(row["backbone"], 0)
+        return
     for precision, mode in itertools.product(precisions, r.compile_modes):
         chosen = {x["backbone"]: x for x in rows if (x["precision"], x["compile"]) == (precision, mode)}
         total = grid_hours(configs, chosen)
-        rows.append(
-            {
-                "grid": r.grid,
-                "precision": precision,
-                "compile": mode,
-                "hours": total["total"],
-                "runs": sum(total["runs"].values()),
-                "unprojected": total["unprojected"],
-            }
-        )
-    return rows
+        yield {
+            "grid": r.grid,
+            "precision": precision,
+            "compile": mode,
+            "hours": total["total"],
+            "runs": sum(total["runs"].values()),
+            "unprojected": total["unprojected"],
+        }
