@@ -53,10 +53,12 @@ def sync_audit(
     args = (model, loader, optimizer, scheduler, scaler, eps_at, config, dev, amp, fmt, augment)
     train_one_epoch(*args)  # warm-up: cuDNN autotuning and lazy initialisations may sync once
     torch.cuda.set_sync_debug_mode("warn")
-    with warnings.catch_warnings(record=True) as caught, UnpinnedCopies() as copies:
+    with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         train_one_epoch(*args)
     torch.cuda.set_sync_debug_mode("default")
+    with UnpinnedCopies() as copies:  # an epoch of its own: its frame would own every sync warning
+        train_one_epoch(*args)
     return [w for w in caught if "synchroniz" in str(w.message)], copies.found
 
 

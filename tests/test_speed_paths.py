@@ -188,3 +188,27 @@ def test_the_audit_catches_copies_from_unpinned_host_memory():
         torch.rand(3).double()
         to_device(torch.rand(3), torch.device("cpu"))
     assert len(audit.found) == 2 and all("test_speed_paths.py:" in where for where in audit.found)
+
+
+def test_the_training_step_reads_nothing_back_from_the_device(data):
+    """No operator of a training step's own device work (the device-side augmentation, the APGD attack as
+    the trainer calls it, the forward and backward) reads a device value on the host: on a GPU each would
+    stall the loop once per step (release 0.3's attack result, built with boolean masks, had four). The
+    loader and the optimizer are left out: on a CPU their host-side reads (a sampler's seed, AdamW's step
+    count, which CUDA's fused AdamW keeps on the device) look the same as a device read."""
+    from rftbench.attacks.apgd import apgd
+    from rftbench.data.loading import to_unit_float
+    from rftbench.engine.audit import SyncingOps
+
+    model = model_for(CONFIG).train()
+    x, y = next(iter(make_loader(data["train"], CONFIG.batch_size, shuffle=False)))
+    params = augment_params(len(y), torch.Generator().manual_seed(0))
+    with SyncingOps() as audit:
+        x = augment_batch(to_unit_float(x), params)
+        x = apgd(model, x, y, 4 / 255, CONFIG.train_attack_steps, random_start=CONFIG.attack_random_start,
+                 mode=CONFIG.attack_mode)  # fmt: skip
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+    assert audit.found == []
+    with SyncingOps() as audit:  # the audit sees a read where there is one
+        bool(y.any())
+    assert audit.found == ["aten._local_scalar_dense.default"]

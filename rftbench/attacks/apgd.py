@@ -37,7 +37,8 @@ Evaluation-only savings of `apgd_attack`, each exact (rows of an eval-mode model
 the batch's composition, and so floating-point rounding, can change):
 - `early_exit=True` (with `returned="misclassified"`): a fooled sample's result is fixed the step it is
   fooled, so fooled samples leave the batch before the first step (a clean mistake) and at every
-  step-size checkpoint.
+  step-size checkpoint. The batch then takes many sizes, each of which `cudnn.benchmark` would time anew
+  (on an H200, R50's evaluation fell to 10 img/s): cuDNN picks by its heuristics during such an attack.
 - `start=(loss, grad, wrong)` at `x` (`loss_and_gradient`): the first forward and backward, which are the
   same at every ε when the attack starts at the clean image, computed once by the caller.
 - The result carries APGD's own flags (is the returned point misclassified) and its loss, so callers need
@@ -134,7 +135,8 @@ def apgd_attack(
             x, torch.zeros_like(y, dtype=torch.bool), torch.full(y.shape, math.nan, device=x.device)
         )
     frozen = frozen_parameters(model) if freeze_parameters else nullcontext()
-    with module_modes(model, None if mode == "keep" else mode == "train"), frozen:
+    heuristics = cudnn_heuristics() if early_exit else nullcontext()
+    with module_modes(model, None if mode == "keep" else mode == "train"), frozen, heuristics:
         return _apgd(model, x.detach(), y, eps, steps, random_start, x_init, returned, momentum, rho,
                      autocast_dtype, generator, norm, early_exit, start)  # fmt: skip
 
@@ -167,6 +169,17 @@ def module_modes(model: nn.Module, training: bool | None):
     finally:
         for module, was_training in zip(model.modules(), modes):
             module.training = was_training
+
+
+@contextmanager
+def cudnn_heuristics():
+    """cuDNN chooses kernels by its heuristics inside, not by timing each new shape (`cudnn.benchmark`)."""
+    benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
 
 
 @contextmanager
@@ -231,20 +244,22 @@ def _apgd(model, x, y, eps, steps, random_start, x_init, returned, momentum, rho
     loss_best_last_check, reduced_last_check = loss_best, torch.ones_like(fooled)
     checkpoints, last_check = set(step_size_checkpoints(steps)), 0
     x_prev = x_adv
-    # where each row of the working batch sits in the caller's batch, and the results of rows that left
-    rows, out = torch.arange(x.shape[0], device=x.device), Attack(x.clone(), fooled.clone(), loss.clone())
+    # with early exit: where each row of the working batch sits in the caller's, and the rows that left
+    rows = torch.arange(x.shape[0], device=x.device)
+    out = Attack(x.clone(), fooled.clone(), loss.clone()) if early_exit else None
 
-    def finish(done: Tensor) -> None:
-        """Write the results of the working rows flagged `done` (all, at the end) into `out`."""
+    def results() -> Attack:
+        """The returned points, flags and losses of the working rows."""
         if returned == "misclassified":
             point = torch.where(fooled.view(per_sample), x_fooled, x_best)
-            flag, value = fooled | wrong_best, torch.where(fooled, loss_fooled, loss_best)
-        else:
-            point, flag, value = x_best, wrong_best, loss_best
-        index = rows[done]
-        out.x.index_copy_(0, index, point[done])
-        out.fooled.index_copy_(0, index, flag[done])
-        out.loss.index_copy_(0, index, value[done])
+            return Attack(point, fooled | wrong_best, torch.where(fooled, loss_fooled, loss_best))
+        return Attack(x_best, wrong_best, loss_best)
+
+    def finish(done: Tensor | None = None) -> None:
+        """Copy the results of the working rows flagged `done` (None: all) to `out`; a mask costs a sync."""
+        index, result = (rows, results()) if done is None else (rows[done], [t[done] for t in results()])
+        for target, values in zip(out, result):
+            target.index_copy_(0, index, values)
 
     for i in range(steps):
         if early_exit and (i == 0 or i in checkpoints) and bool(fooled.any()):  # one host sync per check
@@ -287,5 +302,7 @@ def _apgd(model, x, y, eps, steps, random_start, x_init, returned, momentum, rho
                 reduced_last_check, loss_best_last_check = reduce.view(-1), loss_best
                 increases, last_check = torch.zeros_like(increases), i + 1
 
-    finish(torch.ones_like(fooled))
+    if out is None:  # every row stayed: no copy, and no host sync in the training attack
+        return results()
+    finish()
     return out
