@@ -6,16 +6,10 @@
 
 The protocols and the formulas are `rftbench.core.metrics` (torch-free: reports and the CLI read them fast).
 
-Every evaluation goes batch by batch over a loader in a fixed order, and each batch yields per-sample
-robust flags: a text of '0'/'1' per sample for every ε of the grid ("flags"), and for AutoAttack, the flags
-after each of its attacks in turn ("stages", cumulative: robust to every attack so far). The accuracies
-are their means. With a `BatchLog` (the results database keeps one per run and evaluation), a batch already
-logged is read back instead of measured, and each new one is logged as soon as it is measured: a killed
-evaluation continues at its first missing batch and ends with the numbers an uninterrupted one gives (every
-batch's randomness is drawn from (seed, batch index), never from what ran before).
+Every evaluation goes batch by batch, yields per-sample flags, and resumes per batch from its `BatchLog`
+(`engine.batches`, which both this module and `engine.autoattack` use).
 
-AutoAttack runs through torchattacks with auto-attack's own parameters (`engine.autoattack`); the batch
-machinery both share is `engine.batches`.
+AutoAttack runs through torchattacks with auto-attack's own parameters (`engine.autoattack`).
 """
 
 from __future__ import annotations
