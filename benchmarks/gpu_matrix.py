@@ -8,7 +8,7 @@ Cases, each kind over every backbone before the next kind, most needed first:
 1. `train`: eager training through the trainer's `train_one_epoch`: clean and APGD-7 img/s, their FLOPs
    ratio, TFLOP/s, MFU against the device's dense peak, peak memory. Half of every hour projection.
 2. `eval`: the final evaluation's img/s, fp32 APGD-10 at 4/255 alone through `evaluate_budgets`
-   (protocol `budget`), and clean forward img/s. The other half.
+   (protocol `budget`), the same under the bf16 protocol, and clean forward img/s. The other half.
 3. `checkpoint`: seconds to write the model and AdamW state to local disk (`save_checkpoint`: torch.save,
    fsync'd, renamed) against a host snapshot alone (`host_snapshot`: what the background writer blocks
    training for).
@@ -182,11 +182,15 @@ def train_row(args, backbone: str, compile_mode: str = "off") -> dict:
 
 
 def eval_row(args, backbone: str) -> dict:
-    from rftbench.engine.bench import evaluation, rig
+    from rftbench.core.metrics import EvalProtocol
+    from rftbench.engine.bench import eval_targets, eval_throughput, evaluation, rig
 
     case = bench_case(args, backbone)
     r = rig(case, args.device, model=build(backbone, case))
-    row = evaluation(r, ["budget"])  # fp32 (the protocol's precision), APGD-10 at 4/255 alone
+    targets = eval_targets(r)
+    row = evaluation(r, ["budget"], targets)  # fp32 (the protocol's precision), APGD-10 at 4/255 alone
+    bf16 = EvalProtocol("budget", steps=case.eval_steps, precision="bf16")  # the stored bf16 protocol
+    row["eval_bf16_img_s"] = eval_throughput(r.net, targets, case.eps, bf16, r.dev)
     return asdict(case) | row | {"eval_attack_img_s": row["eval_budget_img_s"], "eval_precision": "fp32"}
 
 
