@@ -18,7 +18,6 @@ tests: nothing here asserts a speed.
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -26,7 +25,6 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from rftbench.attacks import apgd as apgd_module
 from rftbench.attacks.apgd import apgd
 from rftbench.core.config import RunConfig, RuntimeOptions, parse_eps
 from rftbench.core.metrics import EvalProtocol, eps_grid
@@ -40,15 +38,6 @@ from rftbench.engine.trainer import configure_device, memory_format, param_group
 from rftbench.models.build import build_backbone
 
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
-
-
-def apgd_freezes() -> bool:
-    """Whether an attack that does not say freezes the parameters (as the evaluation's attacks do not)."""
-    for fn in (getattr(apgd_module, "apgd_attack", None), apgd):
-        option = inspect.signature(fn).parameters.get("freeze_parameters") if fn else None
-        if option is not None and option.default is not inspect.Parameter.empty:
-            return bool(option.default)
-    return False
 
 
 @dataclass(frozen=True)
@@ -196,14 +185,13 @@ def measure(case: BenchCase, device: str = "cpu", *, num_workers: int = 0, tf32:
     row |= flop_row(r, train)
     targets = eval_targets(r)
     row |= evaluation(r, ("paper", "monotone"), targets)
-    # the attack timed both ways, whatever apgd's default: parameters frozen (no weight-gradient graph) or not
-    unfrozen, frozen = (attack_throughput(r.net, targets, r.eps, case.eval_steps, r.dev, r.fmt, freeze=f)
-                        for f in (False, True))  # fmt: skip
-    ours = frozen if apgd_freezes() else unfrozen  # what the evaluation runs
-    row |= {"eval_attack_img_s": ours["ours"], "frozen_speedup": frozen["ours"] / unfrozen["ours"]}
+    # the attack as every attack runs (parameters frozen: no weight-gradient graph), and as release 0.3 ran it
+    unfrozen, ours = (attack_throughput(r.net, targets, r.eps, case.eval_steps, r.dev, r.fmt, freeze=f)
+                      for f in (False, True))  # fmt: skip
+    row |= {"eval_attack_img_s": ours["ours"], "frozen_speedup": ours["ours"] / unfrozen["ours"]}
     if torchattacks:  # both eager, fp32, same ε and steps
         if r.net is not r.model:
-            ours = attack_throughput(r.model, targets, r.eps, case.eval_steps, r.dev, r.fmt, apgd_freezes())
+            ours = attack_throughput(r.model, targets, r.eps, case.eval_steps, r.dev, r.fmt, True)
         theirs = torchattacks_throughput(r.model, targets, r.eps, case.eval_steps, r.dev, r.fmt)
         row |= {"torchattacks_img_s": theirs["img_s"], "robust_ours": ours["robust"],
                 "speedup_vs_torchattacks": ours["ours"] / theirs["img_s"],
