@@ -59,7 +59,7 @@ def test_schema_version_is_written_once_and_checked(tmp_path):
     store = Store.open(str(tmp_path / "s.db"))
     Store.open(str(tmp_path / "s.db"))
     with store.session() as session:
-        assert session.exec(select(SchemaVersion.version)).all() == [SCHEMA_VERSION] == [4]
+        assert session.exec(select(SchemaVersion.version)).all() == [SCHEMA_VERSION] == [5]
         session.get(SchemaVersion, SCHEMA_VERSION).version = 99
         session.commit()
     with pytest.raises(StoreError, match=r"schema version 99, this rftbench reads up to 4: upgrade rftbench"):

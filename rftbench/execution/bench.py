@@ -44,7 +44,11 @@ def bench_rows(
         raise LaunchError(str(exc)) from None
     configs = []
     if r.grid is not None:
-        configs = [job.config for job in load_experiments(find_experiments(r.experiments)).jobs(r.grid)]
+        from rftbench.experiments.grids import VALIDATING
+
+        spec = load_experiments(find_experiments(r.experiments))
+        spec.tuned = VALIDATING  # "tuned" knobs at their defaults: the learning rate does not change speed
+        configs = [job.config for job in spec.jobs(r.grid)]
     runtime = runtime_options(options)
     precisions = r.precisions or (["bf16"] if runtime.device.startswith("cuda") else ["fp32"])
     rows = []

@@ -106,7 +106,8 @@ class LocalExecutor:
     def launch(self, spec: WorkerSpec, runner, say: Callable[[str], None]) -> Outcome:
         code = self.start(spec)
         queue = runner.queue
-        left = queue.claimable(spec.run_ids) + [r.id for r in queue.held_by_others(spec.run_ids)]
+        scope = runner.scope(spec.run_ids)
+        left = queue.claimable(scope) + [r.id for r in queue.held_by_others(scope)]
         lines = []
         killed = [f"{i + 1} ({-c})" for i, c in enumerate(self.codes) if c < 0]
         if killed:  # its runs were continued by the others, or wait for `resume`

@@ -75,6 +75,17 @@ def recorded_splits(db: str | None, grid: str | None) -> dict[str, str]:
     return {run.dataset: json.loads(run.config).get("splits", "rules") for run in runs}
 
 
+def tuned_values(db: str | None) -> dict[str, dict | None]:
+    """Study key -> its best trial's values (None: no completed trial yet), for a grid's "tuned" knobs."""
+    from rftbench.results.studies import Studies
+
+    store = existing_store(db)
+    if store is None:
+        return {}
+    studies = Studies(store)
+    return {key: best[2] if best else None for key, best in studies.best([s.key for s in studies.all()]).items()}
+
+
 def check_filters(backbone: list[str], dataset: list[str], setting: list[str]) -> None:
     """A filter value that names nothing in the registries is a typo: say so instead of matching nothing."""
     from rftbench.data.registry import DATASETS
@@ -125,6 +136,7 @@ def plan_grid(request: GridRequest) -> GridPlan:
     r = request
     spec = read_experiments(r.experiments, r.roots)
     spec.recorded[r.grid] = recorded_splits(r.db, r.grid)
+    spec.tuned = tuned_values(r.db)
     jobs = spec.jobs(
         r.grid, backbones=r.backbones, datasets=r.datasets, settings=r.settings, eps=r.eps, seeds=r.seeds
     )
@@ -208,6 +220,7 @@ def run_one(request: RunRequest, options: RunnerOptions, *, say: Say = print, pr
     entry = {"setting": r.setting} | {k: v for k, v in (("t1", r.t1), ("t2", r.t2)) if v is not None}
     entry |= {"points": r.points} if r.points else {}
     spec.recorded[r.grid or "defaults"] = recorded_splits(r.db, r.grid)
+    spec.tuned = tuned_values(r.db)
     try:
         job = spec.single(r.backbone, r.dataset, entry, r.eps, r.seed, grid=r.grid)
     except ValueError as exc:  # GridError is a RftbenchError already; a schedule's ValueError is not

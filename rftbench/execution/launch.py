@@ -102,6 +102,7 @@ def worker_spec(runner, run_ids: list[str] | None, db: str | None) -> WorkerSpec
         weights=runner.weights,
         prune=runner.prune,
         lease_seconds=runner.lease_seconds,
+        tune=runner.tuner.spec() if runner.tuner is not None else None,
     )
 
 

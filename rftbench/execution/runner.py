@@ -43,6 +43,10 @@ from rftbench.results.store import Store
 LEASE_SECONDS = 120.0
 
 
+class Pruned(Exception):
+    """Raised from the epoch callback when the run's study prunes it (rftbench.execution.tuning)."""
+
+
 def resolve_paths(config: RunConfig, stored: dict, roots: dict, weights: dict) -> dict:
     """Where this run's data and weights are: a flag, else the environment variable, else the
     experiments file's path stored with the run, else (None) the registry's default."""
@@ -134,6 +138,7 @@ class Summary:
     interrupted: str | None = None  # the run Ctrl-C stopped
     stopped: str | None = None  # why a signal stopped this worker (with or without a run in hand)
     lost: list[str] = field(default_factory=list)
+    pruned: list[str] = field(default_factory=list)  # trials their study stopped
 
 
 @dataclass
@@ -152,6 +157,9 @@ class Runner:
     # Wait, once nothing is left to claim, for runs other workers hold, and take over those whose worker
     # died (its lease expires): what an executor's workers do; `run-grid` alone returns at once.
     wait_for_others: bool = False
+    # A study's trials (rftbench.execution.tuning.Tuner): asked when nothing is left to claim, pruned
+    # after an epoch, told to Optuna when they end. None: plain runs.
+    tuner: object = None
 
     @property
     def queue(self) -> JobQueue:
@@ -175,15 +183,27 @@ class Runner:
             [(config, resolve_paths(config, stored, self.roots, self.weights)) for config, stored in items]
         )
 
+    def scope(self, run_ids: list[str] | None) -> list[str] | None:
+        """The runs this runner may claim: `run_ids`, or the trials of the studies its tuner asks for."""
+        return self.tuner.run_ids() if self.tuner is not None and self.tuner.asks else run_ids
+
+    def work_left(self, run_ids: list[str] | None) -> int:
+        """Runs to claim now, and trials the tuner may still ask."""
+        asks = self.tuner.trials_left() if self.tuner is not None else 0
+        return len(self.queue.claimable(self.scope(run_ids))) + asks
+
     def run(self, run_ids: list[str] | None = None) -> Summary:
-        """Claim and execute runs (of `run_ids`, in order; None: all) until none is left to claim."""
+        """Claim and execute runs (of `run_ids`, in order; None: all) until none is left to claim; with a
+        tuner, ask it for a new trial whenever none is."""
         summary, done, queue = Summary(), 0, self.queue
         try:
             while not self.stopping.is_set():
                 queue.reap()
-                candidates = queue.claimable(run_ids)
+                candidates = queue.claimable(self.scope(run_ids))
+                if not candidates and self.tuner is not None and (asked := self.tuner.ask()) is not None:
+                    candidates = [asked]
                 if not candidates:
-                    if not (self.wait_for_others and queue.held_by_others(run_ids)):
+                    if not (self.wait_for_others and queue.held_by_others(self.scope(run_ids))):
                         break
                     self.stopping.wait(min(5.0, self.lease_seconds / 4))  # their lease expires, or they end
                     continue
@@ -214,6 +234,8 @@ class Runner:
                 raise LeaseLost(f"run {run.id} was taken over by another worker (its lease had expired)")
             queue.record_epoch(run.id, self.worker, metrics)  # owner-checked: else LeaseLost
             self.progress.epoch(run, config, metrics)
+            if self.tuner is not None and self.tuner.should_prune(run.id, config, metrics):
+                raise Pruned(f"pruned after epoch {metrics['epoch']} (val {metrics['val_acc']:.2%})")
 
         try:
             info = provenance(self.runtime)
@@ -248,11 +270,18 @@ class Runner:
             if "compile" in result:  # graphs and compile seconds: how it ran, not what it measured
                 info = info | {"compile": result.pop("compile")}
             queue.complete(run.id, self.worker, result, provenance=info)  # owner-checked: else LeaseLost
+            self.told(run.id)
             if self.prune:
                 (run_dir / "last.pt").unlink(missing_ok=True)
             summary.completed.append(run.id)
             self.progress.end_run(run, "completed", f"clean {result['clean']:.2%}")
             return "completed"
+        except Pruned as exc:  # its study stopped it: neither a failure nor a run to continue
+            if queue.release(run.id, self.worker, "pruned", error=str(exc)):
+                self.told(run.id)
+            summary.pruned.append(run.id)
+            self.progress.end_run(run, "pruned", str(exc))
+            return "pruned"
         except LeaseLost as exc:
             summary.lost.append(run.id)
             self.progress.end_run(run, "lost", str(exc))
@@ -270,12 +299,18 @@ class Runner:
         finally:
             heartbeat.stop.set()
 
+    def told(self, run_id: str) -> None:
+        """Tell the tuner a run ended (if it is a trial, Optuna learns how)."""
+        if self.tuner is not None:
+            self.tuner.finished(run_id)
+
     def fail(self, run: Run, exc: Exception, run_dir: Path, summary: Summary) -> str:
         """One job's crash must not stop the grid: the run is failed with one line, the traceback kept."""
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "error.log").write_text(traceback.format_exc())
         line = one_line(exc)
         self.queue.release(run.id, self.worker, "failed", error=line)
+        self.told(run.id)
         summary.failed[run.id] = line
         self.progress.end_run(run, "failed", line)
         return "failed"

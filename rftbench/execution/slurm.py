@@ -94,7 +94,7 @@ class SlurmExecutor:
 
         if sqlite_path(spec.db) is not None:
             say(SQLITE_NOTE)
-        todo = len(runner.queue.claimable(spec.run_ids))
+        todo = runner.work_left(spec.run_ids)
         if todo == 0:
             return Outcome(lines=["no run left to claim: nothing submitted (`rftbench status`)"])
         jobs = self.options.jobs or min(todo, self.options.array_parallelism)

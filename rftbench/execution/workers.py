@@ -28,6 +28,7 @@ class WorkerSpec:
     weights: dict = field(default_factory=dict)
     prune: bool = False
     lease_seconds: float = 120.0
+    tune: dict | None = None  # a Tuner's plain values (rftbench.execution.tuning): its studies and budgets
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -82,8 +83,15 @@ def runner_for(spec: WorkerSpec, label: str):
     from rftbench.results.queue import Worker
     from rftbench.results.store import Store
 
+    store = Store.open(spec.db, create=False)
+    tuner = None
+    if spec.tune is not None:
+        from rftbench.execution.tuning import Tuner
+
+        tuner = Tuner(store, **spec.tune)
     return Runner(
-        store=Store.open(spec.db, create=False),
+        store=store,
+        tuner=tuner,
         runtime=spec.runtime,
         runs_dir=Path(spec.runs_dir),
         roots=spec.roots,

@@ -36,6 +36,7 @@ from pathlib import Path
 import pydantic
 
 from rftbench.core.config import RunConfig, SlurmOptions, budget_value
+from rftbench.core.tuning import TUNED, Search, SearchError, study_key
 from rftbench.data.lists import paper_split_dir
 from rftbench.data.registry import PAPER_SPLITS, SPLIT_FOLDER, data_root, resolve_root
 from rftbench.errors import RftbenchError
@@ -45,8 +46,11 @@ from rftbench.experiments.schema import (
     Defaults,
     ExperimentsFile,
     GridBlock,
+    TuneTable,
     problems,
 )
+
+VALIDATING = "validating"  # Experiments.tuned while the file is checked: "tuned" knobs at their defaults
 
 
 class GridError(RftbenchError, ValueError):
@@ -80,6 +84,17 @@ class Grid:
     adaptation_threshold: float
     standard_eval_budgets: list[str]
     evaluation: dict[str, str] = field(default_factory=dict)  # eval_protocol, eval_precision
+    search: Search = field(default_factory=Search)  # how `rftbench tune` tunes its configurations
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    """One configuration of a grid to tune: its study's key, the run config its trials start from (the
+    knobs to tune at their defaults) and how it is searched."""
+
+    key: str
+    job: Job  # the trial template as a job (its paths and evaluation protocol)
+    search: Search
 
 
 @dataclass
@@ -101,6 +116,9 @@ class Experiments:
     recorded: dict[str, dict[str, str]] = field(default_factory=dict)
     # run id -> (dataset, how "auto" decided, splits, the folder looked in): what the notes say
     split_choices: dict[str, tuple[str, str, str, Path]] = field(default_factory=dict)
+    # study key -> the best values of its knobs (None: no completed trial yet), from the database: what a
+    # grid's "tuned" values become; None: not read, so a "tuned" value is an error naming `rftbench tune`
+    tuned: dict[str, dict | None] | str | None = None
 
     def grid(self, name: str) -> list[Grid]:
         if name not in self.grids:
@@ -171,18 +189,30 @@ class Experiments:
         paths = {**self.paths.get(backbone, {}), **self.paths.get(dataset, {})}
         return Job(config, grid or "", 0, paths, **block.evaluation)
 
-    def config(
-        self, grid: Grid, backbone: str, dataset: str, setting: dict, eps: str, seed: int
-    ) -> RunConfig:
+    def values(self, grid: Grid, backbone: str, dataset: str) -> dict:
+        """The run-config fields of one (backbone, dataset) of a block: defaults, grid, overrides."""
         values = dict(self.defaults)
         values.update(grid.fields)
         for scope in (self.overrides, grid.overrides):
             for key in (backbone, dataset, f"{backbone}/{dataset}"):
                 values.update(scope.get(key, {}))
+        return values
+
+    def config(
+        self, grid: Grid, backbone: str, dataset: str, setting: dict, eps: str, seed: int
+    ) -> RunConfig:
+        values = self.values(grid, backbone, dataset)
+        if TUNED in values.values():
+            values |= self.tuned_values(grid, backbone, dataset, eps, values)
         standard = budget_value(eps) == 0 or setting["setting"] == "standard"
         if standard and "eval_budgets" not in values and grid.standard_eval_budgets:
             values["eval_budgets"] = grid.standard_eval_budgets
-        values["eval_budgets"] = tuple(values.get("eval_budgets", ()))
+        return self.build(grid, backbone, dataset, setting, eps, seed, values)
+
+    def build(
+        self, grid: Grid, backbone: str, dataset: str, setting: dict, eps: str, seed: int, values: dict
+    ) -> RunConfig:
+        values = values | {"eval_budgets": tuple(values.get("eval_budgets", ()))}
         grid_name = grid.name.split("[")[0]
         values["splits"], decided = self.splits(grid_name, dataset, values.get("splits", "auto"))
         try:
@@ -194,6 +224,65 @@ class Experiments:
         if decided is not None:
             self.split_choices[config.run_id] = (dataset, *decided)
         return config
+
+    def study(
+        self, grid: Grid, backbone: str, dataset: str, eps: str, values: dict | None = None
+    ) -> StudyPlan:
+        """The study of one cell (backbone, dataset, ε_g) of a block: its trials train the search's setting
+        at ε_g with the block's values and its first seed, the tuned knobs at their defaults."""
+        values = self.values(grid, backbone, dataset) if values is None else values
+        search = grid.search
+        untuned = [k for k, v in values.items() if v == TUNED and k not in search.knobs]
+        if untuned:
+            raise GridError(
+                f'{self.path}: grids.{grid.name}: {", ".join(untuned)} = "tuned", but the grid\'s [tune] '
+                f"space has only {', '.join(search.knobs)}; add [tune.space.{untuned[0]}] or give a value"
+            )
+        base = {k: v for k, v in values.items() if k not in search.knobs}
+        config = self.build(grid, backbone, dataset, {"setting": search.setting}, eps, grid.seeds[0], base)
+        paths = {**self.paths.get(backbone, {}), **self.paths.get(dataset, {})}
+        key = study_key(config, search)
+        return StudyPlan(key, Job(config, grid.name.split("[")[0], 0, paths, **grid.evaluation), search)
+
+    def tuned_values(self, grid: Grid, backbone: str, dataset: str, eps: str, values: dict) -> dict:
+        """The knobs a block sets to "tuned", as the best trial of their cell's study has them."""
+        wanted = [k for k, v in values.items() if v == TUNED]
+        plan = self.study(grid, backbone, dataset, eps, values)
+        if self.tuned == VALIDATING:
+            return {k: getattr(plan.job.config, k) for k in wanted}
+        best = (self.tuned or {}).get(plan.key)
+        if best is None:
+            c, name = plan.job.config, grid.name.split("[")[0]
+            why = "has no completed trial yet" if plan.key in (self.tuned or {}) else "was never tuned"
+            raise GridError(
+                f'grids.{name}: {backbone}/{dataset} at {c.eps} takes {" and ".join(wanted)} = "tuned" '
+                f"but its study {plan.key} {why}: run `rftbench tune --grid {name} --backbone {backbone} "
+                f"--dataset {dataset} --eps {c.eps}` first"
+            )
+        return {k: best[k] for k in wanted}
+
+    def studies(
+        self,
+        grid_name: str,
+        *,
+        backbones: list[str] | None = None,
+        datasets: list[str] | None = None,
+        eps: list[str] | None = None,
+    ) -> list[StudyPlan]:
+        """The distinct studies of a grid's cells (backbone × dataset × ε_g), in its order, filtered."""
+        budgets = {budget_value(e) for e in eps} if eps else None
+        plans: dict[str, StudyPlan] = {}
+        for block in self.grid(grid_name):
+            for (backbone, dataset), budget in itertools.product(block.pairs, block.eps):
+                if (
+                    (backbones and backbone not in backbones)
+                    or (datasets and dataset not in datasets)
+                    or (budgets is not None and budget_value(budget) not in budgets)
+                ):
+                    continue
+                plan = self.study(block, backbone, dataset, budget)
+                plans.setdefault(plan.key, plan)
+        return list(plans.values())
 
     def splits(self, grid: str, dataset: str, choice: str) -> tuple[str, tuple[str, str, Path] | None]:
         """A run's `splits` from the grid's choice, and how "auto" decided it (None: it did not). "auto"
@@ -284,7 +373,7 @@ def load_experiments(path: str | Path, roots: dict[str, str] | None = None) -> E
     )
     for name, blocks in spec.grids.items():
         experiments.grids[name] = [
-            _grid(name if len(blocks) == 1 else f"{name}[{i}]", block, defaults)
+            _grid(name if len(blocks) == 1 else f"{name}[{i}]", block, defaults, spec.tune, path)
             for i, block in enumerate(blocks)
         ]
         if len({block.adaptation_threshold for block in experiments.grids[name]}) > 1:
@@ -294,8 +383,10 @@ def load_experiments(path: str | Path, roots: dict[str, str] | None = None) -> E
             )
     if not experiments.grids:
         raise GridError(f"{path}: no [grids.NAME] table; define at least one grid")
+    experiments.tuned = VALIDATING  # "tuned" values stand at their defaults while every job is checked
     for name in experiments.grids:  # every job builds: bad ε, T2 > epochs and the like surface now
         experiments.jobs(name)
+    experiments.tuned = None
     return experiments
 
 
@@ -304,9 +395,13 @@ def _run_fields(table: pydantic.BaseModel) -> dict:
     return table.model_dump(include=set(RUN_KEYS), exclude_unset=True)
 
 
-def _grid(name: str, block: GridBlock, defaults: Defaults) -> Grid:
-    """One block of a grid, with what it leaves unset from [defaults]."""
+def _grid(name: str, block: GridBlock, defaults: Defaults, tune: TuneTable, path: Path) -> Grid:
+    """One block of a grid, with what it leaves unset from [defaults] (and [tune])."""
     own = lambda key: getattr(block if key in block.model_fields_set else defaults, key)  # noqa: E731
+    try:
+        search = tune.search(block.tune)
+    except SearchError as exc:
+        raise GridError(f"{path}: grids.{name}.tune: {exc}") from None
     return Grid(
         name=name,
         description=block.description,
@@ -319,4 +414,5 @@ def _grid(name: str, block: GridBlock, defaults: Defaults) -> Grid:
         adaptation_threshold=own("adaptation_threshold"),
         standard_eval_budgets=own("standard_eval_budgets"),
         evaluation={key: own(key) for key in ("eval_protocol", "eval_precision")},
+        search=search,
     )

@@ -32,6 +32,7 @@ from rftbench.core.config import (
     eps_text,
 )
 from rftbench.core.schedules import SCHEDULES, Points, check_points
+from rftbench.core.tuning import PAPER_SPACE, TUNABLE, TUNED, Knob, Objective, Pruner, Sampler, Search
 from rftbench.data.registry import DATASETS
 from rftbench.models.registry import BACKBONES
 
@@ -103,7 +104,7 @@ TOML_TYPES: dict[str, Any] = {
     "points": Annotated[Points, BeforeValidator(check_points)],
     "eval_budgets": list[Budget],
     "splits": Literal["auto", SplitSource],  # "auto": the paper's split lists where they are
-}
+} | {knob: float | Literal[TUNED] for knob in TUNABLE}  # "tuned": the best value of its study
 
 
 class Table(pydantic.BaseModel):
@@ -154,6 +155,38 @@ OverrideKey = Annotated[str, AfterValidator(_override_key)]
 Overrides = dict[OverrideKey, RunFields]  # type: ignore[valid-type]
 
 
+class KnobRange(Table):
+    low: float
+    high: float
+    log: bool = True
+
+
+class TuneTable(Table):
+    """A `[tune]` table (rftbench.core.tuning.Search; its defaults are the paper's search)."""
+
+    space: dict[str, KnobRange] = {k.name: KnobRange(low=k.low, high=k.high, log=k.log) for k in PAPER_SPACE}
+    setting: _name("schedule", SCHEDULES) = "fix"  # type: ignore[valid-type]
+    objective: Objective = "val_acc"
+    sampler: Sampler = "random"
+    seed: int = 0
+    pruner: Pruner = "asha"
+    min_epochs: int = 1
+    reduction_factor: int = 3
+    trials: int | None = 16
+    minutes: float | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _search(self) -> TuneTable:
+        self.search()  # an empty space, a range backwards, an unknown knob, a budget of 0: one line now
+        return self
+
+    def search(self, over: TuneTable | None = None) -> Search:
+        """This table's search, or `over`'s keys (a grid's own table) over this one's."""
+        values = self.model_dump() | (over.model_dump(exclude_unset=True) if over is not None else {})
+        space = tuple(Knob(name, **knob) for name, knob in values.pop("space").items())
+        return Search(space=space, **values)
+
+
 class Scored(RunFields):  # type: ignore[valid-type, misc]
     """Run-config fields, and how a grid's runs are scored and analysed (the latter not in a run's id)."""
 
@@ -176,6 +209,7 @@ class GridBlock(Scored):
     eps: list[Budget]
     seeds: list[int] = [0]  # unset: [defaults] seed
     overrides: Overrides = {}
+    tune: TuneTable | None = None  # its keys over the file's [tune]
 
     @pydantic.model_validator(mode="before")
     @classmethod
@@ -223,6 +257,7 @@ class ExperimentsFile(Table):
     backbones: dict[Backbone, BackbonePaths] = {}  # type: ignore[valid-type]
     datasets: dict[Dataset, DatasetPaths] = {}  # type: ignore[valid-type]
     grids: dict[str, Blocks] = {}
+    tune: TuneTable = TuneTable()
     slurm: SlurmOptions = SlurmOptions()
 
 

@@ -29,7 +29,14 @@ from rftbench.results.connect import (
     sqlite_path,
     wal_mode,
 )
-from rftbench.results.schema import EVALUATION_KEY, SCHEMA_VERSION, EvalBatch, SchemaVersion
+from rftbench.results.schema import (
+    EVALUATION_KEY,
+    SCHEMA_VERSION,
+    EvalBatch,
+    SchemaVersion,
+    Study,
+    Trial,
+)
 
 
 def upgraded_copy(path: Path) -> Engine:
@@ -192,8 +199,16 @@ def _v3_to_v4(connection: Connection) -> None:
     EvalBatch.__table__.create(connection)
 
 
+def _v4_to_v5(connection: Connection) -> None:
+    """Schema v4 to v5: hyperparameter studies and their trials (`rftbench tune`); a run may now be
+    `pruned`, a state no v4 run holds."""
+    Study.__table__.create(connection)
+    Trial.__table__.create(connection)
+
+
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _v1_to_v2,
     2: _v2_to_v3,
     3: _v3_to_v4,
+    4: _v4_to_v5,
 }  # from version k to k + 1

@@ -175,10 +175,10 @@ class JobQueue:
         self.store.update_adaptation([run_id])
 
     def release(self, run_id: str, worker: Worker, status: str, *, error: str | None = None) -> bool:
-        """End this worker's hold on a run as failed (with its one-line error) or interrupted; False (and
-        nothing changed) if it no longer held it."""
+        """End this worker's hold on a run as failed (with its one-line error), pruned or interrupted;
+        False (and nothing changed) if it no longer held it."""
         values = {"status": status, "lease_owner": None, "lease_expires_at": None, "error": error}
-        if status == "failed":
+        if status in ("failed", "pruned"):
             values["finished_at"] = now()
         with self.session() as session:
             result = session.exec(update(Run).where(*self.held(run_id, worker)).values(**values))

@@ -20,8 +20,9 @@ from sqlmodel import Field, SQLModel
 
 from rftbench.core.metrics import EvalProtocol
 
-SCHEMA_VERSION = 4
-STATES = ("pending", "running", "interrupted", "completed", "failed")
+SCHEMA_VERSION = 5
+# "pruned": a tuning trial its study stopped early (rftbench.results.studies); it is never continued
+STATES = ("pending", "running", "interrupted", "completed", "failed", "pruned")
 # What makes two evaluation rows the same measurement: a row with this key is never replaced.
 EVALUATION_KEY = (
     "run_id", "budget", "protocol", "attack", "norm", "steps", "restarts", "random_start", "seed",
@@ -161,6 +162,37 @@ class GridRun(SQLModel, table=True):
     grid: str = Field(foreign_key="grid.name", primary_key=True)
     run_id: str = Field(foreign_key="run.id", primary_key=True)
     position: int
+
+
+class Study(SQLModel, table=True):
+    """One configuration's hyperparameter search (`rftbench tune`): what it tunes and how, so that any
+    worker (and `report`, `status`) can read it from the database alone. Optuna keeps the sampler's and
+    the pruner's state in its own tables of the same database, under `optuna_name`."""
+
+    key: str = Field(primary_key=True)  # rftbench.core.tuning.study_key
+    optuna_name: str
+    grid: str  # the grid it was first tuned for (another grid of the same configuration reuses it)
+    backbone: str
+    dataset: str
+    eps: str  # the configuration's ε_g, "4/255"
+    setting: str  # the setting its trials train
+    template: str  # the run config trials start from (tuned knobs at their defaults), canonical JSON
+    search: dict = Field(default_factory=dict, sa_column=Column(JSON))  # Search.definition()
+    paths: dict = Field(default_factory=dict, sa_column=Column(JSON))
+    eval_protocol: str = "paper"
+    eval_precision: str = "fp32"
+    created_at: datetime = Field(default_factory=now)
+
+
+class Trial(SQLModel, table=True):
+    """A study's trial `number` is run `run_id`: its state is the run's, its value the run's last clean
+    validation accuracy. Written once, in the same lock as Optuna's trial (rftbench.results.studies)."""
+
+    study: str = Field(foreign_key="study.key", primary_key=True)
+    number: int = Field(primary_key=True)  # Optuna's trial number in the study
+    run_id: str = Field(foreign_key="run.id", index=True)
+    params: dict = Field(default_factory=dict, sa_column=Column(JSON))  # knob -> value
+    created_at: datetime = Field(default_factory=now)
 
 
 def run_row(config, paths: dict, eval_protocol: str = "paper", eval_precision: str = "fp32") -> Run:
