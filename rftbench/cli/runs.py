@@ -275,6 +275,10 @@ def show_status(view) -> None:
         )
     for run in view.failed:
         say(f"[red]failed[/] {run.id} {run.backbone}/{run.dataset} {run.setting} {run.eps}: {run.error}")
+    if view.studies:
+        say("studies (rftbench tune; `rftbench report --table tuning` shows each one's best values):")
+    for line in view.studies:
+        say(f"  {escape(line)}")
     say(f"experiments file here: {escape(view.experiments)}")
 
 

@@ -54,8 +54,9 @@ TABLES = (
     "baselines",
     "evaluations",
     "autoattack",
+    "tuning",
 )  # rftbench.reports.tables
-PLOTS = ("curves", "robustness", "sweep", "schedule")  # rftbench.reports.plots
+PLOTS = ("curves", "robustness", "sweep", "schedule", "tuning")  # rftbench.reports.plots
 # Every field of release 0.1 (database schema v1), hashed always and in this form: stored ids depend on it.
 IDENTITY_V1 = (
     "backbone", "dataset", "pretrained", "setting", "eps", "t1", "t2", "patience", "tolerance",

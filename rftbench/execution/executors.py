@@ -43,7 +43,8 @@ class InlineExecutor:
             if summary.interrupted
             else ""
         )
-        lines = [f"{len(summary.completed)} completed, {len(summary.failed)} failed{stopped}"]
+        pruned = f", {len(summary.pruned)} pruned" if summary.pruned else ""
+        lines = [f"{len(summary.completed)} completed, {len(summary.failed)} failed{pruned}{stopped}"]
         lines += [f"[red]failed[/] {run_id}: {line}" for run_id, line in summary.failed.items()]
         code = exit_code(dataclasses.asdict(summary))
         return Outcome(summary.completed, summary.failed, summary.interrupted, code, lines)
@@ -131,7 +132,7 @@ def main() -> None:
     summary = work(spec, label)
     print(
         f"[{label}] done in {time.monotonic() - started:.0f} s: {len(summary['completed'])} completed, "
-        f"{len(summary['failed'])} failed, {len(summary['lost'])} lost",
+        f"{len(summary['failed'])} failed, {len(summary['pruned'])} pruned, {len(summary['lost'])} lost",
         flush=True,
     )
     sys.exit(exit_code(summary))

@@ -83,7 +83,9 @@ def tuned_values(db: str | None) -> dict[str, dict | None]:
     if store is None:
         return {}
     studies = Studies(store)
-    return {key: best[2] if best else None for key, best in studies.best([s.key for s in studies.all()]).items()}
+    return {
+        key: best[2] if best else None for key, best in studies.best([s.key for s in studies.all()]).items()
+    }
 
 
 def check_filters(backbone: list[str], dataset: list[str], setting: list[str]) -> None:
@@ -254,6 +256,16 @@ def run_one(request: RunRequest, options: RunnerOptions, *, say: Say = print, pr
     return execute(runner, [job.run_id], db=r.db, say=say)
 
 
+def trial_tuner(store):
+    """A tuner that asks nothing but prunes and tells the tuning trials `resume` continues (None: the
+    database holds no study)."""
+    from rftbench.execution.tuning import Tuner
+    from rftbench.results.studies import Studies
+
+    keys = [study.key for study in Studies(store).all()]
+    return Tuner(store, keys, asks=False) if keys else None
+
+
 def resume(
     db: str | None, options: RunnerOptions, launch: LaunchOptions, *, say: Say = print, progress=None
 ) -> Outcome:
@@ -267,5 +279,6 @@ def resume(
     preflight(runner, [(RunConfig.from_json(r.config), r.paths) for r in unfinished])
     reaped = runner.queue.reap()
     todo = runner.queue.claimable()
+    runner.tuner = trial_tuner(runner.store)
     say(f"{len(todo)} run(s) to continue ({reaped} found interrupted now)")
     return execute(runner, None, launch, db, say=say) if todo else Outcome()

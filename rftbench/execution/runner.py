@@ -36,7 +36,7 @@ from rftbench.execution.provenance import provenance
 from rftbench.models.build import build_backbone, check_weights
 from rftbench.models.registry import get_backbone_spec
 from rftbench.results.batches import EvalLog
-from rftbench.results.queue import JobQueue, LeaseLost, Worker
+from rftbench.results.queue import Heartbeat, JobQueue, LeaseLost, Worker
 from rftbench.results.schema import Run
 from rftbench.results.store import Store
 
@@ -105,22 +105,6 @@ def one_line(exc: BaseException) -> str:
     """The error line stored with a failed run: long enough for a deep path and the fix that follows it."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:1000]
-
-
-class Heartbeat(threading.Thread):
-    """Renews a run's lease every quarter lease; `lost` turns True if the queue says we no longer hold it."""
-
-    def __init__(self, queue: JobQueue, run_id: str, worker: Worker, lease_seconds: float) -> None:
-        super().__init__(daemon=True)
-        self.queue, self.run_id, self.worker, self.lease_seconds = queue, run_id, worker, lease_seconds
-        self.stop, self.lost = threading.Event(), False
-
-    def run(self) -> None:
-        while not self.stop.wait(self.lease_seconds / 4):
-            try:
-                self.lost = not self.queue.heartbeat(self.run_id, self.worker, self.lease_seconds)
-            except Exception:  # a busy database: the next beat retries; the lease has slack for it
-                continue
 
 
 class Progress:

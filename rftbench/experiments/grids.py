@@ -40,6 +40,7 @@ from rftbench.core.tuning import TUNED, Search, SearchError, study_key
 from rftbench.data.lists import paper_split_dir
 from rftbench.data.registry import PAPER_SPLITS, SPLIT_FOLDER, data_root, resolve_root
 from rftbench.errors import RftbenchError
+from rftbench.experiments.notes import split_notes
 from rftbench.experiments.schema import (
     DEFAULT_THRESHOLD,
     RUN_KEYS,
@@ -308,32 +309,7 @@ class Experiments:
 
     def split_notes(self, jobs: list[Job]) -> list[str]:
         """What "auto" chose for the datasets of `jobs`, and where it looked: one line per dataset."""
-        notes = {}
-        for job in jobs:
-            if job.run_id not in self.split_choices:
-                continue
-            dataset, how, chosen, folder = self.split_choices[job.run_id]
-            if how == "recorded" and chosen == "rules":
-                text = (
-                    f"{dataset}: this grid's runs were recorded with the seeded split rules and keep them, "
-                    f'though the paper\'s lists are now in {folder}; set splits = "paper" in the grid to '
-                    f"train new runs on them"
-                )
-            elif how == "recorded":
-                text = (
-                    f"{dataset}: this grid's runs were recorded with the paper's split lists, which are "
-                    f"not in {folder} here; give the data root that holds them (--root {dataset}=PATH)"
-                )
-            elif chosen == "paper":
-                text = f"{dataset}: the paper's split lists from {folder}"
-            else:
-                text = (
-                    f"{dataset}: the paper's split lists are not in {folder}, so its runs use the seeded "
-                    f'split rules (recorded as splits = "rules"); `rftbench data fetch {dataset} '
-                    f"--splits-only` downloads them"
-                )
-            notes.setdefault(dataset, text)
-        return list(notes.values())
+        return split_notes(self.split_choices, [job.run_id for job in jobs])
 
 
 def load_experiments(path: str | Path, roots: dict[str, str] | None = None) -> Experiments:

@@ -50,6 +50,14 @@ def load_results(db: str | None, grid: str | None, threshold: float | None, sele
     return Results.from_store(store, grid=grid, threshold=threshold, selection=selection)
 
 
+def load_studies(db: str | None, grid: str | None) -> Results:
+    """The database's hyperparameter studies (of `grid`: those first tuned for it), opened read-only; none
+    there, or none of that grid, is one ReportError naming `rftbench tune`."""
+    from rftbench.results.store import Store
+
+    return Results.studies(Store.open(db, create=False, write=False), grid)
+
+
 def report_sections(
     table: str,
     *,
@@ -83,7 +91,12 @@ def report_sections(
         selection = Selection(protocol, precision, steps)
         if compare and protocol != "paper":
             raise ReportError("--compare paper lines up against the paper protocol: drop --protocol monotone")
-        data = Results.paper(table) if results == "paper" else load_results(db, grid, threshold, selection)
+        if results == "paper":
+            data = Results.paper(table)
+        elif table == "tuning":  # --grid: the grid a study was tuned for, which may hold no run of its own
+            data = load_studies(db, grid)
+        else:
+            data = load_results(db, grid, threshold, selection)
         return build(
             table,
             data,
@@ -135,6 +148,8 @@ def make_plot(
         budget = budget_arg(eps) if eps else None
         if kind == "schedule":
             return plots.plot_schedules(epochs, budget or "4/255", out, t1=t1, t2=t2)
+        if kind == "tuning":
+            return plots.plot_tuning(load_studies(db, grid), out, backbone, dataset, budget)
         results = load_results(db, grid, None, Selection(protocol, precision, steps))
         if kind == "curves":
             runs = results.runs

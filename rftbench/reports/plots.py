@@ -4,6 +4,7 @@
     plot_robustness(results, "robustness.png")                      # Fig. 4
     plot_sweep(results, "sweep.png")                                # Fig. 1
     plot_schedules(50, "4/255", "schedule.png", t1=12, t2=37)       # ε(t) of the named schedules
+    plot_tuning(Results.studies(store), "tuning.png")               # each study's trials against its knobs
 
 Reads `rftbench.reports.results.Results` and never trains. Accuracies are drawn in percent, epochs 0-based.
 """
@@ -20,6 +21,7 @@ from matplotlib.ticker import MaxNLocator
 from rftbench.core.config import budget_value, parse_eps
 from rftbench.core.metrics import adaptation_start_epoch
 from rftbench.core.schedules import ScheduleSpec
+from rftbench.core.tuning import TUNABLE
 from rftbench.reports.results import ReportError, Results
 from rftbench.reports.stats import eps_order, setting_labels, summary
 
@@ -256,3 +258,72 @@ def plot_schedules(
     title = f"ε schedules, ε_g = {eps}, {epochs} epochs (auto depends on validation accuracy)"
     _decorate(ax, "epoch (0-based)", "ε(t) × 255", title, percent=False)
     return _save(fig, out)
+
+
+# how the tuning plot draws each trial state: ended ones apart, unfinished ones (their value so far) grey
+TRIAL_STYLES = {
+    "completed": dict(marker="o", color="tab:blue", label="completed"),
+    "pruned": dict(marker="x", color="tab:red", label="pruned (when stopped)"),
+    "other": dict(marker="^", color="tab:gray", label="failed or unfinished (so far)", alpha=0.6),
+}
+
+
+def plot_tuning(
+    results: Results,
+    out: str | Path,
+    backbone: str | None = None,
+    dataset: str | None = None,
+    eps: str | None = None,
+) -> Path:
+    return _save(tuning_figure(results, backbone, dataset, eps), out)
+
+
+def tuning_figure(
+    results: Results, backbone: str | None = None, dataset: str | None = None, eps: str | None = None
+) -> Figure:
+    """One row of panels per study (a configuration), one column per knob: each trial's validation accuracy
+    (its last stored epoch's clean one, %) against the knob's value on a log axis; completed trials as dots,
+    pruned ones as crosses at the accuracy they were stopped with, the best trial ringed."""
+    trials, filters = results.tuning, {"backbone": backbone, "dataset": dataset, "eps": eps}
+    for column, value in filters.items():
+        if value is not None and not trials.empty:
+            trials = trials[trials[column] == value]
+    trials = trials[trials.number.notna() & trials.value.notna()] if not trials.empty else trials
+    if trials.empty:
+        given = " ".join(f"--{column} {value}" for column, value in filters.items() if value is not None)
+        raise ReportError(
+            f"no trial{f' of {given}' if given else ''} has a validation accuracy yet: "
+            "`rftbench tune --grid NAME` trains some"
+        )
+    knobs = [k for k in TUNABLE if f"param_{k}" in trials.columns and trials[f"param_{k}"].notna().any()]
+    studies = list(dict.fromkeys(trials.study))
+    fig, axes = _subplots(
+        len(studies), len(knobs), figsize=(5.5 * len(knobs), 4 * len(studies)), squeeze=False
+    )
+    fig.set_layout_engine("constrained")  # the title above the panels' own
+    for row, key in zip(axes, studies):
+        group = trials[trials.study == key]
+        first = group.iloc[0]
+        for ax, knob in zip(row, knobs):
+            shown = group[group[f"param_{knob}"].notna()]
+            if shown.empty:  # a knob another study tunes
+                ax.set_visible(False)
+                continue
+            x = shown[f"param_{knob}"].astype(float)
+            kind = shown.state.where(shown.state.isin(["completed", "pruned"]), "other")
+            for state, style in TRIAL_STYLES.items():
+                chosen = kind == state
+                if chosen.any():
+                    ax.scatter(x[chosen], shown.value[chosen], s=36, **style)
+            best = shown.best.astype(bool)
+            if best.any():
+                ax.scatter(x[best], shown.value[best], s=220, facecolors="none", edgecolors="black", lw=1.5,
+                           label=f"best: {shown.value[best].iloc[0]:.2f}%")  # fmt: skip
+            if (x > 0).all():
+                ax.set_xscale("log")
+            where = f"{first.backbone}/{first.dataset} ε_g = {first.eps} {first.setting} [{key[:8]}]"
+            _decorate(ax, knob, "validation accuracy (%)", where)
+    fig.suptitle(
+        "Hyperparameter studies: each trial's clean validation accuracy at its last stored epoch", fontsize=10
+    )
+    return fig

@@ -24,7 +24,9 @@ import pandas as pd
 
 from rftbench.core.config import PRECISIONS, PROTOCOLS, RunConfig
 from rftbench.core.metrics import EvalProtocol
+from rftbench.core.tuning import best_trial
 from rftbench.errors import RftbenchError
+from rftbench.results.studies import Studies
 
 METRICS = {"clean": "Clean", "adv": "Adv.", "eadv": "E. adv."}
 PAPER_TABLES = {
@@ -105,6 +107,7 @@ class Results:
     # AutoAttack rows at each run's ε_g (KEYS + seed, run_id, version, metric, value) and the worst case
     # per sample over every evaluation stored with per-sample flags at that budget (metric "worst")
     autoattack: pd.DataFrame = field(default_factory=pd.DataFrame)
+    tuning: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per study trial (`tuning_frame`)
 
     @classmethod
     def from_store(
@@ -198,11 +201,31 @@ class Results:
         label = selection.label(*((set(selected.steps), set(selected.norm)) if len(selected) else (set(),)))
         notes = "; ".join(n for n in (missing_note(without, unread, selection), aside) if n)
         return cls(frame, pending, epochs, pd.DataFrame(runs), evaluations, selected, "database", label,
-                   notes, autoattack_frame(store, autoattack))  # fmt: skip
+                   notes, autoattack_frame(store, autoattack), tuning_frame(store, grid))  # fmt: skip
+
+    @classmethod
+    def studies(cls, store, grid: str | None = None) -> Results:
+        """The hyperparameter studies alone (of `grid`: those first tuned for it), for the tuning table and
+        plot; a database without one, or without one of that grid, is a ReportError naming the command."""
+        grids = sorted({study.grid for study in Studies(store).all()})
+        if not grids or (grid is not None and grid not in grids):
+            which = "" if grid is None else f" of grid {grid!r}"
+            held = f" (it has studies of {', '.join(grids)})" if grids else ""
+            raise ReportError(
+                f"no hyperparameter study{which} in this database{held}: "
+                f"`rftbench tune --grid {grid or 'NAME'}` makes one"
+            )
+        return cls(pd.DataFrame(columns=[*KEYS, "seed", "metric", "value", "run_id"]),
+                   tuning=tuning_frame(store, grid))  # fmt: skip
 
     @classmethod
     def paper(cls, table: str) -> Results:
         """The paper's published numbers for report `table` (CONVENTIONS.md, "Paper numbers")."""
+        if table == "tuning":
+            raise ReportError(
+                "the paper published no tuned values (PROTOCOL.md: lr and weight decay were tuned per "
+                "configuration, the values are unknown); the tuning table reads a database's studies"
+            )
         if table not in PAPER_TABLES:
             raise ReportError(f"the paper publishes no numbers for the {table!r} report; it needs a database")
         frame = paper_frame()
@@ -231,6 +254,43 @@ def autoattack_frame(store, measured: list[tuple[dict, int, object]]) -> pd.Data
             for m, v in values.items() if v is not None
         ]  # fmt: skip
     return pd.DataFrame(rows)
+
+
+TRIAL_COLUMNS = ["study", "grid", "backbone", "dataset", "eps", "setting", "number", "run_id", "state",
+                 "value", "epochs_done", "best"]  # fmt: skip
+
+
+def tuning_frame(store, grid: str | None = None) -> pd.DataFrame:
+    """One row per trial of each study (of `grid`: those first tuned for it), in the order the studies were
+    made: its run's state, its value (the last stored epoch's clean validation accuracy, in percent), the
+    epochs it trained, whether it is its study's best (`core.tuning.best_trial`) and each knob's value as
+    `param_<knob>`. A study without a trial yet is one row whose number is missing."""
+    studies = Studies(store)
+    chosen = [study for study in studies.all() if grid is None or study.grid == grid]
+    summaries = studies.summaries([study.key for study in chosen])
+    rows = []
+    for study in chosen:
+        labels = {"study": study.key, "grid": study.grid, "backbone": study.backbone,
+                  "dataset": study.dataset, "eps": study.eps, "setting": study.setting}  # fmt: skip
+        trials = summaries[study.key]
+        best = best_trial([(t.number, t.state, t.value, t.params) for t in trials])
+        if not trials:
+            rows.append(labels | {"best": False})
+        for t in trials:
+            rows.append(
+                labels
+                | {
+                    "number": t.number,
+                    "run_id": t.run_id,
+                    "state": t.state,
+                    "value": None if t.value is None else 100 * t.value,
+                    "epochs_done": t.epochs_done,
+                    "best": best is not None and t.number == best[0],
+                }
+                | {f"param_{knob}": value for knob, value in t.params.items()}
+            )
+    params = list(dict.fromkeys(c for row in rows for c in row if c.startswith("param_")))
+    return pd.DataFrame(rows, columns=[*TRIAL_COLUMNS, *params])
 
 
 def newest_per_cell(runs: list) -> tuple[list, str]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -221,3 +222,19 @@ class JobQueue:
         """The running runs among `run_ids` (None: all): what a worker with nothing to claim waits for."""
         runs = self.store.runs(states=("running",))
         return runs if run_ids is None else [r for r in runs if r.id in set(run_ids)]
+
+
+class Heartbeat(threading.Thread):
+    """Renews a run's lease every quarter lease; `lost` turns True if the queue says we no longer hold it."""
+
+    def __init__(self, queue: JobQueue, run_id: str, worker: Worker, lease_seconds: float) -> None:
+        super().__init__(daemon=True)
+        self.queue, self.run_id, self.worker, self.lease_seconds = queue, run_id, worker, lease_seconds
+        self.stop, self.lost = threading.Event(), False
+
+    def run(self) -> None:
+        while not self.stop.wait(self.lease_seconds / 4):
+            try:
+                self.lost = not self.queue.heartbeat(self.run_id, self.worker, self.lease_seconds)
+            except Exception:  # a busy database: the next beat retries; the lease has slack for it
+                continue

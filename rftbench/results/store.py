@@ -46,6 +46,7 @@ from rftbench.results.schema import (
     Grid,
     GridRun,
     Run,
+    Trial,
     now,
     run_row,
 )
@@ -291,8 +292,14 @@ class Store:
 
     def everything(self, grid: str | None = None) -> dict[str, list]:
         """Runs (of one grid, or all) with all their epochs, evaluations and adaptation rows, in four
-        queries: what reports read."""
+        queries: what reports read. Without a grid, a tuning trial that no grid holds is left out: its
+        learning rate is one draw of a search, not a result (`report --table tuning` shows trials)."""
         runs = self.runs(grid=grid)
+        if grid is None:
+            with self.session() as session:
+                trials = set(session.exec(select(Trial.run_id)).all())
+                trials -= set(session.exec(select(GridRun.run_id)).all())
+            runs = [run for run in runs if run.id not in trials]
         ids = [r.id for r in runs]
         with self.session() as session:
             return {

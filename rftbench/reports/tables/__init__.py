@@ -21,6 +21,7 @@ from rftbench.reports.tables.delay import delay_table
 from rftbench.reports.tables.evaluations import autoattack_table, evaluations_table
 from rftbench.reports.tables.main import averages_table, main_table
 from rftbench.reports.tables.paired import effect_table, ttest_table
+from rftbench.reports.tables.tuning import tuning_table
 
 __all__ = ["BUILDERS", "SPREADS", "build"]
 
@@ -37,6 +38,7 @@ BUILDERS = {
     "baselines": lambda results, eps, o: baselines_table(results, eps, o["spread"]),
     "evaluations": lambda results, eps, o: evaluations_table(results, o["run_id"]),
     "autoattack": lambda results, eps, o: autoattack_table(results),
+    "tuning": lambda results, eps, o: tuning_table(results),
 }
 assert set(BUILDERS) == set(TABLES), "every table the CLI offers has one builder"
 
@@ -64,7 +66,7 @@ def build(
     options = {"compare": compare, "spread": spread, "pairs": pairs, "include_standard": include_standard,
                "run_id": run_id}  # fmt: skip
     sections = BUILDERS[name](results, budgets, options)
-    if name in ("evaluations", "autoattack"):  # their notes say how they were measured already
+    if name in ("evaluations", "autoattack", "tuning"):  # their notes say how they were measured already
         return sections
     said = f"test accuracies: {results.protocol}"
     for section in sections:  # every table says how its numbers were measured, and what it leaves out
