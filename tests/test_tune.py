@@ -326,3 +326,41 @@ def test_a_slurm_array_tunes_into_postgres(experiments, tmp_path, postgres, slur
     runs = {r.id: r for r in Store.open(db, create=False).runs()}
     assert all(runs[t.run_id].attempts == 1 and runs[t.run_id].worker.startswith("slurm ") for t in ours)
     assert "5 of 5 trial(s)" in done.stdout
+
+
+@pytest.mark.slow
+def test_a_killed_tune_is_continued_by_resume_then_by_tune(experiments, tmp_path):
+    """SIGKILL the whole `tune` (one inline process) while a trial has an epoch stored; `rftbench resume`
+    continues that trial's run from its checkpoint (reporting to its trial and pruning as tune would) and
+    asks no new one; `tune` again finishes the budget. 5 trials, none twice, Optuna's record the runs'."""
+    db = str(tmp_path / "k.db")
+    args = ["--experiments", str(experiments), "--db", db, "--runs-dir", str(tmp_path / "runs")]
+    command = [*RFTBENCH, "tune", "--grid", "smoke", "--trials", "5", *args]
+    tune = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=os.environ | {"OMP_NUM_THREADS": "1"})  # fmt: skip
+    store, victim, deadline = None, None, time.monotonic() + 300
+    while victim is None and time.monotonic() < deadline and tune.poll() is None:
+        time.sleep(0.1)
+        try:
+            store = store or Store.open(db, create=False)
+            trials = Studies(store).run_ids([SMOKE_STUDY])
+            holders = [r for r in store.runs(states=("running",)) if r.id in trials and store.epochs(r.id)]
+        except Exception:  # the database or its tables not there yet
+            continue
+        if holders and len(trials) >= 2:  # not the first trial: ASHA has a rung value to compare with
+            victim = holders[0]
+            tune.kill()
+    tune.communicate(timeout=60)
+    assert victim is not None
+    asked = len(Studies(store).run_ids([SMOKE_STUDY]))
+    resumed = rftbench("resume", "--db", db, "--runs-dir", str(tmp_path / "runs"))
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert store.find_run(victim.id).status in ("completed", "pruned") and victim.id[:8] in resumed.stdout
+    assert len(Studies(store).run_ids([SMOKE_STUDY])) == asked  # resume asks no trial
+    ours, theirs = trials_of(db)
+    assert {t.state for t in ours} <= set(STATES) and len(theirs) == asked
+    assert [t.state.name for t in theirs] == [STATES[t.state] for t in ours]
+    done = rftbench("tune", "--grid", "smoke", "--trials", "5", *args)
+    assert done.returncode == 0, done.stdout + done.stderr
+    check_study(db, 5)
+    assert store.find_run(victim.id).attempts == 2

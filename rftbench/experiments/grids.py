@@ -230,7 +230,7 @@ class Experiments:
         self, grid: Grid, backbone: str, dataset: str, eps: str, values: dict | None = None
     ) -> StudyPlan:
         """The study of one cell (backbone, dataset, ε_g) of a block: its trials train the search's setting
-        at ε_g with the block's values and its first seed, the tuned knobs at their defaults."""
+        at ε_g with the block's values and the search's seed, the tuned knobs at their defaults."""
         values = self.values(grid, backbone, dataset) if values is None else values
         search = grid.search
         untuned = [k for k, v in values.items() if v == TUNED and k not in search.knobs]
@@ -240,7 +240,7 @@ class Experiments:
                 f"space has only {', '.join(search.knobs)}; add [tune.space.{untuned[0]}] or give a value"
             )
         base = {k: v for k, v in values.items() if k not in search.knobs}
-        config = self.build(grid, backbone, dataset, {"setting": search.setting}, eps, grid.seeds[0], base)
+        config = self.build(grid, backbone, dataset, {"setting": search.setting}, eps, search.seed, base)
         paths = {**self.paths.get(backbone, {}), **self.paths.get(dataset, {})}
         key = study_key(config, search)
         return StudyPlan(key, Job(config, grid.name.split("[")[0], 0, paths, **grid.evaluation), search)
