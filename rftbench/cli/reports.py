@@ -118,7 +118,8 @@ def plot_query(
 @app.command()
 @with_options(query=plot_query, stored=stored_flags)
 def plot(query: dict = None, stored: dict = None) -> None:
-    """Figures: validation curves with ε(t) and adaptation starts, robustness curves, ε sweep, schedules."""
+    """Figures: validation curves with ε(t) and adaptation starts, robustness curves, ε sweep, schedules,
+    each tuning study's trials against its knobs."""
     from rftbench.reports.commands import make_plot
 
     check_out(query["out"])

@@ -289,7 +289,7 @@ def status(
     experiments: Path | None = EXPERIMENTS,
 ) -> None:
     """Runs by state, per-grid progress and the file each grid came from, each failed run's error line,
-    and the experiments file `run-grid` reads here."""
+    each tuning study's trials and best values, and the experiments file `run-grid` reads here."""
     from rftbench.execution.status import status_view
 
     show_status(status_view(db, grid, experiments))

@@ -50,11 +50,13 @@ def tune(
     options: RunnerOptions = None,
     launch: LaunchOptions = None,
 ) -> None:
-    """Tune each configuration (backbone × dataset × ε_g) of a grid: an Optuna study over the knobs of its
-    [tune] table (default: the paper's lr and weight decay, log-uniform in [1e-5, 1e-1], on fix's clean
-    validation accuracy, ASHA pruning), its trials runs of this database spread over the executor's
-    workers. Budgets are totals: run it again with a larger one to add trials. A grid then takes the best
-    values with lr = "tuned" (weight_decay = "tuned")."""
+    """Tune each configuration of a grid: one Optuna study each, whose trials are runs of this database.
+
+    A configuration is a backbone × dataset × ε_g of the grid; its study searches the knobs of the [tune]
+    table (default: the paper's lr and weight decay, log-uniform in [1e-5, 1e-1], on fix's clean
+    validation accuracy, ASHA pruning), its trials spread over the executor's workers. Budgets are totals:
+    run it again with a larger one to add trials. A grid takes the best values with lr = "tuned" (and
+    weight_decay = "tuned")."""
     from rftbench.execution.tuning import TuneRequest, plan_tune
     from rftbench.execution.tuning import tune as run_tune
 

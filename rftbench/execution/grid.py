@@ -259,7 +259,7 @@ def run_one(request: RunRequest, options: RunnerOptions, *, say: Say = print, pr
 def trial_tuner(store):
     """A tuner that asks nothing but prunes and tells the tuning trials `resume` continues (None: the
     database holds no study)."""
-    from rftbench.execution.tuning import Tuner
+    from rftbench.execution.trials import Tuner
     from rftbench.results.studies import Studies
 
     keys = [study.key for study in Studies(store).all()]

@@ -86,7 +86,7 @@ def runner_for(spec: WorkerSpec, label: str):
     store = Store.open(spec.db, create=False)
     tuner = None
     if spec.tune is not None:
-        from rftbench.execution.tuning import Tuner
+        from rftbench.execution.trials import Tuner
 
         tuner = Tuner(store, **spec.tune)
     return Runner(
