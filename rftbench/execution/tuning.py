@@ -80,7 +80,7 @@ def record_studies(store, plans: list[StudyPlan]) -> None:
     """Each plan's study in the database (once) and in Optuna's tables (the same database)."""
     import optuna
 
-    studies = Studies(store)
+    studies, storage = Studies(store), optuna_storage(store)
     with tune_lock(store):
         for plan in plans:
             config = plan.job.config
@@ -102,7 +102,7 @@ def record_studies(store, plans: list[StudyPlan]) -> None:
             )
             optuna.create_study(
                 study_name=f"rftbench-{plan.key}",
-                storage=optuna_storage(store),
+                storage=storage,
                 direction="maximize",
                 load_if_exists=True,
             )

@@ -25,7 +25,7 @@ from sqlalchemy import func
 from sqlmodel import select
 
 from rftbench.core.tuning import best_trial
-from rftbench.results.connect import exclusive, sqlite_path
+from rftbench.results.connect import exclusive, sqlite_events, sqlite_path
 from rftbench.results.schema import EpochMetric, Run, Study, Trial, run_row
 from rftbench.results.store import Store
 
@@ -64,13 +64,19 @@ def tune_lock(store: Store) -> Iterator[None]:
 
 
 def optuna_storage(store: Store):
-    """Optuna's RDB storage in the results database (its own tables beside rftbench's)."""
+    """Optuna's RDB storage in the results database (its own tables beside rftbench's). On SQLite its
+    connections take the write lock when a transaction starts, as rftbench's do (`connect.sqlite_events`):
+    a read-then-write transaction that another process's commit overtook would fail at once otherwise."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = store.engine.url.render_as_string(hide_password=False)
-    sqlite = url.startswith("sqlite")
-    return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}} if sqlite else {})
+    if sqlite_path(url) is None:
+        return optuna.storages.RDBStorage(url)
+    storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+    sqlite_events(storage.engine)
+    storage.engine.dispose()  # the connection that created its tables predates the events
+    return storage
 
 
 class Studies:
