@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import random
 import shutil
@@ -364,3 +365,24 @@ def test_a_killed_tune_is_continued_by_resume_then_by_tune(experiments, tmp_path
     assert done.returncode == 0, done.stdout + done.stderr
     check_study(db, 5)
     assert store.find_run(victim.id).attempts == 2
+
+
+def test_trial_draws_spread_over_the_range_and_do_not_depend_on_who_asks():
+    """Trial k's sampler is seeded from (seed, k) through a hash: consecutive integer seeds would start
+    NumPy's generator alike (first draws 0.55, 0.42, 0.44, 0.55 for seeds 0-3), so the first trials of a
+    study would crowd one decade. 16 draws of the paper's lr range reach every one of its four decades,
+    and the same (seed, k) draws the same values again."""
+    from rftbench.execution.trials import sampler
+
+    def draws(seed: int) -> list[float]:
+        out = []
+        for k in range(16):
+            study = optuna.create_study(sampler=sampler(Search(seed=seed), k), direction="maximize")
+            out.append(study.ask().suggest_float("lr", 1e-5, 1e-1, log=True))
+        return out
+
+    for seed in (0, 3):
+        lrs = draws(seed)
+        assert {int(-math.floor(math.log10(lr))) for lr in lrs} == {2, 3, 4, 5}, lrs
+        assert draws(seed) == lrs
+    assert draws(0) != draws(3)
