@@ -11,8 +11,8 @@ trial number -> run (pending). Any worker then claims that run like any other, s
 a killed worker's trial is its run: `interrupted`, continued from its checkpoint by the next claimer (under
 the same trial number). After each epoch but the last the worker reports the clean validation accuracy to
 Optuna at step epoch + 1 (epochs trained) and asks the pruner; a pruned trial's run is `pruned`, not failed.
-Each trial asks its sampler seeded with a hash of (search seed, trials asked so far), so with `random` trial k's draw
-is the same whichever worker asks for it.
+Each trial's sampler is seeded with a hash of (search seed, trials asked so far), so with `random` trial
+k's draw is the same whichever worker asks for it.
 """
 
 from __future__ import annotations
