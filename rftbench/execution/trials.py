@@ -143,10 +143,9 @@ class Tuner:
         import optuna
 
         storage_study = self.optuna_study(study)
-        numbers = self.studies.trial_numbers(study.key)
-        states = {t.number: t for t in self.studies.summaries([study.key])[study.key]}
+        linked_trials = {t.number: t for t in self.studies.summaries([study.key])[study.key]}
         for trial in storage_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            linked = states.get(trial.number) if trial.number in numbers else None
+            linked = linked_trials.get(trial.number)
             if linked is None:
                 storage_study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
             elif linked.state == "completed":
@@ -173,8 +172,7 @@ class Tuner:
         study, number = link
         with tune_lock(self.store), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a resumed run reports its replayed epochs again: ignored
-            storage_study = self.optuna_study(study, epochs=config.epochs)
-            storage = storage_study._storage
+            storage_study, storage = self.optuna_study(study, epochs=config.epochs), self.storage
             study_id = storage.get_study_id_from_name(study.optuna_name)
             trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
             if storage.get_trial(trial_id).state.is_finished():

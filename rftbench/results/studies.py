@@ -116,12 +116,6 @@ class Studies:
             session.add(Trial(study=key, number=number, run_id=job.run_id, params=params))
             session.commit()
 
-    def trial_numbers(self, key: str) -> dict[int, str]:
-        """Trial number -> run id, for study `key`."""
-        with self.store.session() as session:
-            rows = session.exec(select(Trial.number, Trial.run_id).where(Trial.study == key)).all()
-            return dict(rows)
-
     def run_ids(self, keys: Iterable[str]) -> list[str]:
         """The trial runs of these studies, in the order their trials were asked."""
         with self.store.session() as session:
