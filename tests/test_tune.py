@@ -79,6 +79,28 @@ def check_study(db: str, count: int) -> list:
     return ours
 
 
+def kill_mid_trial(command: list[str], db: str, kill) -> tuple[Store, object, str]:
+    """Start `command`; once a trial's run (not the study's first) is running with an epoch stored, call
+    `kill(process, run)`; return the store, that run and the command's output."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env=os.environ | {"OMP_NUM_THREADS": "1"})  # fmt: skip
+    store, victim, deadline = None, None, time.monotonic() + 300
+    while victim is None and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.1)
+        try:
+            store = store or Store.open(db, create=False)
+            trials = Studies(store).run_ids([SMOKE_STUDY])
+            holders = [r for r in store.runs(states=("running",)) if r.id in trials and store.epochs(r.id)]
+        except Exception:  # the database or its tables not there yet
+            continue
+        if holders and len(trials) >= 2:  # not the first trial: ASHA has a rung value to compare with
+            victim = random.choice(holders)
+            kill(process, victim)
+    output = process.communicate(timeout=600)[0]
+    assert victim is not None, output
+    return store, victim, output
+
+
 # ---- the rules, without training -------------------------------------------------------------------------
 
 
@@ -292,22 +314,10 @@ def test_a_worker_killed_mid_trial_loses_no_trial_and_counts_none_twice(experime
         "--processes",
         "2",
     ]
-    tune = subprocess.Popen([*command, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=os.environ | {"OMP_NUM_THREADS": "1"})  # fmt: skip
-    store, victim, deadline = None, None, time.monotonic() + 300
-    while victim is None and time.monotonic() < deadline and tune.poll() is None:
-        time.sleep(0.1)
-        try:
-            store = store or Store.open(db, create=False)
-            holders = [r for r in store.runs(states=("running",)) if store.epochs(r.id)]
-        except Exception:  # the database or its tables not there yet
-            continue
-        if holders:
-            victim = random.choice(holders)
-            os.kill(victim.pid, signal.SIGKILL)
-    output = tune.communicate(timeout=600)[0]
-    assert victim is not None, output
-    assert "died of a signal" in output and tune.returncode == 0, output
+    store, victim, output = kill_mid_trial(
+        [*command, *args], db, lambda process, run: os.kill(run.pid, signal.SIGKILL)
+    )
+    assert "died of a signal" in output and "local workers ended: all done" in output, output
     ours = check_study(db, 6)
     assert store.find_run(victim.id).attempts == 2, output
     assert victim.id in {t.run_id for t in ours}
@@ -337,22 +347,7 @@ def test_a_killed_tune_is_continued_by_resume_then_by_tune(experiments, tmp_path
     db = str(tmp_path / "k.db")
     args = ["--experiments", str(experiments), "--db", db, "--runs-dir", str(tmp_path / "runs")]
     command = [*RFTBENCH, "tune", "--grid", "smoke", "--trials", "5", *args]
-    tune = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=os.environ | {"OMP_NUM_THREADS": "1"})  # fmt: skip
-    store, victim, deadline = None, None, time.monotonic() + 300
-    while victim is None and time.monotonic() < deadline and tune.poll() is None:
-        time.sleep(0.1)
-        try:
-            store = store or Store.open(db, create=False)
-            trials = Studies(store).run_ids([SMOKE_STUDY])
-            holders = [r for r in store.runs(states=("running",)) if r.id in trials and store.epochs(r.id)]
-        except Exception:  # the database or its tables not there yet
-            continue
-        if holders and len(trials) >= 2:  # not the first trial: ASHA has a rung value to compare with
-            victim = holders[0]
-            tune.kill()
-    tune.communicate(timeout=60)
-    assert victim is not None
+    store, victim, _ = kill_mid_trial(command, db, lambda process, run: process.kill())
     asked = len(Studies(store).run_ids([SMOKE_STUDY]))
     resumed = rftbench("resume", "--db", db, "--runs-dir", str(tmp_path / "runs"))
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr

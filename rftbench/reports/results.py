@@ -48,6 +48,18 @@ class ReportError(RftbenchError, ValueError):
     """One line: what the report cannot show and why."""
 
 
+def no_results(eps: list[str], results: Results) -> ReportError:
+    """What a table says when it has nothing to show: at these budgets, or no scored run at all (a database
+    of tuning trials alone: those no grid holds are left out)."""
+    if eps:
+        return ReportError(f"no results at ε_g = {', '.join(eps)} in the {results.source}")
+    trials = " (tuning trials no grid holds are left out: `rftbench report --table tuning`)"
+    shown = trials if len(results.tuning) else ""
+    return ReportError(
+        f"no results at ε_g in the {results.source}: no completed run has an evaluation{shown}"
+    )
+
+
 @dataclass(frozen=True)
 class Selection:
     """Which evaluation rows a report shows: per run, those measured under one `EvalProtocol` (a per-ε

@@ -13,7 +13,7 @@ import pandas as pd
 
 from rftbench.models.registry import BACKBONES
 from rftbench.reports.render import Section, cell, fmt, spread_note, stat_columns
-from rftbench.reports.results import METRICS, ReportError, Results
+from rftbench.reports.results import METRICS, Results, no_results
 from rftbench.reports.stats import (
     DATASET_ORDER,
     cell_stats,
@@ -61,7 +61,7 @@ def main_table(
         view = partial(_show_main, spread=spread)
         sections.append(Section(title, pd.DataFrame(numbers), view, note, _main_long))
     if not sections:
-        raise ReportError(f"no results at ε_g = {', '.join(eps)} in the {results.source}")
+        raise no_results(eps, results)
     return sections
 
 
@@ -173,7 +173,7 @@ def averages_table(results: Results, eps: list[str], spread: str = "sd") -> list
                                     partial(_show_averages, spread=spread), spread_note(seeds, spread),
                                     _averages_long))  # fmt: skip
     if not sections:
-        raise ReportError(f"no results at ε_g = {', '.join(eps)} in the {results.source}")
+        raise no_results(eps, results)
     return sections
 
 

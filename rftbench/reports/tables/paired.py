@@ -13,7 +13,7 @@ import pandas as pd
 
 from rftbench.core.metrics import adaptation_start_epoch
 from rftbench.reports.render import Section, fmt
-from rftbench.reports.results import METRICS, ReportError, Results
+from rftbench.reports.results import METRICS, ReportError, Results, no_results
 from rftbench.reports.stats import paired, setting_labels, setting_order
 
 
@@ -159,7 +159,7 @@ def effect_table(results: Results, eps: list[str]) -> list[Section]:
                 for r in group.itertuples()
             ]  # fmt: skip
     if not numbers and not starts:
-        raise ReportError(f"no results at ε_g = {', '.join(eps)} in the {results.source}")
+        raise no_results(eps, results)
     numbers, starts = pd.DataFrame(numbers), pd.DataFrame(starts)
     keys = ["backbone", "dataset", "eps"]
     cells = pd.concat([t[keys] for t in (numbers, starts) if not t.empty]).drop_duplicates()
