@@ -138,7 +138,7 @@ def test_shell_completion_offers_names_from_the_registries_the_grids_and_the_dat
     assert complete("run-grid", "--backbone", "Cl") == ["ClipViT", "ClipCNX"]
     assert complete("run", "--dataset", "C") == ["Cars", "Caltech", "Cub"]
     assert complete("run-grid", "--setting", "s") == ["standard", "sched"]
-    assert complete("run-grid", "--grid", "s") == ["sweep", "smoke"]  # the bundled experiments file's
+    assert complete("run-grid", "--grid", "s") == ["sweep", "smoke", "smoke_tuned"]  # the bundled file's
     assert complete("report", "--table", "a") == ["averages", "ablation", "autoattack"]
     assert complete("plot", "r") == ["robustness"]
     assert complete("data", "fetch", "C") == ["Cars", "Caltech", "Cub"]
@@ -166,7 +166,7 @@ def test_init_writes_a_copy_of_the_bundled_grids_that_commands_there_read(tmp_pa
     assert made.exit_code == 0, made.output
     copy = tmp_path / "study" / "experiments.toml"
     assert copy.read_text().endswith(BUNDLED.read_text()) and copy.read_text().startswith("# Written by")
-    assert "paper, sweep, ablation, baselines, adaptive, smoke, demo" in made.output
+    assert "paper, sweep, ablation, baselines, adaptive, smoke, smoke_tuned, demo, demo_tuned" in made.output
     schema = json.loads((tmp_path / "study" / "experiments.schema.json").read_text())
     assert "#:schema ./experiments.schema.json" in copy.read_text().split("\n[")[0]  # editors find it
     assert schema["additionalProperties"] is False and "grids" in schema["properties"]

@@ -85,7 +85,15 @@ def test_piecewise_settings_in_a_grid(tmp_path):
 def test_the_bundled_file_validates_and_the_editor_schema_forbids_unknown_keys():
     ExperimentsFile.model_validate(tomllib.loads(EXPERIMENTS.read_text()))
     schema = experiments_schema()
-    assert set(schema["properties"]) == {"defaults", "overrides", "backbones", "datasets", "grids", "slurm"}
+    assert set(schema["properties"]) == {
+        "defaults",
+        "overrides",
+        "backbones",
+        "datasets",
+        "grids",
+        "tune",
+        "slurm",
+    }
     tables = [schema, *schema["$defs"].values()]
     assert {"Defaults", "GridBlock", "Setting", "RunFields", "SlurmOptions"} <= set(schema["$defs"])
     assert all(table["additionalProperties"] is False for table in tables if "properties" in table)

@@ -105,6 +105,12 @@ RELEASE_0_3 = {
     "demo": (12, "ba5146192d986b6d"),
     "adaptive": (144, "025424e40bfe5447"),
 }
+# The grids `rftbench tune` came with take lr and weight decay from a study: their run ids follow the values
+# the database holds; what must survive is the study each cell finds (its key, rftbench.core.tuning).
+TUNED_STUDIES = {
+    "smoke_tuned": ["64e19e762bfea785"],
+    "demo_tuned": ["7d7e5dfabf8722b4"],
+}
 # The ids of the grids release 0.4 redefined, pinned for the releases after it.
 RELEASE_0_4 = {
     "demo": (9, "4188715a9251dad8"),
@@ -143,7 +149,10 @@ def test_every_grid_keeps_the_ids_release_0_1_gave_it(tmp_path):
         assert digest(grid_configs(grid, tmp_path, release="0.3")) == pinned, grid
     for grid, pinned in RELEASE_0_4.items():
         assert digest(grid_configs(grid, tmp_path)) == pinned, grid
-    assert set(load_experiments(EXPERIMENTS).grids) == set(RELEASE_0_1) | set(RELEASE_0_3)
+    for grid, keys in TUNED_STUDIES.items():
+        assert [plan.key for plan in load_experiments(EXPERIMENTS).studies(grid)] == keys, grid
+    grids = set(RELEASE_0_1) | set(RELEASE_0_3) | set(TUNED_STUDIES)
+    assert set(load_experiments(EXPERIMENTS).grids) == grids
     paper_sched = RunConfig(backbone="SWIN", dataset="Cars", setting="sched", eps="4/255", t1=12, t2=37)
     assert paper_sched.run_id == "09ed814cc629ad50"
 

@@ -5,6 +5,7 @@ line with nothing stored. Every study here is on the smoke task (random-init Res
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import math
@@ -32,7 +33,7 @@ from rftbench.results.store import Store
 from rftbench.results.studies import Studies, optuna_storage
 
 RFTBENCH = [sys.executable, "-m", "rftbench.cli"]
-SMOKE_STUDY = "752e4e9b368d5865"  # the smoke grid's study: a key that changes orphans every stored study
+SMOKE_STUDY = "64e19e762bfea785"  # the smoke grid's study: a key that changes orphans every stored study
 STATES = {"completed": "COMPLETE", "pruned": "PRUNED", "failed": "FAIL"}
 
 
@@ -43,12 +44,14 @@ def rftbench(*args: str, **kw) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def experiments(tmp_path_factory) -> Path:
-    """The package's grids plus `tsmoke`: the smoke grid with lr and weight_decay = "tuned"."""
+    """The package's grids plus `tsmoke`: the smoke grid with lr and weight_decay = "tuned", run on the
+    trials' seed (2, [grids.smoke.tune]), so that its fix run is the best trial's."""
     text = EXPERIMENTS.read_text()
     block = text[text.index("[grids.smoke]") :].split("\n\n")[0]
     tuned = block.replace("[grids.smoke]", "[grids.tsmoke]").replace("lr = 2e-3", 'lr = "tuned"')
     path = tmp_path_factory.mktemp("experiments") / "experiments.toml"
-    path.write_text(f'{text}\n{tuned}\nweight_decay = "tuned"\n')
+    extra = 'weight_decay = "tuned"\nseeds = [2]\n\n[grids.tsmoke.tune]\nseed = 2\n'
+    path.write_text(f"{text}\n{tuned}\n{extra}")
     return path
 
 
@@ -111,8 +114,8 @@ def test_the_smoke_study_key_is_pinned_and_ignores_seed_budget_and_tuned_values(
     assert plan.key == SMOKE_STUDY
     config, search = plan.job.config, plan.search
     assert study_key(RunConfig.from_dict(config.to_dict() | {"seed": 3, "lr": 0.05}), search) == SMOKE_STUDY
-    assert study_key(config, Search(trials=2, minutes=5.0)) == SMOKE_STUDY
-    narrower = Search(space=(Knob("lr", 1e-4, 1e-2), Knob("weight_decay", 1e-5, 1e-1)))
+    assert study_key(config, dataclasses.replace(search, trials=2, minutes=5.0)) == SMOKE_STUDY
+    narrower = dataclasses.replace(search, space=(Knob("lr", 1e-4, 1e-2), Knob("weight_decay", 1e-5, 1e-1)))
     assert study_key(config, narrower) != SMOKE_STUDY
 
 
@@ -156,7 +159,7 @@ def test_bad_searches_are_one_line_exit_2_and_store_nothing(experiments, referen
         "[tune.space.momentum]\nlow = 0.1\nhigh = 0.9\n": "unknown knob 'momentum'",
         "[tune]\ntrials = 0\n": "a budget of 0 trials runs nothing",
         "[tune.space.lr]\nlow = 0.0\nhigh = 0.1\n": "a log range needs low > 0",
-        '[grids.smoke.tune]\nsampler = "grid"\n': "'grid' unknown; choose one of random, tpe",
+        '[tune]\nsampler = "grid"\n': "'grid' unknown; choose one of random, tpe",
         "[grids.tsmoke.tune.space.lr]\nlow = 1e-4\nhigh = 1e-2\n": 'weight_decay = "tuned", but the grid',
     }
     cases = [([], name, body, message) for name, (body, message) in enumerate(tables.items())]
@@ -201,6 +204,7 @@ def copy(db: Path, tmp_path: Path) -> Path:
     return tmp_path / db.name
 
 
+@pytest.mark.xdist_group("tuned")  # one worker tunes the module's study once
 def test_a_tuned_grid_takes_the_best_values_and_sched_and_standard_reuse_fixs(experiments, tuned, tmp_path):
     """`run-grid` on a grid with lr and weight_decay = "tuned": every run of the cell (standard, fix, sched)
     trains with the best trial's values; fix's run is that trial's run, completed already, so only standard
@@ -223,12 +227,14 @@ def test_a_tuned_grid_takes_the_best_values_and_sched_and_standard_reuse_fixs(ex
     assert table.setting.value_counts().to_dict() == {"standard": 3, "fix": 3, "sched": 3}  # not 4 trials'
 
 
+@pytest.mark.xdist_group("tuned")  # one worker tunes the module's study once
 def test_a_missing_tuning_is_named_with_the_command_that_makes_it(experiments, tuned, tmp_path):
     """A grid whose [tune] differs from the stored study's (here its pruner) is another study: never tuned.
     A study recorded without a completed trial says so. Both: one line, exit 2, nothing changed."""
     db = copy(tuned, tmp_path)
     narrow = tmp_path / "narrow.toml"
-    narrow.write_text(experiments.read_text() + "\n[grids.tsmoke.tune]\nreduction_factor = 2\n")
+    table = "[grids.tsmoke.tune]\nseed = 2\n"
+    narrow.write_text(experiments.read_text().replace(table, table + "reduction_factor = 2\n"))
     before = digest(db)
     result = CliRunner().invoke(
         app, ["run-grid", "--grid", "tsmoke", "--experiments", str(narrow), "--db", str(db)]
@@ -249,6 +255,7 @@ def test_a_missing_tuning_is_named_with_the_command_that_makes_it(experiments, t
     assert digest(db) == before
 
 
+@pytest.mark.xdist_group("tuned")  # one worker tunes the module's study once
 def test_a_rerun_of_tune_adds_trials_and_keeps_finished_ones(experiments, tuned, tmp_path):
     """`tune --trials 6` after 4: trials 4 and 5 are new, 0-3 keep their runs, params, states, epochs and
     evaluations; the same budget again runs nothing and changes nothing."""

@@ -95,6 +95,13 @@ def _pair(value: Any) -> Any:
     return tuple(value)
 
 
+def _tunable(value: Any) -> Any:
+    """A number, or "tuned": the best value of its configuration's study (rftbench.core.tuning)."""
+    if value == TUNED or (isinstance(value, int | float) and not isinstance(value, bool)):
+        return value
+    raise ValueError(f'expected float, got {type(value).__name__} {value!r} (or "tuned": its study\'s best)')
+
+
 Backbone, Dataset = _name("backbone", BACKBONES), _name("dataset", DATASETS)
 Budget = Annotated[str, AfterValidator(_budget)]
 Threshold = Annotated[float, AfterValidator(_threshold)]
@@ -104,7 +111,7 @@ TOML_TYPES: dict[str, Any] = {
     "points": Annotated[Points, BeforeValidator(check_points)],
     "eval_budgets": list[Budget],
     "splits": Literal["auto", SplitSource],  # "auto": the paper's split lists where they are
-} | {knob: float | Literal[TUNED] for knob in TUNABLE}  # "tuned": the best value of its study
+} | {knob: Annotated[float | Literal[TUNED], BeforeValidator(_tunable)] for knob in TUNABLE}
 
 
 class Table(pydantic.BaseModel):
