@@ -198,7 +198,9 @@ def test_data_that_is_missing_empty_or_undecodable(db, tmp_path):
         (no_images / name).mkdir(parents=True)
         (broken / name).mkdir(parents=True)
         for i in range(10):
-            (broken / name / f"{i}.jpg").write_bytes(os.urandom(300))
+            # no image format's signature: random bytes now and then start with one (PIL then raises
+            # OSError from that format's decoder instead of UnidentifiedImageError)
+            (broken / name / f"{i}.jpg").write_bytes(f"not an image {name}{i} ".encode() * 20)
     a_file = tmp_path / "root.txt"
     a_file.write_text("not a folder")
     not_json = tmp_path / "split.json"

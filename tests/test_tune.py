@@ -83,8 +83,9 @@ def check_study(db: str, count: int) -> list:
 
 
 def kill_mid_trial(command: list[str], db: str, kill) -> tuple[Store, object, str]:
-    """Start `command`; once a trial's run (not the study's first) is running with an epoch stored, call
-    `kill(process, run)`; return the store, that run and the command's output."""
+    """Start `command`; once a trial's run is running with an epoch stored, call `kill(process, run)`;
+    return the store, that run and the command's output. (With the smoke study's seed, trial 0 is the one
+    ASHA lets past the first epoch: its second and third epochs are the window.)"""
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env=os.environ | {"OMP_NUM_THREADS": "1"})  # fmt: skip
     store, victim, deadline = None, None, time.monotonic() + 300
@@ -96,7 +97,7 @@ def kill_mid_trial(command: list[str], db: str, kill) -> tuple[Store, object, st
             holders = [r for r in store.runs(states=("running",)) if r.id in trials and store.epochs(r.id)]
         except Exception:  # the database or its tables not there yet
             continue
-        if holders and len(trials) >= 2:  # not the first trial: ASHA has a rung value to compare with
+        if holders:
             victim = random.choice(holders)
             kill(process, victim)
     output = process.communicate(timeout=600)[0]
@@ -388,3 +389,15 @@ def test_trial_draws_spread_over_the_range_and_do_not_depend_on_who_asks():
         assert {int(-math.floor(math.log10(lr))) for lr in lrs} == {2, 3, 4, 5}, lrs
         assert draws(seed) == lrs
     assert draws(0) != draws(3)
+
+
+def test_each_pruner_is_optunas_with_the_searchs_numbers():
+    from rftbench.execution.trials import pruner
+
+    asha = pruner(Search(min_epochs=2, reduction_factor=4), epochs=50)
+    assert isinstance(asha, optuna.pruners.SuccessiveHalvingPruner)
+    assert (asha._min_resource, asha._reduction_factor, asha._min_early_stopping_rate) == (2, 4, 0)
+    hyperband = pruner(Search(pruner="hyperband", min_epochs=1, reduction_factor=3), epochs=27)
+    assert isinstance(hyperband, optuna.pruners.HyperbandPruner)
+    assert (hyperband._min_resource, hyperband._max_resource, hyperband._reduction_factor) == (1, 27, 3)
+    assert isinstance(pruner(Search(pruner="none"), epochs=5), optuna.pruners.NopPruner)
