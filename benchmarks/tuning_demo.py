@@ -46,11 +46,11 @@ def search(store: Store) -> None:
             print(f"    trial {t.number:2d} {t.state:9s} {t.epochs_done} epochs, val {value:5.2f}%  {shown}")
 
 
-def comparison(store: Store) -> None:
+def comparison(store: Store, untuned: Store) -> None:
     selection = Selection("monotone")
     frames = {
-        name: Results.from_store(store, grid=grid, selection=selection).values.assign(lr=name)
-        for name, grid in (("tuned", "demo_tuned"), ("untuned", "demo"))
+        name: Results.from_store(db, grid=grid, selection=selection).values.assign(lr=name)
+        for name, grid, db in (("tuned", "demo_tuned", store), ("untuned", "demo", untuned))
     }
     values = pd.concat(frames.values())
     values = values[values.setting.isin(["fix", "sched"])]
@@ -70,10 +70,11 @@ def comparison(store: Store) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--db", default="tune.db")
+    parser.add_argument("--untuned-db", help="where the demo grid's fix and sched runs are [default: --db]")
     args = parser.parse_args()
     store = Store.open(args.db, create=False, write=False)
     search(store)
-    comparison(store)
+    comparison(store, Store.open(args.untuned_db, create=False, write=False) if args.untuned_db else store)
 
 
 if __name__ == "__main__":

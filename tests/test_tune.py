@@ -33,7 +33,8 @@ from rftbench.results.store import Store
 from rftbench.results.studies import Studies, optuna_storage
 
 RFTBENCH = [sys.executable, "-m", "rftbench.cli"]
-SMOKE_STUDY = "64e19e762bfea785"  # the smoke grid's study: a key that changes orphans every stored study
+SMOKE_STUDY = "18242ea452df7fe3"  # the smoke grid's study: a key that changes orphans every stored study
+DEMO_STUDY = "7d7e5dfabf8722b4"
 STATES = {"completed": "COMPLETE", "pruned": "PRUNED", "failed": "FAIL"}
 
 
@@ -45,12 +46,12 @@ def rftbench(*args: str, **kw) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def experiments(tmp_path_factory) -> Path:
     """The package's grids plus `tsmoke`: the smoke grid with lr and weight_decay = "tuned", run on the
-    trials' seed (2, [grids.smoke.tune]), so that its fix run is the best trial's."""
+    trials' seed (4, [grids.smoke.tune]), so that its fix run is the best trial's."""
     text = EXPERIMENTS.read_text()
     block = text[text.index("[grids.smoke]") :].split("\n\n")[0]
     tuned = block.replace("[grids.smoke]", "[grids.tsmoke]").replace("lr = 2e-3", 'lr = "tuned"')
     path = tmp_path_factory.mktemp("experiments") / "experiments.toml"
-    extra = 'weight_decay = "tuned"\nseeds = [2]\n\n[grids.tsmoke.tune]\nseed = 2\n'
+    extra = 'weight_decay = "tuned"\nseeds = [4]\n\n[grids.tsmoke.tune]\nseed = 4\n'
     path.write_text(f"{text}\n{tuned}\n{extra}")
     return path
 
@@ -84,8 +85,8 @@ def check_study(db: str, count: int) -> list:
 
 def kill_mid_trial(command: list[str], db: str, kill) -> tuple[Store, object, str]:
     """Start `command`; once a trial's run is running with an epoch stored, call `kill(process, run)`;
-    return the store, that run and the command's output. (With the smoke study's seed, trial 0 is the one
-    ASHA lets past the first epoch: its second and third epochs are the window.)"""
+    return the store, that run and the command's output. (ASHA stops most of the smoke study's trials right
+    after their first epoch: the window is the second and third epochs of those it lets past.)"""
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env=os.environ | {"OMP_NUM_THREADS": "1"})  # fmt: skip
     store, victim, deadline = None, None, time.monotonic() + 300
@@ -234,7 +235,7 @@ def test_a_missing_tuning_is_named_with_the_command_that_makes_it(experiments, t
     A study recorded without a completed trial says so. Both: one line, exit 2, nothing changed."""
     db = copy(tuned, tmp_path)
     narrow = tmp_path / "narrow.toml"
-    table = "[grids.tsmoke.tune]\nseed = 2\n"
+    table = "[grids.tsmoke.tune]\nseed = 4\n"
     narrow.write_text(experiments.read_text().replace(table, table + "reduction_factor = 2\n"))
     before = digest(db)
     result = CliRunner().invoke(
@@ -254,6 +255,40 @@ def test_a_missing_tuning_is_named_with_the_command_that_makes_it(experiments, t
     )
     assert result.exit_code == 2 and "has no completed trial yet" in result.output, result.output
     assert digest(db) == before
+
+    (plan,) = load_experiments(narrow).studies("tsmoke")  # a trial asked, not ended: its best is not final
+    trial = dataclasses.replace(plan.job, config=dataclasses.replace(plan.job.config, lr=0.01))
+    Studies(store).add_trial(plan.key, 0, trial, {"lr": 0.01, "weight_decay": 0.05})
+    before = digest(db)
+    result = CliRunner().invoke(
+        app, ["run-grid", "--grid", "tsmoke", "--experiments", str(narrow), "--db", str(db)]
+    )
+    assert result.exit_code == 2 and "has 1 unfinished trial(s)" in result.output, result.output
+    assert digest(db) == before
+
+
+@pytest.mark.xdist_group("tuned")
+def test_filters_narrow_a_partly_tuned_grid_and_every_searched_knob_must_be_tuned(
+    experiments, tuned, tmp_path
+):
+    """A grid at two budgets, tuned at one: `run-grid --eps` on the tuned one runs; without the filter the
+    other cell is named. A grid that fixes a knob its search draws is refused: its tuned lr won beside a
+    drawn weight decay."""
+    db = copy(tuned, tmp_path)
+    text = experiments.read_text()
+    two, at = tmp_path / "two.toml", text.index("[grids.tsmoke]")
+    two.write_text(text[:at] + text[at:].replace('eps = ["8/255"]', 'eps = ["8/255", "4/255"]', 1))
+    args = ["--experiments", str(two), "--db", str(db)]
+    narrowed = CliRunner().invoke(app, ["run-grid", "--grid", "tsmoke", "--eps", "8/255", "--dry-run", *args])
+    assert narrowed.exit_code == 0 and "3 jobs: 1 completed, 2 to run" in narrowed.output, narrowed.output
+    whole = CliRunner().invoke(app, ["run-grid", "--grid", "tsmoke", "--dry-run", *args])
+    assert whole.exit_code == 2 and "at 4/255 takes lr and weight_decay" in whole.output, whole.output
+    half = tmp_path / "half.toml"
+    half.write_text(text.replace('weight_decay = "tuned"\nseeds = [4]', "weight_decay = 0.01\nseeds = [4]"))
+    refused = CliRunner().invoke(
+        app, ["run-grid", "--grid", "tsmoke", "--experiments", str(half), "--db", str(db)]
+    )
+    assert refused.exit_code == 2 and "also searches weight_decay, which the grid fixes" in refused.output
 
 
 @pytest.mark.xdist_group("tuned")  # one worker tunes the module's study once
@@ -371,24 +406,24 @@ def test_a_killed_tune_is_continued_by_resume_then_by_tune(experiments, tmp_path
 
 
 def test_trial_draws_spread_over_the_range_and_do_not_depend_on_who_asks():
-    """Trial k's sampler is seeded from (seed, k) through a hash: consecutive integer seeds would start
+    """Trial k's sampler is seeded from (study key, k) through a hash: consecutive integer seeds would start
     NumPy's generator alike (first draws 0.55, 0.42, 0.44, 0.55 for seeds 0-3), so the first trials of a
     study would crowd one decade. 16 draws of the paper's lr range reach every one of its four decades,
-    and the same (seed, k) draws the same values again."""
+    the same (study, k) draws the same values again, and another study other values."""
     from rftbench.execution.trials import sampler
 
-    def draws(seed: int) -> list[float]:
+    def draws(study: str) -> list[float]:
         out = []
         for k in range(16):
-            study = optuna.create_study(sampler=sampler(Search(seed=seed), k), direction="maximize")
-            out.append(study.ask().suggest_float("lr", 1e-5, 1e-1, log=True))
+            one = optuna.create_study(sampler=sampler(Search(), k, study), direction="maximize")
+            out.append(one.ask().suggest_float("lr", 1e-5, 1e-1, log=True))
         return out
 
-    for seed in (0, 3):
-        lrs = draws(seed)
+    for study in (SMOKE_STUDY, DEMO_STUDY):
+        lrs = draws(study)
         assert {int(-math.floor(math.log10(lr))) for lr in lrs} == {2, 3, 4, 5}, lrs
-        assert draws(seed) == lrs
-    assert draws(0) != draws(3)
+        assert draws(study) == lrs
+    assert draws(SMOKE_STUDY) != draws(DEMO_STUDY)  # two studies of one configuration draw other runs
 
 
 def test_each_pruner_is_optunas_with_the_searchs_numbers():

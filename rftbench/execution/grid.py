@@ -75,17 +75,21 @@ def recorded_splits(db: str | None, grid: str | None) -> dict[str, str]:
     return {run.dataset: json.loads(run.config).get("splits", "rules") for run in runs}
 
 
-def tuned_values(db: str | None) -> dict[str, dict | None]:
-    """Study key -> its best trial's values (None: no completed trial yet), for a grid's "tuned" knobs."""
+def tuned_values(db: str | None) -> dict[str, tuple[dict | None, int]]:
+    """Study key -> (its best trial's values, None before one completed; how many of its trials are still
+    to end: pending, running or interrupted), for a grid's "tuned" knobs."""
+    from rftbench.core.tuning import best_trial
     from rftbench.results.studies import Studies
 
     store = existing_store(db)
     if store is None:
         return {}
-    studies = Studies(store)
-    return {
-        key: best[2] if best else None for key, best in studies.best([s.key for s in studies.all()]).items()
-    }
+    tuned = {}
+    for key, trials in Studies(store).summaries().items():
+        best = best_trial([(t.number, t.state, t.value, t.params) for t in trials])
+        unfinished = sum(t.state in ("pending", "running", "interrupted") for t in trials)
+        tuned[key] = (best[2] if best else None, unfinished)
+    return tuned
 
 
 def check_filters(backbone: list[str], dataset: list[str], setting: list[str]) -> None:
@@ -233,7 +237,9 @@ def run_one(request: RunRequest, options: RunnerOptions, *, say: Say = print, pr
     if existing_statuses(r.db, [job.run_id]).get(job.run_id) != "completed":
         preflight(runner, [(job.config, job.paths)])
     runner.store = Store.open(r.db)
-    if r.grid is not None and job.run_id in {j.run_id for j in spec.jobs(r.grid)}:
+    if r.grid is not None and job.run_id in {
+        j.run_id for j in spec.jobs(r.grid, backbones=[r.backbone], datasets=[r.dataset])
+    }:
         runner.store.record_grid(
             r.grid,
             [job],

@@ -261,8 +261,12 @@ class Runner:
             self.progress.end_run(run, "completed", f"clean {result['clean']:.2%}")
             return "completed"
         except Pruned as exc:  # its study stopped it: neither a failure nor a run to continue
-            if queue.release(run.id, self.worker, "pruned", error=str(exc)):
-                self.told(run.id)
+            if not queue.release(run.id, self.worker, "pruned", error=str(exc)):
+                summary.lost.append(run.id)  # another worker took it over meanwhile: its call now
+                return "lost"
+            self.told(run.id)
+            if self.prune:
+                (run_dir / "last.pt").unlink(missing_ok=True)
             summary.pruned.append(run.id)
             self.progress.end_run(run, "pruned", str(exc))
             return "pruned"

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
+import sys
 import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, timedelta
@@ -28,12 +30,14 @@ from rftbench.results.schema import Study, now
 from rftbench.results.studies import Studies, TrialSummary, optuna_storage, tune_lock
 
 
-def sampler(search: Search, asked: int):
+def sampler(search: Search, asked: int, study: str):
     import optuna
 
-    # One stream per trial, reproducible whoever asks; hashed, because generators seeded with consecutive
-    # integers start alike (NumPy's first uniform draws for seeds 0-3: 0.55, 0.42, 0.44, 0.55)
-    text = f"{search.seed}:{asked}".encode()
+    # One stream per trial of one study, reproducible whoever asks: the study's key (which holds the search's
+    # seed) in it, so two studies of one configuration (another pruner, say) never draw the same runs;
+    # hashed, because generators seeded with consecutive integers start alike (NumPy's first uniform draws
+    # for seeds 0-3: 0.55, 0.42, 0.44, 0.55)
+    text = f"{study}:{asked}".encode()
     seed = int.from_bytes(hashlib.sha256(text).digest()[:4], "little")
     if search.sampler == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
@@ -86,14 +90,14 @@ class Tuner:
         return optuna.load_study(
             study_name=study.optuna_name,
             storage=self.storage,
-            sampler=sampler(search, asked),
+            sampler=sampler(search, asked, study.key),
             pruner=pruner(search, epochs),
         )
 
     def run_ids(self) -> list[str]:
         return self.studies.run_ids(self.keys)
 
-    def left(self, study: Study, trials: list[TrialSummary]) -> int:
+    def left(self, study: Study, trials: list[TrialSummary]) -> float:
         """How many more trials the study may ask now (its budget less those asked; 0 once its minutes
         since the first trial have passed)."""
         trials_budget, minutes = self.budgets.get(study.key, (0, None))
@@ -102,10 +106,10 @@ class Tuner:
             if now() - first.replace(tzinfo=first.tzinfo or UTC) > timedelta(minutes=minutes):
                 return 0
         if trials_budget is None:
-            return 1  # minutes only: one at a time, the clock decides
+            return math.inf  # minutes only: the clock decides
         return max(0, trials_budget - len(trials))
 
-    def trials_left(self) -> int:
+    def trials_left(self) -> float:
         """Trials the studies may still ask (for sizing a SLURM array)."""
         if not self.asks:
             return 0
@@ -164,12 +168,18 @@ class Tuner:
     def should_prune(self, run_id: str, config: RunConfig, metrics: dict) -> bool:
         """Report this epoch's clean validation accuracy to the run's trial (if it is one) and ask its
         pruner; never at the last epoch, whose run is as good as completed."""
-        import optuna
-
         link = self.link(run_id)
         if link is None or metrics["epoch"] >= config.epochs - 1:
             return False
-        study, number = link
+        try:
+            return self.report(*link, config, metrics)
+        except Exception as exc:  # a busy database: the trial trains on, `sync` puts Optuna right later
+            print(f"note: run {run_id[:8]}: Optuna not reached ({exc}); not pruned here", file=sys.stderr)
+            return False
+
+    def report(self, study: Study, number: int, config: RunConfig, metrics: dict) -> bool:
+        import optuna
+
         with tune_lock(self.store), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a resumed run reports its replayed epochs again: ignored
             storage_study, storage = self.optuna_study(study, epochs=config.epochs), self.storage
@@ -184,6 +194,10 @@ class Tuner:
     def finished(self, run_id: str) -> None:
         """Tell Optuna how the run's trial ended (completed, pruned or failed), if it is one."""
         link = self.link(run_id)
-        if link is not None:
+        if link is None:
+            return
+        try:
             with tune_lock(self.store):
                 self.sync(link[0])
+        except Exception as exc:  # the run's state is stored: the next ask or `tune` tells Optuna
+            print(f"note: run {run_id[:8]}: Optuna not told yet ({exc})", file=sys.stderr)

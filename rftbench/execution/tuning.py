@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rftbench.core.tuning import Search, SearchError, best_trial
-from rftbench.execution.grid import Say, check_filters, read_experiments
+from rftbench.execution.grid import Say, check_filters, read_experiments, recorded_splits
 from rftbench.execution.launch import execute, make_runner, preflight
 from rftbench.execution.options import LaunchError, LaunchOptions, RunnerOptions
 from rftbench.execution.trials import Tuner
@@ -56,6 +56,7 @@ def plan_tune(request: TuneRequest) -> TunePlan:
     """The studies a request tunes, their budgets checked; one line (GridError, LaunchError) if not."""
     r = request
     spec = read_experiments(r.experiments, r.roots)
+    spec.recorded[r.grid] = recorded_splits(r.db, r.grid)  # the split lists its runs have: run-grid's key
     check_filters(r.backbones, r.datasets, [])
     plans = spec.studies(r.grid, backbones=r.backbones, datasets=r.datasets, eps=r.eps)
     if not plans:

@@ -37,10 +37,7 @@ import pydantic
 
 from rftbench.core.config import RunConfig, SlurmOptions, budget_value
 from rftbench.core.tuning import TUNED, Search, SearchError, study_key
-from rftbench.data.lists import paper_split_dir
-from rftbench.data.registry import PAPER_SPLITS, SPLIT_FOLDER, data_root, resolve_root
 from rftbench.errors import RftbenchError
-from rftbench.experiments.notes import split_notes
 from rftbench.experiments.schema import (
     DEFAULT_THRESHOLD,
     RUN_KEYS,
@@ -50,6 +47,7 @@ from rftbench.experiments.schema import (
     TuneTable,
     problems,
 )
+from rftbench.experiments.splits import choose_splits, split_notes
 
 VALIDATING = "validating"  # Experiments.tuned while the file is checked: "tuned" knobs at their defaults
 
@@ -117,9 +115,9 @@ class Experiments:
     recorded: dict[str, dict[str, str]] = field(default_factory=dict)
     # run id -> (dataset, how "auto" decided, splits, the folder looked in): what the notes say
     split_choices: dict[str, tuple[str, str, str, Path]] = field(default_factory=dict)
-    # study key -> the best values of its knobs (None: no completed trial yet), from the database: what a
-    # grid's "tuned" values become; None: not read, so a "tuned" value is an error naming `rftbench tune`
-    tuned: dict[str, dict | None] | str | None = None
+    # study key -> (its best knob values or None, its unfinished trials), from the database: a grid's "tuned"
+    # values once no trial is left to end. None: not read (a "tuned" value is then an error)
+    tuned: dict[str, tuple[dict | None, int]] | str | None = None
 
     def grid(self, name: str) -> list[Grid]:
         if name not in self.grids:
@@ -151,15 +149,19 @@ class Experiments:
             for (backbone, dataset), setting, budget, seed in itertools.product(
                 block.pairs, block.settings, block.eps, block.seeds
             ):
-                config = self.config(block, backbone, dataset, setting, budget, seed)
+                # filtered with its "tuned" knobs at their defaults: an untuned cell outside the filters
+                # is no error (`tune --backbone X`, then `run-grid --backbone X`)
+                probe = self.config(block, backbone, dataset, setting, budget, seed, resolve=False)
                 if (
                     (backbones and backbone not in backbones)
                     or (datasets and dataset not in datasets)
-                    or (settings and config.setting not in settings)
-                    or (budgets is not None and budget_value(config.eps) not in budgets)
+                    or (settings and probe.setting not in settings)
+                    or (budgets is not None and budget_value(probe.eps) not in budgets)
                     or (seeds and seed not in seeds)
-                    or config.run_id in jobs
                 ):
+                    continue
+                config = self.config(block, backbone, dataset, setting, budget, seed)
+                if config.run_id in jobs:
                     continue
                 paths = {**self.paths.get(backbone, {}), **self.paths.get(dataset, {})}
                 jobs[config.run_id] = Job(config, grid_name, len(jobs), paths, **block.evaluation)
@@ -200,11 +202,19 @@ class Experiments:
         return values
 
     def config(
-        self, grid: Grid, backbone: str, dataset: str, setting: dict, eps: str, seed: int
+        self,
+        grid: Grid,
+        backbone: str,
+        dataset: str,
+        setting: dict,
+        eps: str,
+        seed: int,
+        resolve: bool = True,
     ) -> RunConfig:
+        """One run's config; `resolve=False`: its "tuned" knobs at their defaults (to filter or check)."""
         values = self.values(grid, backbone, dataset)
         if TUNED in values.values():
-            values |= self.tuned_values(grid, backbone, dataset, eps, values)
+            values |= self.tuned_values(grid, backbone, dataset, eps, values, resolve)
         standard = budget_value(eps) == 0 or setting["setting"] == "standard"
         if standard and "eval_budgets" not in values and grid.standard_eval_budgets:
             values["eval_budgets"] = grid.standard_eval_budgets
@@ -245,16 +255,28 @@ class Experiments:
         key = study_key(config, search)
         return StudyPlan(key, Job(config, grid.name.split("[")[0], 0, paths, **grid.evaluation), search)
 
-    def tuned_values(self, grid: Grid, backbone: str, dataset: str, eps: str, values: dict) -> dict:
-        """The knobs a block sets to "tuned", as the best trial of their cell's study has them."""
+    def tuned_values(
+        self, grid: Grid, backbone: str, dataset: str, eps: str, values: dict, resolve: bool = True
+    ) -> dict:
+        """The knobs a block sets to "tuned", as the best trial of their cell's study has them. Every knob
+        of the search must be "tuned": a value won beside a drawn weight decay is not that value beside
+        another one."""
         wanted = [k for k, v in values.items() if v == TUNED]
         plan = self.study(grid, backbone, dataset, eps, values)
-        if self.tuned == VALIDATING:
+        fixed = [k for k in plan.search.knobs if k not in wanted]
+        if fixed:
+            raise GridError(
+                f'{self.path}: grids.{grid.name}: {", ".join(wanted)} = "tuned" but its [tune] space also '
+                f'searches {", ".join(fixed)}, which the grid fixes: set {fixed[0]} = "tuned" too, or name '
+                f"only the tuned knobs in [tune.space]"
+            )
+        if self.tuned == VALIDATING or not resolve:
             return {k: getattr(plan.job.config, k) for k in wanted}
-        best = (self.tuned or {}).get(plan.key)
-        if best is None:
+        best, unfinished = (self.tuned or {}).get(plan.key, (None, 0))
+        if best is None or unfinished:
             c, name = plan.job.config, grid.name.split("[")[0]
-            why = "has no completed trial yet" if plan.key in (self.tuned or {}) else "was never tuned"
+            why = f"has {unfinished} unfinished trial(s)" if unfinished else "has no completed trial yet"
+            why = why if plan.key in (self.tuned or {}) else "was never tuned"  # a best is final once all end
             raise GridError(
                 f'grids.{name}: {backbone}/{dataset} at {c.eps} takes {" and ".join(wanted)} = "tuned" '
                 f"but its study {plan.key} {why}: run `rftbench tune --grid {name} --backbone {backbone} "
@@ -286,26 +308,10 @@ class Experiments:
         return list(plans.values())
 
     def splits(self, grid: str, dataset: str, choice: str) -> tuple[str, tuple[str, str, Path] | None]:
-        """A run's `splits` from the grid's choice, and how "auto" decided it (None: it did not). "auto"
-        keeps what the grid's runs of this dataset were recorded with; for a grid new to the database it is
-        "paper" where the dataset has paper split lists in its data root (or its `split_file` folder), else
-        "rules". A grid that names a split file of its own keeps it ("rules")."""
-        if choice != "auto" or dataset not in PAPER_SPLITS:
-            return (choice if choice != "auto" else "rules"), None
+        """A run's `splits` from the grid's choice, and how "auto" decided it (`splits.choose_splits`)."""
         paths = self.paths.get(dataset, {})
-        split_file = paths.get("split_file")
-        if split_file is not None and not Path(split_file).expanduser().is_dir():
-            return "rules", None
-        root = data_root(dataset, self.roots.get(dataset), paths.get("data_root"))
-        folder = paper_split_dir(dataset, root, split_file)
-        where = folder or (
-            Path(split_file).expanduser() if split_file else resolve_root(dataset, root) / SPLIT_FOLDER
-        )
-        present = "paper" if folder is not None else "rules"
-        recorded = self.recorded.get(grid, {}).get(dataset)
-        if recorded is not None and recorded != present:
-            return recorded, ("recorded", recorded, where)
-        return present, ("found", present, where)
+        root = self.roots.get(dataset)
+        return choose_splits(dataset, choice, paths, root, self.recorded.get(grid, {}).get(dataset))
 
     def split_notes(self, jobs: list[Job]) -> list[str]:
         """What "auto" chose for the datasets of `jobs`, and where it looked: one line per dataset."""
