@@ -149,18 +149,18 @@ class Experiments:
             for (backbone, dataset), setting, budget, seed in itertools.product(
                 block.pairs, block.settings, block.eps, block.seeds
             ):
-                # filtered with its "tuned" knobs at their defaults: an untuned cell outside the filters
-                # is no error (`tune --backbone X`, then `run-grid --backbone X`)
-                probe = self.config(block, backbone, dataset, setting, budget, seed, resolve=False)
+                # filtered with "tuned" knobs at defaults: no untuned cell outside the filters is an error
+                config = self.config(block, backbone, dataset, setting, budget, seed, resolve=False)
                 if (
                     (backbones and backbone not in backbones)
                     or (datasets and dataset not in datasets)
-                    or (settings and probe.setting not in settings)
-                    or (budgets is not None and budget_value(probe.eps) not in budgets)
+                    or (settings and config.setting not in settings)
+                    or (budgets is not None and budget_value(config.eps) not in budgets)
                     or (seeds and seed not in seeds)
                 ):
                     continue
-                config = self.config(block, backbone, dataset, setting, budget, seed)
+                if TUNED in self.values(block, backbone, dataset).values():  # now with the studies' values
+                    config = self.config(block, backbone, dataset, setting, budget, seed)
                 if config.run_id in jobs:
                     continue
                 paths = {**self.paths.get(backbone, {}), **self.paths.get(dataset, {})}
