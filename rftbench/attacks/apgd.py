@@ -29,6 +29,10 @@ Where it departs from auto-attack, on purpose:
 - The loss increase count compares each step with the previous loss, the start point included.
 - The last iteration computes no gradient (it is never used), so N steps cost N backward passes. Its
   forward runs with gradients enabled all the same, so a compiled model reuses the attack's graph.
+- `y` may be target probabilities (a float tensor, one row per image) instead of labels: the loss is then
+  the KL divergence KL(y ‖ softmax(model(x'))) per image (TRADES' inner maximisation,
+  `rftbench.attacks.objectives`), and an image counts as misclassified where its prediction leaves y's
+  argmax.
 - Parameters are frozen during the attack (`freeze_parameters`, on by default): eager autograd computes only
   the input gradient either way, but a compiled backward computes every gradient its graph was traced
   with, weight gradients included, and throws them away.
@@ -131,8 +135,9 @@ def apgd_attack(
     if eps == 0 or steps == 0:
         if start is not None:
             return Attack(x, start[2], start[0])
+        n = x.shape[0]
         return Attack(
-            x, torch.zeros_like(y, dtype=torch.bool), torch.full(y.shape, math.nan, device=x.device)
+            x, torch.zeros(n, dtype=torch.bool, device=x.device), torch.full((n,), math.nan, device=x.device)
         )
     frozen = frozen_parameters(model) if freeze_parameters else nullcontext()
     heuristics = cudnn_heuristics() if early_exit else nullcontext()
@@ -144,17 +149,23 @@ def apgd_attack(
 def loss_and_gradient(
     model: nn.Module, x: Tensor, y: Tensor, autocast_dtype: torch.dtype | None = None, need_grad: bool = True
 ) -> tuple[Tensor, Tensor | None, Tensor]:
-    """Per-sample cross-entropy (fp32), its gradient with respect to `x` (None without `need_grad`: the
-    forward still runs with gradients enabled, so a compiled model reuses one graph), and the flags of
-    misclassified samples: one forward and at most one input-gradient backward."""
+    """Per-sample cross-entropy (fp32; KL divergence from `y` where `y` holds target probabilities), its
+    gradient with respect to `x` (None without `need_grad`: the forward still runs with gradients enabled,
+    so a compiled model reuses one graph), and the flags of misclassified samples: one forward and at most
+    one input-gradient backward."""
     z = x.detach().requires_grad_(True)
     autocast = torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
+    soft = y.is_floating_point()
     with torch.enable_grad():
         with autocast:
             logits = model(z)
-        loss = F.cross_entropy(logits.float(), y, reduction="none")
+        logits = logits.float()
+        if soft:  # KL(y ‖ softmax(logits)), with 0 · log 0 = 0
+            loss = F.kl_div(F.log_softmax(logits, 1), y, reduction="none").sum(1)
+        else:
+            loss = F.cross_entropy(logits, y, reduction="none")
         grad = torch.autograd.grad(loss.sum(), z)[0].detach() if need_grad else None
-    return loss.detach(), grad, logits.detach().argmax(1) != y
+    return loss.detach(), grad, logits.detach().argmax(1) != (y.argmax(1) if soft else y)
 
 
 @contextmanager

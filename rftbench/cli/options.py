@@ -18,13 +18,15 @@ from typing import Literal
 import typer
 
 from rftbench.cli.app import fail
-from rftbench.core.config import PRECISIONS, PROTOCOLS, budget_arg
+from rftbench.core.config import FINETUNES, OBJECTIVES, PRECISIONS, PROTOCOLS, budget_arg
 from rftbench.core.schedules import SCHEDULES
 from rftbench.execution.options import EXECUTOR_NAMES, LaunchOptions, RunnerOptions
 
 Executor = Literal[EXECUTOR_NAMES]
 Precision = Literal[PRECISIONS]
 Protocol = Literal[PROTOCOLS]
+Objective = Literal[OBJECTIVES]
+Finetune = Literal[FINETUNES]
 
 
 # -- shell completion (`rftbench --install-completion`): names from the registries, the experiments file and
@@ -190,6 +192,22 @@ def runner_flags(
         checkpoint_every,
         checkpoint_minutes,
     )
+
+
+def variant_flags(
+    objective: Objective | None = typer.Option(None, "--objective", help="at, trades or mart [the grid's]"),
+    beta: float | None = typer.Option(None, "--beta", help="trades/mart: weight of the robust term [6]"),
+    finetune: Finetune | None = typer.Option(
+        None, "--finetune", help="which parameters train: full, linear, lp_ft, bitfit, lora [the grid's]"
+    ),
+    lp_ft_epochs: int | None = typer.Option(None, "--lp-ft-epochs", help="lp_ft: epochs of the head alone"),
+    lora_r: int | None = typer.Option(None, "--lora-r", help="lora: the adapters' rank [8]"),
+    lora_alpha: float | None = typer.Option(None, "--lora-alpha", help="lora: their scale is alpha/r [16]"),
+) -> dict:
+    """Run-config fields of the objective and the fine-tuning mode given as flags (over the grid's)."""
+    given = {"objective": objective, "beta": beta, "finetune": finetune, "lp_ft_epochs": lp_ft_epochs,
+             "lora_r": lora_r, "lora_alpha": lora_alpha}  # fmt: skip
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def launch_flags(

@@ -38,6 +38,7 @@ from rftbench.cli.options import (
     parse_budgets,
     parse_roots,
     runner_flags,
+    variant_flags,
     with_options,
 )
 from rftbench.cli.progress import RichProgress
@@ -61,7 +62,7 @@ def show_jobs(plan) -> None:
             job.run_id[:8],
             c.backbone,
             c.dataset,
-            c.setting,
+            "+".join(filter(None, (c.setting, c.variant))),
             c.eps,
             hinge,
             str(c.seed),
@@ -72,7 +73,9 @@ def show_jobs(plan) -> None:
     done = sum(s == "completed" for s in plan.statuses.values())
     console.print(f"{len(plan.jobs)} jobs: {done} completed, {len(plan.jobs) - done} to run")
     console.print(
-        f"work: {passes:.3g} training forward-backward passes (images × epochs × (attack steps + 1))"
+        f"work: {passes:.3g} training forward-backward passes (images × epochs × (attack steps + 1"
+        + (", + 1 for TRADES and MART" if any(j.config.objective != "at" for j in plan.jobs) else "")
+        + "))"
         + (f", plus {unknown} run(s) on data of unknown size" if unknown else "")
     )
 
@@ -128,7 +131,7 @@ def run_parse(eps: str, points: str | None) -> tuple[str, tuple]:
 
 
 @app.command()
-@with_options(options=runner_flags)
+@with_options(options=runner_flags, variant=variant_flags)
 def run(
     backbone: str = BACKBONE,
     dataset: str = DATASET,
@@ -144,13 +147,14 @@ def run(
     experiments: Path | None = EXPERIMENTS,
     db: str | None = DB,
     options: RunnerOptions = None,
+    variant: dict = None,
 ) -> None:
     """Run one job with a grid's defaults (or the file's [defaults]); a finished identical run is reused."""
     from rftbench.execution.grid import RunRequest, run_one
 
     budget, shape = run_parse(eps, points)
     request = RunRequest(
-        backbone, dataset, setting, budget, t1, t2, shape, seed, grid, experiments, db, options.roots
+        backbone, dataset, setting, budget, t1, t2, shape, seed, grid, experiments, db, options.roots, variant
     )
     finish(run_one(request, options, say=say, progress=RichProgress()))
 

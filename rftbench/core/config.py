@@ -41,9 +41,14 @@ AttackMode = Literal["eval", "train"]
 Augmentation = Literal["loader", "device"]  # where the training augmentation runs (rftbench.data.loading)
 # The registry's seeded rules, or the paper's split lists (rftbench.data.registry)
 SplitSource = Literal["rules", "paper"]
+# The training loss (rftbench.attacks.objectives): cross-entropy AT, TRADES, MART
+RobustObjective = Literal["at", "trades", "mart"]
+# Which parameters train (rftbench.models.finetune): all, the head, the head then all, biases, LoRA adapters
+Finetune = Literal["full", "linear", "lp_ft", "bitfit", "lora"]
 PRECISIONS, NORMS, PROTOCOLS = typing.get_args(Precision), typing.get_args(Norm), typing.get_args(Protocol)
 ATTACK_MODES, AUGMENTATIONS = typing.get_args(AttackMode), typing.get_args(Augmentation)
 SPLIT_SOURCES = typing.get_args(SplitSource)
+OBJECTIVES, FINETUNES = typing.get_args(RobustObjective), typing.get_args(Finetune)
 TABLES = (
     "main",
     "averages",
@@ -185,6 +190,16 @@ class RunConfig:
     norm: Norm = "Linf"
     # The piecewise schedule's ((epoch, fraction of ε_g), …) (rftbench.core.schedules); () for every other one
     points: schedules.Points = ()
+    # The robust objective and its trade-off β (TRADES' and MART's weight of the robust term; both papers'
+    # CIFAR value is 6). `at` ignores β, and `trades` at ε_g = 0 is standard fine-tuning: both canonical.
+    objective: RobustObjective = "at"
+    beta: float = 6.0
+    # Which parameters train: `lp_ft` trains the head alone for `lp_ft_epochs` epochs, then every parameter;
+    # `lora` the head and rank-`lora_r` adapters scaled by lora_alpha / lora_r (ignored by other modes)
+    finetune: Finetune = "full"
+    lp_ft_epochs: int = 0
+    lora_r: int = 8
+    lora_alpha: float = 16.0
 
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
@@ -201,14 +216,14 @@ class RunConfig:
         for name, field in SCHEDULE_FIELDS.items():
             set_(field, getattr(spec, name))
         set_("eval_budgets", tuple(sorted(set(budgets), key=lambda b: parse_budget(b, self.norm))))
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision {self.precision!r} unknown: choose one of {', '.join(PRECISIONS)}")
-        if self.augmentation not in AUGMENTATIONS:
-            raise ValueError(f"augmentation {self.augmentation!r} unknown: choose one of {AUGMENTATIONS}")
-        if self.splits not in SPLIT_SOURCES:
-            raise ValueError(f"splits {self.splits!r} unknown: choose one of {', '.join(SPLIT_SOURCES)}")
-        if self.attack_mode not in ATTACK_MODES:
-            raise ValueError(f"attack_mode {self.attack_mode!r} unknown: choose one of {ATTACK_MODES}")
+        choices = {"precision": PRECISIONS, "augmentation": AUGMENTATIONS, "splits": SPLIT_SOURCES,
+                   "attack_mode": ATTACK_MODES, "objective": OBJECTIVES, "finetune": FINETUNES}  # fmt: skip
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"{name} {getattr(self, name)!r} unknown: choose one of {', '.join(allowed)}"
+                )
+        self._canonical_variant(spec.eps > 0)
         for name in ("epochs", "batch_size", "train_attack_steps", "eval_attack_steps", "resolution"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
@@ -227,6 +242,42 @@ class RunConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a number >= 0, got {value}")
+
+    def _canonical_variant(self, adversarial: bool) -> None:
+        """Check the objective and fine-tuning fields; reset those a run does not use to their defaults,
+        so one computation has one id (as `standard` at ε_g > 0 is one run)."""
+        if not (math.isfinite(self.beta) and self.beta >= 0):
+            raise ValueError(f"beta must be a number >= 0 (the weight of the robust term), got {self.beta}")
+        if self.finetune == "lp_ft" and not 1 <= self.lp_ft_epochs < self.epochs:
+            raise ValueError(
+                f"lp_ft trains the head alone for lp_ft_epochs, then everything: set lp_ft_epochs between 1 "
+                f"and epochs - 1 = {self.epochs - 1}, got {self.lp_ft_epochs}"
+            )
+        lora_ok = self.lora_r >= 1 and math.isfinite(self.lora_alpha) and self.lora_alpha > 0
+        if self.finetune == "lora" and not lora_ok:
+            raise ValueError(
+                f"lora needs lora_r >= 1 and lora_alpha > 0, got {self.lora_r}, {self.lora_alpha}"
+            )
+        ce = self.objective == "trades" and not adversarial  # TRADES at ε = 0 is cross-entropy
+        lora = self.finetune == "lora"
+        unused = {"objective": ce, "beta": ce or self.objective == "at", "lora_r": not lora,
+                  "lora_alpha": not lora, "lp_ft_epochs": self.finetune != "lp_ft"}  # fmt: skip
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name in (name for name, reset in unused.items() if reset):
+            object.__setattr__(self, name, defaults[name])
+
+    @property
+    def variant(self) -> str:
+        """Objective and fine-tuning mode off their defaults, as reports label them: "" (AT, full),
+        "trades", "lora", "trades+lp_ft(k=2)", "mart(β=3)+lora(r=4,α=8)"."""
+        beta = f"(β={self.beta:g})" if self.beta != 6.0 else ""
+        lora = "" if (self.lora_r, self.lora_alpha) == (8, 16) else f"(r={self.lora_r},α={self.lora_alpha:g})"
+        mode = {"full": "", "lp_ft": f"lp_ft(k={self.lp_ft_epochs})", "lora": "lora" + lora}
+        parts = (
+            self.objective + beta if self.objective != "at" else "",
+            mode.get(self.finetune, self.finetune),
+        )
+        return "+".join(part for part in parts if part)
 
     @property
     def eps_value(self) -> float:

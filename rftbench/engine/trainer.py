@@ -1,4 +1,4 @@
-"""Adversarial fine-tuning of one run: APGD examples at ε(t), all parameters trained, one callback.
+"""Adversarial fine-tuning of one run: APGD examples at ε(t) under its objective, one callback.
 
     result = train(cfg, model, train_loader, val_loader, test_loader, callback=print, run_dir="runs/x")
 
@@ -6,8 +6,10 @@ After every epoch it reports through `callback(metrics)`, then writes `run_dir/l
 run whose `last.pt` exists continues after its last finished epoch; every epoch reseeds the RNG from
 (seed, epoch), so a resumed run computes what an uninterrupted one would. Per-epoch adversarial validation
 attacks a fixed subset of the validation split that covers every class (`split_seed`); the final
-evaluation follows an explicit `EvalProtocol` (default: the paper's, in fp32). Imports nothing from the
-CLI, the store or the terminal UI.
+evaluation follows an explicit `EvalProtocol` (default: the paper's, in fp32). The loss is the run's
+`objective` (`attacks.objectives`: AT, TRADES, MART); the parameters trained, epoch by epoch, its
+`finetune` mode (`models.finetune`; a LoRA model comes with its adapters). Imports nothing from the CLI,
+the store or the terminal UI.
 
 Speed on a GPU (none of it changes what a run computes beyond floating-point rounding, and `provenance`
 records it): loaders may ship uint8 batches, converted (and for `augmentation = "device"` augmented) on
@@ -33,7 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rftbench.attacks.apgd import apgd, apgd_attack, frozen_parameters
+from rftbench.attacks.apgd import apgd_attack, frozen_parameters
+from rftbench.attacks.objectives import OBJECTIVES
 from rftbench.core.config import RunConfig, RuntimeOptions, budget_text, parse_budget
 from rftbench.core.metrics import EvalProtocol
 from rftbench.data.loading import augment_batch, augment_params, covering_loader, to_device, to_unit_float
@@ -47,6 +50,7 @@ from rftbench.engine.checkpoint import (
 )
 from rftbench.engine.compiled import CompiledModel
 from rftbench.engine.evaluation import evaluate_budgets
+from rftbench.models.finetune import set_modes, set_trainable, trained
 from rftbench.models.registry import BACKBONES, get_backbone_spec
 
 
@@ -79,14 +83,16 @@ def no_decay_names(model: nn.Module) -> set[str]:
 
 
 def param_groups(model: nn.Module, config: RunConfig) -> list[dict]:
-    """AdamW's parameter groups under `config`: one group of every parameter by default (as release 0.1);
-    `decay_norm_and_bias = False` moves `no_decay_names` to a group without weight decay, `head_lr_scale`
-    the fresh head (the backbone registry's `head` path) to a group with lr × that scale."""
+    """AdamW's parameter groups under `config`: one group of every parameter the run trains by default (as
+    release 0.1; `models.finetune.trained`: at any epoch); `decay_norm_and_bias = False` moves
+    `no_decay_names` to a group without weight decay, `head_lr_scale` the fresh head (the backbone registry's
+    `head` path) to a group with lr × that scale."""
     no_decay = set() if config.decay_norm_and_bias else no_decay_names(model)
     head = f"1.{get_backbone_spec(config.backbone).head}." if config.head_lr_scale != 1 else None
     groups: dict[tuple[bool, bool], list] = {}
+    train = set(trained(model, config))
     for name, p in model.named_parameters():
-        if p.requires_grad:
+        if name in train:
             is_head = head is not None and name.startswith(head)
             groups.setdefault((name not in no_decay, is_head), []).append(p)
     if head is not None and not any(is_head for _, is_head in groups):
@@ -128,10 +134,14 @@ def epoch_constant(value: float, step: int = 0) -> float:
 
 
 def train_one_epoch(
-    net, loader, optimizer, scheduler, scaler, eps_at, config, device, amp, fmt, augment=None
+    net, loader, optimizer, scheduler, scaler, eps_at, config, device, amp, fmt, augment=None, modes=None
 ) -> dict:
-    """One epoch; `augment` (a CPU generator) draws the device-side augmentation of every batch."""
+    """One epoch; `augment` (a CPU generator) draws the device-side augmentation of every batch; `modes`,
+    called after `net.train()`, sets the modes of modules that do not train (a probed backbone)."""
     net.train()
+    if modes is not None:
+        modes()
+    objective = OBJECTIVES[config.objective]
     loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device)
     seen, start = 0, time.perf_counter()
     for step, (x, y) in enumerate(loader):
@@ -141,11 +151,9 @@ def train_one_epoch(
         x = to_unit_float(x).contiguous(memory_format=fmt)
         y = to_device(y, device)
         eps = eps_at(step=step)
-        x = apgd(net, x, y, eps, config.train_attack_steps, random_start=config.attack_random_start,
-                 mode=config.attack_mode, autocast_dtype=amp, norm=config.norm)  # fmt: skip
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            logits = net(x).float()
-        loss = F.cross_entropy(logits, y)
+        loss, logits = objective(net, x, y, eps, config.beta, config.train_attack_steps, autocast_dtype=amp,
+                                 random_start=config.attack_random_start, mode=config.attack_mode,
+                                 norm=config.norm)  # fmt: skip
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -235,8 +243,9 @@ def train(
 
     with CheckpointWriter() as writer:  # checkpoints written in the background, joined before the next row
         for epoch in range(len(history), config.epochs):
-            metrics = train_epoch(epoch, config, net, train_loader, val_loader, val_adv_loader, val_eps,
-                                  optimizer, scheduler, scaler, history, device, amp, fmt)  # fmt: skip
+            metrics = train_epoch(epoch, config, model, net, train_loader, val_loader, val_adv_loader,
+                                  val_eps, optimizer, scheduler, scaler, history, device, amp,
+                                  fmt)  # fmt: skip
             history.append(metrics)
             writer.join()  # the previous epoch's checkpoint is on disk before this epoch's row
             callback(metrics)  # first the metrics row, then the checkpoint (CONVENTIONS.md write order)
@@ -260,10 +269,11 @@ def train(
     return result
 
 
-def train_epoch(epoch, config, net, train_loader, val_loader, val_adv_loader, val_eps, optimizer, scheduler,
-                scaler, history, device, amp, fmt) -> dict:  # fmt: skip
+def train_epoch(epoch, config, model, net, train_loader, val_loader, val_adv_loader, val_eps, optimizer,
+                scheduler, scaler, history, device, amp, fmt) -> dict:  # fmt: skip
     """One epoch's training and validation from its own seed (seed, epoch), and its metrics row."""
     torch.manual_seed(epoch_seed(config.seed, epoch))
+    set_trainable(model, config, epoch)  # lp_ft's backbone joins at epoch lp_ft_epochs
     eps_at = functools.partial(
         config.schedule.epsilon,
         epoch,
@@ -278,8 +288,9 @@ def train_epoch(epoch, config, net, train_loader, val_loader, val_adv_loader, va
     augment = None
     if config.augmentation == "device":
         augment = torch.Generator().manual_seed(epoch_seed(config.seed, epoch, stream=1))
-    trained = train_one_epoch(
-        net, train_loader, optimizer, scheduler, scaler, eps_at, config, device, amp, fmt, augment
+    modes = functools.partial(set_modes, model, config, epoch)
+    stats = train_one_epoch(
+        net, train_loader, optimizer, scheduler, scaler, eps_at, config, device, amp, fmt, augment, modes
     )
     val = validate(net, val_loader, val_adv_loader, val_eps, config.eval_attack_steps, device, amp, fmt,
                    config.norm)  # fmt: skip
@@ -287,7 +298,7 @@ def train_epoch(epoch, config, net, train_loader, val_loader, val_adv_loader, va
         "epoch": epoch,
         "eps": eps_at(step=0),
         "lr": lr,
-        **trained,
+        **stats,
         **val,
         "val_adv_eps": budget_text(val_eps, config.norm),
         "val_adv_subset": "stratified" if val["val_adv_acc"] is not None else None,

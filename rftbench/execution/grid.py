@@ -122,7 +122,8 @@ def source_lines(spec, jobs) -> list[str]:
 
 
 def estimate_work(configs) -> tuple[float, int]:
-    """Training forward-backward passes (images × epochs × (attack steps + 1)); runs of unknown size."""
+    """Training forward-backward passes (images × epochs × (attack steps + 1, + 1 where TRADES or MART also
+    pass the clean images)); runs of unknown size."""
     from rftbench.data.registry import DATASETS
 
     passes, unknown = 0.0, 0
@@ -133,7 +134,8 @@ def estimate_work(configs) -> tuple[float, int]:
             continue
         images = min(images, config.train_subset or images)
         steps = config.train_attack_steps if config.eps_value > 0 else 0
-        passes += images * config.epochs * (steps + 1)
+        clean = int(steps > 0 and config.objective != "at")
+        passes += images * config.epochs * (steps + 1 + clean)
     return passes, unknown
 
 
@@ -214,6 +216,7 @@ class RunRequest:
     experiments: Path | None = None
     db: str | None = None
     roots: dict = field(default_factory=dict)
+    fields: dict = field(default_factory=dict)  # run-config fields over the grid's (--objective, --finetune…)
 
 
 def run_one(request: RunRequest, options: RunnerOptions, *, say: Say = print, progress=None) -> Outcome:
@@ -228,7 +231,7 @@ def run_one(request: RunRequest, options: RunnerOptions, *, say: Say = print, pr
     spec.recorded[r.grid or "defaults"] = recorded_splits(r.db, r.grid)
     spec.tuned = tuned_values(r.db)
     try:
-        job = spec.single(r.backbone, r.dataset, entry, r.eps, r.seed, grid=r.grid)
+        job = spec.single(r.backbone, r.dataset, entry, r.eps, r.seed, grid=r.grid, fields=r.fields)
     except ValueError as exc:  # GridError is a RftbenchError already; a schedule's ValueError is not
         raise LaunchError(str(exc)) from None
     for line in schedule_notes([job.config]):

@@ -34,6 +34,7 @@ from rftbench.engine.evaluation import evaluate_budgets, evaluation_key
 from rftbench.engine.trainer import configure_device, train
 from rftbench.execution.provenance import provenance
 from rftbench.models.build import build_backbone, check_weights
+from rftbench.models.finetune import add_lora, trainable_count
 from rftbench.models.registry import get_backbone_spec
 from rftbench.results.batches import EvalLog
 from rftbench.results.queue import Heartbeat, JobQueue, LeaseLost, Worker
@@ -90,15 +91,13 @@ def build_data(config: RunConfig, paths: dict, split: str, transform) -> ImageTe
     return data
 
 
-def build_model(config: RunConfig, paths: dict, num_classes: int) -> torch.nn.Module:
-    torch.manual_seed(config.seed)  # the new head's init is part of the run
-    return build_backbone(
-        config.backbone,
-        num_classes,
-        weights=paths["weights"],
-        pretrained=config.pretrained,
-        size=config.resolution,
-    )
+def build_model(config: RunConfig, paths: dict, num_classes: int, pretrained: bool = True) -> torch.nn.Module:
+    """The run's model: its backbone, a fresh head and (finetune = "lora") its adapters, from its seed."""
+    torch.manual_seed(config.seed)  # the new head's (and LoRA's A) init is part of the run
+    weights, pretrained = paths["weights"], pretrained and config.pretrained
+    model = build_backbone(config.backbone, num_classes, weights=weights, pretrained=pretrained,
+                           size=config.resolution)  # fmt: skip
+    return add_lora(model, config)
 
 
 def one_line(exc: BaseException) -> str:
@@ -230,6 +229,7 @@ class Runner:
             train_set = build_data(config, paths, "train", augment)
             val_set, test_set = (build_data(config, paths, s, None) for s in ("val", "test"))
             model = build_model(config, paths, len(train_set.classes))
+            info["trainable_params"] = trainable_count(model, config)
             train_loader, val_loader, test_loader = (
                 self.loader(data, config, shuffle=data is train_set)
                 for data in (train_set, val_set, test_set)
@@ -357,9 +357,7 @@ class Runner:
         config, paths = RunConfig.from_json(run.config), self.paths(run)
         check_data(config.dataset, paths["data_root"], paths["split_file"], config.splits)
         test_set = build_data(config, paths, "test", None)
-        model = build_backbone(
-            config.backbone, len(test_set.classes), pretrained=False, size=config.resolution
-        )
+        model = build_model(config, paths, len(test_set.classes), pretrained=False)
         model.load_state_dict(state["model"])
         configure_device(torch.device(self.runtime.device), self.runtime)  # the math of training's own
         return model.to(torch.device(self.runtime.device)).eval(), self.loader(

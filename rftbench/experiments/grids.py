@@ -28,6 +28,7 @@ and types are the models of `experiments.schema`; `experiments_schema()` is thei
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import tomllib
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ from rftbench.experiments.schema import (
     problems,
 )
 from rftbench.experiments.splits import choose_splits, split_notes
+from rftbench.models.registry import check_finetune
 
 VALIDATING = "validating"  # Experiments.tuned while the file is checked: "tuned" knobs at their defaults
 
@@ -107,9 +109,7 @@ class Experiments:
     standard_eval_budgets: list[str] = field(default_factory=list)
     evaluation: dict[str, str] = field(default_factory=dict)  # the file's eval_protocol, eval_precision
     slurm: SlurmOptions = field(default_factory=SlurmOptions)  # the [slurm] table
-    roots: dict[str, str] = field(
-        default_factory=dict
-    )  # dataset -> root from --root flags (win over the file)
+    roots: dict[str, str] = field(default_factory=dict)  # dataset -> root from --root flags (beat the file)
     # grid -> dataset -> the `splits` its runs were recorded with (from the database): "auto" keeps it, so a
     # grid's runs do not change identity when split lists appear or vanish on a machine
     recorded: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -130,16 +130,9 @@ class Experiments:
     def description(self, name: str) -> str:
         return next((block.description for block in self.grid(name) if block.description), "")
 
-    def jobs(
-        self,
-        grid_name: str,
-        *,
-        backbones: list[str] | None = None,
-        datasets: list[str] | None = None,
-        settings: list[str] | None = None,
-        eps: list[str] | None = None,
-        seeds: list[int] | None = None,
-    ) -> list[Job]:
+    def jobs(self, grid_name: str, *, backbones: list[str] | None = None, datasets: list[str] | None = None,
+             settings: list[str] | None = None, eps: list[str] | None = None,
+             seeds: list[int] | None = None) -> list[Job]:  # fmt: skip
         """The grid's distinct runs in order, narrowed by the filters (None: no filter); a job listed twice
         (ε_g = 0 under several budgets, a setting that canonicalises to another) appears once."""
         budgets = {budget_value(e) for e in eps} if eps else None
@@ -167,10 +160,10 @@ class Experiments:
                 jobs[config.run_id] = Job(config, grid_name, len(jobs), paths, **block.evaluation)
         return list(jobs.values())
 
-    def single(
-        self, backbone: str, dataset: str, setting: dict, eps: str, seed: int | None, grid: str | None = None
-    ) -> Job:
-        """One job outside the grid's axes, with grid `grid`'s values (its first block), else [defaults]."""
+    def single(self, backbone: str, dataset: str, setting: dict, eps: str, seed: int | None,
+               grid: str | None = None, fields: dict | None = None) -> Job:  # fmt: skip
+        """One job outside the grid's axes, with grid `grid`'s values (its first block), else [defaults],
+        and `fields` over them."""
         block = (
             self.grid(grid)[0]
             if grid is not None
@@ -188,6 +181,9 @@ class Experiments:
                 evaluation=self.evaluation,
             )
         )
+        cell = f"{backbone}/{dataset}"  # `fields` win over every override, the most specific one included
+        overrides = block.overrides | {cell: block.overrides.get(cell, {}) | (fields or {})}
+        block = dataclasses.replace(block, overrides=overrides)
         config = self.config(block, backbone, dataset, setting, eps, block.seeds[0] if seed is None else seed)
         paths = {**self.paths.get(backbone, {}), **self.paths.get(dataset, {})}
         return Job(config, grid or "", 0, paths, **block.evaluation)
@@ -227,7 +223,8 @@ class Experiments:
         grid_name = grid.name.split("[")[0]
         values["splits"], decided = self.splits(grid_name, dataset, values.get("splits", "auto"))
         try:
-            config = RunConfig(backbone=backbone, dataset=dataset, eps=eps, seed=seed, **setting, **values)
+            config = RunConfig(backbone=backbone, dataset=dataset, eps=eps, seed=seed, **(values | setting))
+            check_finetune(backbone, config.finetune)
         except ValueError as exc:
             raise GridError(
                 f"{self.path}: grids.{grid.name}: {backbone}/{dataset} {setting} at {eps}: {exc}"

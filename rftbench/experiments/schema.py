@@ -38,6 +38,8 @@ from rftbench.models.registry import BACKBONES
 
 AXIS_KEYS = ("backbone", "dataset", "eps", "seed")  # a grid's axes: its own keys, not a run-config key
 SETTING_KEYS = tuple(SCHEDULE_FIELDS.values())  # the keys of one entry of a grid's `settings`
+# …and may name its objective and fine-tuning mode (over the grid's): {setting = "fix", finetune = "lora"}
+VARIANT_KEYS = ("objective", "beta", "finetune", "lp_ft_epochs", "lora_r", "lora_alpha")
 RUN_KEYS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not in SETTING_KEYS + AXIS_KEYS)
 DEFAULT_THRESHOLD = 0.05  # the paper's 5% (CONVENTIONS.md)
 
@@ -156,7 +158,9 @@ class _Ramp(Table):
 
 RunFields: type[Table] = pydantic.create_model("RunFields", __base__=Table, **_run_fields(RUN_KEYS))
 Setting: type[Table] = pydantic.create_model(
-    "Setting", __base__=_Ramp, **(_run_fields(SETTING_KEYS) | {"setting": (TOML_TYPES["setting"], ...)})
+    "Setting",
+    __base__=_Ramp,
+    **(_run_fields(SETTING_KEYS + VARIANT_KEYS) | {"setting": (TOML_TYPES["setting"], ...)}),
 )
 OverrideKey = Annotated[str, AfterValidator(_override_key)]
 Overrides = dict[OverrideKey, RunFields]  # type: ignore[valid-type]

@@ -27,6 +27,7 @@ class BackboneSpec:
     normalization: tuple[tuple[float, ...], tuple[float, ...]]  # the backbone's own (mean, std)
     head: str  # where the fresh linear head goes, as a submodule path of the unnormalised model
     convnet: bool = False  # runs channels-last on CUDA by default
+    lora: bool = True  # has modules that `LORA_TARGETS` matches (finetune = "lora")
 
     @property
     def env_var(self) -> str:
@@ -48,17 +49,35 @@ BACKBONES: dict[str, BackboneSpec] = {s.name: s for s in [
     B("ViT", "timm", "vit_base_patch16_224", "augreg_in1k", 224, INCEPTION, "head"),
     B("SWIN", "timm", "swin_base_patch4_window7_224", "ms_in22k_ft_in1k", 224, IMNET, "head.fc"),
     B("CNX", "timm", "convnext_base", "fb_in22k_ft_in1k", 224, IMNET, "head.fc", True),
-    B("R50", "timm", "resnet50", "a1_in1k", 224, IMNET, "fc", True),
+    B("R50", "timm", "resnet50", "a1_in1k", 224, IMNET, "fc", True, lora=False),
     B("ClipViT", "timm", "vit_base_patch16_clip_224", "laion2b", 224, CLIP, "head"),
     B("ClipCNX", "open_clip", "convnext_base_w", "laion2b_s13b_b82k", 224, CLIP, "head", True),
     B("tf_efficientnet_lite0", "timm", "tf_efficientnet_lite0", "in1k", 224, INCEPTION, "classifier", True),
     B("mobilenetv2_100", "timm", "mobilenetv2_100", "ra_in1k", 224, IMNET, "classifier", True),
-    B("cifar_resnet20", "rftbench", "cifar_resnet20", "resnet20-12fca82f.th", 32, IMNET, "linear", True),
+    B("cifar_resnet20", "rftbench", "cifar_resnet20", "resnet20-12fca82f.th", 32, IMNET, "linear", True,
+      lora=False),
 ]}  # fmt: skip
+
+# What LoRA adapts (peft's `target_modules` regex, matched against module names of the unnormalised model):
+# the attention and MLP projections of every transformer block (timm ViT and Swin: attn.qkv, attn.proj,
+# mlp.fc1, mlp.fc2), ConvNeXt's block MLP (timm's, and open_clip's timm trunk) and, in inverted-residual
+# convnets (MobileNetV2, EfficientNet-Lite), the 1×1 expansion and projection convolutions (conv_pw,
+# conv_pwl), a block's per-pixel MLP. A ResNet has none of these.
+LORA_TARGETS = r".*blocks\.[\d.]+\.(attn\.(qkv|proj)|mlp\.fc[12]|conv_pwl?)"
 
 # open_clip's hub repository of each open_clip backbone's pretrained tag (`open_clip.get_pretrained_cfg(model,
 # tag)["hf_hub"]`, checked by a test), so that finding cached weights needs no open_clip import.
 OPEN_CLIP_HUB = {"ClipCNX": "laion/CLIP-convnext_base_w-laion2B-s13B-b82K"}
+
+
+def check_finetune(backbone: str, finetune: str) -> None:
+    """ValueError (one line) for a fine-tuning mode the backbone cannot take: LoRA without a target layer."""
+    if finetune == "lora" and not get_backbone_spec(backbone).lora:
+        lora = ", ".join(name for name, spec in BACKBONES.items() if spec.lora)
+        raise ValueError(
+            f'finetune = "lora" needs attention or MLP projections, which {backbone} has none of: choose '
+            f"full, linear, lp_ft or bitfit for it, or a backbone with them ({lora})"
+        )
 
 
 def get_backbone_spec(name: str) -> BackboneSpec:
