@@ -15,6 +15,7 @@ import functools
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure  # the object API: no pyplot state, no display backend
 from matplotlib.ticker import MaxNLocator
 
@@ -23,7 +24,7 @@ from rftbench.core.metrics import adaptation_start_epoch
 from rftbench.core.schedules import ScheduleSpec
 from rftbench.core.tuning import TUNABLE
 from rftbench.reports.results import ReportError, Results
-from rftbench.reports.stats import eps_order, setting_labels, summary
+from rftbench.reports.stats import base_setting, eps_order, setting_labels, summary, variant_of, with_variants
 
 COLOURS = {
     "standard": "tab:green",
@@ -59,8 +60,21 @@ def _decorate(ax, xlabel: str, ylabel: str, title: str, percent: bool = True) ->
     ax.legend(fontsize=8)
 
 
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")  # one per variant (objective, fine-tuning mode) off the paper's
+
+
 def _colour(label: str) -> str:
-    return COLOURS.get(label.split()[0], "tab:gray")
+    return COLOURS.get(base_setting(label), "tab:gray")
+
+
+def _markers(labels) -> dict[str, dict]:
+    """Per label, the marker its curves carry: none for the paper's recipe, one per other variant, so that
+    fix and fix+trades (one colour) stay apart."""
+    variants = sorted({variant_of(label) for label in labels} - {""})
+    shapes = {v: MARKERS[i % len(MARKERS)] for i, v in enumerate(variants)}
+    return {
+        label: {"marker": shapes[variant_of(label)], "ms": 4} if variant_of(label) else {} for label in labels
+    }
 
 
 def _band(ax, x, curves: np.ndarray, colour: str, label: str, **style) -> None:
@@ -101,6 +115,7 @@ def curves_figure(results: Results, backbone: str, dataset: str, eps: str | None
             f"no run of {backbone}/{dataset}{f' at {eps}' if eps else ''} has per-epoch metrics"
         )
     runs = runs.assign(label=setting_labels(runs))
+    markers = _markers(runs.label)
     fig, ax = _subplots(figsize=(8, 4.5))
     eps_ax = ax.twinx()
     seeds = 1
@@ -110,12 +125,13 @@ def curves_figure(results: Results, backbone: str, dataset: str, eps: str | None
         stack = functools.partial(_stack, histories, len(x))
         name = label if label == "standard" else f"{label} {budget}"
         colour, seeds = _colour(label), max(seeds, len(histories))
-        _band(ax, x, 100 * stack("val_acc"), colour, f"{name}: clean", lw=2)
+        _band(ax, x, 100 * stack("val_acc"), colour, f"{name}: clean", lw=2, **markers[label])
         if any(h.val_adv_acc.notna().any() for h in histories):
             adv_eps = next(
                 (h.val_adv_eps.dropna().iloc[0] for h in histories if h.val_adv_eps.notna().any()), ""
             )
-            _band(ax, x, 100 * stack("val_adv_acc"), colour, f"{name}: APGD at {adv_eps}", lw=1.5, ls="--")
+            adv = f"{name}: APGD at {adv_eps}"
+            _band(ax, x, 100 * stack("val_adv_acc"), colour, adv, lw=1.5, ls="--", **markers[label])
         eps_ax.plot(x, np.nanmean(stack("eps"), axis=0) * 255, color=colour, lw=1, ls=":", alpha=0.8)
         starts = [
             adaptation_start_epoch(list(h.val_acc), r.threshold, r.epochs)
@@ -172,6 +188,7 @@ def robustness_figure(
     if ev.empty:
         raise ReportError("no evaluation matches these filters")
     ev = ev.assign(label=setting_labels(ev))
+    markers = {label: style or {"marker": "o", "ms": 3} for label, style in _markers(ev.label).items()}
     budgets = eps_order(ev.budget)
     fig, axes = _subplots(1, len(budgets), figsize=(6 * len(budgets), 4.5), squeeze=False)
     seeds = 1
@@ -186,7 +203,7 @@ def robustness_figure(
             curves = 100 * np.array([list(a) for a in group.accuracies], dtype=float)
             eadv = summary(100 * group.eadv)
             text = f"{eadv['mean']:.1f}" + (f" ± {eadv['sd']:.1f}" if eadv["n"] > 1 else "")
-            _band(ax, x, curves, _colour(label), f"{b}/{d} {label}: E.adv {text}%", marker="o", ms=3)
+            _band(ax, x, curves, _colour(label), f"{b}/{d} {label}: E.adv {text}%", **markers[label])
             seeds = max(seeds, len(group))
         _decorate(ax, "ε × 255", "test accuracy under APGD (%)", f"Robustness curves up to ε_g = {budget}")
     fig.suptitle(f"Test accuracy against ε{_seeds(seeds)}", fontsize=10)
@@ -195,8 +212,9 @@ def robustness_figure(
 
 
 def plot_sweep(results: Results, out: str | Path, backbone: str | None = None) -> Path:
-    """Clean test accuracy against ε_g for fix runs (ε_g = 0 is standard fine-tuning), one line per dataset,
-    one panel per backbone."""
+    """Clean test accuracy against ε_g for fix runs (ε_g = 0 is standard fine-tuning), one line per dataset
+    and variant (objective, fine-tuning mode; its ε_g = 0 point is its standard counterpart's,
+    `Results.standard_variant`), one panel per backbone."""
     values = results.values[
         (results.values.metric == "clean") & results.values.setting.isin(["fix", "standard"])
     ]
@@ -212,10 +230,9 @@ def plot_sweep(results: Results, out: str | Path, backbone: str | None = None) -
     backbones = list(dict.fromkeys(values.backbone))
     fig, axes = _subplots(1, len(backbones), figsize=(6 * len(backbones), 4.5), squeeze=False)
     for ax, name in zip(axes[0], backbones):
-        sub = values[values.backbone == name]
-        for dataset, group in sub.groupby("dataset"):
-            curve = group.groupby("x").value.mean().sort_index()
-            ax.plot(curve.index, curve.values, marker="o", label=dataset)
+        for dataset, variant, group in _sweep_lines(values[values.backbone == name], results):
+            curve = group.groupby("x").value.mean().sort_index()  # the mean over seeds
+            ax.plot(curve.index, curve.values, marker="o", label=f"{dataset} {variant}".strip())
         _decorate(
             ax,
             "ε_g × 255 (0: standard fine-tuning)",
@@ -223,6 +240,22 @@ def plot_sweep(results: Results, out: str | Path, backbone: str | None = None) -
             f"{name}: fixed-ε adversarial fine-tuning",
         )
     return _save(fig, out)
+
+
+def _sweep_lines(values, results: Results) -> list:
+    """(dataset, variant, rows) per line of the sweep: a variant's fix runs with the standard runs of its
+    ε_g = 0 counterpart; standard runs no fix line takes draw a line of their own."""
+    fix, standard = values[values.setting == "fix"], values[values.setting == "standard"]
+    lines, taken = [], set()
+    for (dataset, variant), group in fix.groupby(["dataset", "variant"]):
+        reference = results.standard_variant(variant)
+        own = standard[(standard.dataset == dataset) & (standard.variant == reference)]
+        lines.append((dataset, variant, pd.concat([group, own])))
+        taken.add((dataset, reference))
+    for (dataset, variant), group in standard.groupby(["dataset", "variant"]):
+        if (dataset, variant) not in taken:
+            lines.append((dataset, variant, group))
+    return sorted(lines, key=lambda line: (line[0], line[1]))
 
 
 def plot_schedule(label: str, values: list[float], eps: str, out: str | Path) -> Path:
@@ -321,7 +354,8 @@ def tuning_figure(
                            label=f"best: {shown.value[best].iloc[0]:.2f}%")  # fmt: skip
             if (x > 0).all():
                 ax.set_xscale("log")
-            where = f"{first.backbone}/{first.dataset} ε_g = {first.eps} {first.setting} [{key[:8]}]"
+            setting = with_variants(group.head(1)).iloc[0]
+            where = f"{first.backbone}/{first.dataset} ε_g = {first.eps} {setting} [{key[:8]}]"
             _decorate(ax, knob, "validation accuracy (%)", where)
     fig.suptitle(
         "Hyperparameter studies: each trial's clean validation accuracy at its last stored epoch", fontsize=10

@@ -10,12 +10,15 @@ A run may hold evaluations under several protocols (rftbench.core.metrics). A re
 picks, per run, the rows of that protocol (default: the paper's, fp32, each run's own attack steps), so no
 cell mixes two protocols; every table says which one it shows, and names the runs that have no row under
 it (`rftbench evaluate` adds one).
+
+Every row carries its run's `variant` (objective and fine-tuning mode off AT and full fine-tuning,
+`RunConfig.variant`; "" for the paper's recipe and for configs stored before the fields existed): tables
+label such rows "fix+trades", "sched+lora" (`stats.setting_labels`) and never average two variants.
 """
 
 from __future__ import annotations
 
 import io
-import json
 from dataclasses import dataclass, field
 from importlib.resources import files
 
@@ -26,6 +29,7 @@ from rftbench.core.config import PRECISIONS, PROTOCOLS, RunConfig
 from rftbench.core.metrics import EvalProtocol
 from rftbench.core.tuning import best_trial
 from rftbench.errors import RftbenchError
+from rftbench.reports.cells import newest_per_cell, standard_variant, trainable_params
 from rftbench.results.studies import Studies
 
 METRICS = {"clean": "Clean", "adv": "Adv.", "eadv": "E. adv."}
@@ -38,7 +42,7 @@ PAPER_TABLES = {
     "autoattack": ("6-apgd", "6-autoattack"),
 }
 BASELINE_SETTINGS = ("fix", "uniform", "auto", "sched", "adaptive")
-KEYS = ["backbone", "dataset", "setting", "eps", "t1", "t2"]
+KEYS = ["backbone", "dataset", "setting", "variant", "eps", "t1", "t2"]  # variant: RunConfig.variant
 
 NORM_SIGNS = {"Linf": "ℓ∞", "L2": "ℓ2"}
 PAPER_PROTOCOL = "the paper's published numbers (APGD-CE-10 ℓ∞, one attack per ε)"
@@ -110,7 +114,8 @@ class Results:
     values: pd.DataFrame  # KEYS + seed, metric, value, run_id
     pending: pd.DataFrame = field(default_factory=pd.DataFrame)  # KEYS + status, done, epochs
     epochs: pd.DataFrame = field(default_factory=pd.DataFrame)  # run_id, epoch, eps, val_acc, val_adv_acc
-    runs: pd.DataFrame = field(default_factory=pd.DataFrame)  # run_id + KEYS + seed, epochs, threshold
+    # run_id + KEYS + seed, epochs, status, threshold, trainable_params (<NA>: not recorded)
+    runs: pd.DataFrame = field(default_factory=pd.DataFrame)
     evaluations: pd.DataFrame = field(default_factory=pd.DataFrame)  # every row, every protocol
     selected: pd.DataFrame = field(default_factory=pd.DataFrame)  # the rows `values` come from
     source: str = "database"
@@ -120,6 +125,12 @@ class Results:
     # per sample over every evaluation stored with per-sample flags at that budget (metric "worst")
     autoattack: pd.DataFrame = field(default_factory=pd.DataFrame)
     tuning: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per study trial (`tuning_frame`)
+    # each variant of a run at ε_g > 0 -> the variant of its standard (ε_g = 0) counterpart, where it differs
+    standard_variants: dict = field(default_factory=dict)
+
+    def standard_variant(self, variant: str) -> str:
+        """The variant whose `standard` runs are `variant`'s ε_g = 0 reference (`cells.standard_variant`)."""
+        return self.standard_variants.get(variant, variant)
 
     @classmethod
     def from_store(
@@ -134,6 +145,7 @@ class Results:
         for row in data["adaptation"]:
             thresholds.setdefault(row.run_id, row.threshold)
         runs, values, pending, selected, unread, autoattack = [], [], [], [], [], []
+        standards: dict[str, str] = {}
         data["runs"], aside = newest_per_cell(data["runs"])
         without: dict[str, set] = {}  # completed run id -> the protocols it does have
         rows: dict[str, list] = {}  # run id -> its evaluation rows
@@ -149,6 +161,7 @@ class Results:
                 "backbone": run.backbone,
                 "dataset": run.dataset,
                 "setting": config.schedule.label,  # a piecewise run names its points
+                "variant": config.variant,
                 "eps": run.eps,
                 "t1": run.t1,
                 "t2": run.t2,
@@ -161,8 +174,11 @@ class Results:
                     "epochs": run.epochs,
                     "status": run.status,
                     "threshold": thresholds.get(run.id, 0.05) if threshold is None else threshold,
+                    "trainable_params": trainable_params(run),
                 }
             )
+            if config.eps_value > 0 and config.variant not in standards:
+                standards[config.variant] = standard_variant(config)
             if run.status != "completed":
                 budgets = config.eval_budgets if config.eps_value == 0 else (config.eps,)
                 pending += [{**keys, "eps": b, "status": run.status, "run_id": run.id} for b in budgets]
@@ -212,8 +228,12 @@ class Results:
         selected = pd.DataFrame(selected)
         label = selection.label(*((set(selected.steps), set(selected.norm)) if len(selected) else (set(),)))
         notes = "; ".join(n for n in (missing_note(without, unread, selection), aside) if n)
-        return cls(frame, pending, epochs, pd.DataFrame(runs), evaluations, selected, "database", label,
-                   notes, autoattack_frame(store, autoattack), tuning_frame(store, grid))  # fmt: skip
+        runs = pd.DataFrame(runs)
+        if len(runs):
+            runs["trainable_params"] = runs.trainable_params.astype("Int64")
+        standards = {v: s for v, s in standards.items() if v != s}
+        return cls(frame, pending, epochs, runs, evaluations, selected, "database", label, notes,
+                   autoattack_frame(store, autoattack), tuning_frame(store, grid), standards)  # fmt: skip
 
     @classmethod
     def studies(cls, store, grid: str | None = None) -> Results:
@@ -268,8 +288,8 @@ def autoattack_frame(store, measured: list[tuple[dict, int, object]]) -> pd.Data
     return pd.DataFrame(rows)
 
 
-TRIAL_COLUMNS = ["study", "grid", "backbone", "dataset", "eps", "setting", "number", "run_id", "state",
-                 "value", "epochs_done", "best"]  # fmt: skip
+TRIAL_COLUMNS = ["study", "grid", "backbone", "dataset", "eps", "setting", "variant", "number", "run_id",
+                 "state", "value", "epochs_done", "best"]  # fmt: skip
 
 
 def tuning_frame(store, grid: str | None = None) -> pd.DataFrame:
@@ -283,7 +303,8 @@ def tuning_frame(store, grid: str | None = None) -> pd.DataFrame:
     rows = []
     for study in chosen:
         labels = {"study": study.key, "grid": study.grid, "backbone": study.backbone,
-                  "dataset": study.dataset, "eps": study.eps, "setting": study.setting}  # fmt: skip
+                  "dataset": study.dataset, "eps": study.eps, "setting": study.setting,
+                  "variant": template_variant(study.template)}  # fmt: skip
         trials = summaries[study.key]
         best = best_trial([(t.number, t.state, t.value, t.params) for t in trials])
         if not trials:
@@ -305,33 +326,12 @@ def tuning_frame(store, grid: str | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=[*TRIAL_COLUMNS, *params])
 
 
-def newest_per_cell(runs: list) -> tuple[list, str]:
-    """One run per table cell and seed: where a grid holds several (its definition changed, e.g. from
-    fp32 to bf16, and both were run), the newest, and a note naming what the others differ in. Averaging
-    them would mix two experiments into one number."""
-    newest: dict[tuple, object] = {}
-    for run in sorted(runs, key=lambda r: r.created_at):
-        newest[cell_key(run)] = run
-    kept = {run.id for run in newest.values()}
-    aside = [run for run in runs if run.id not in kept]
-    if not aside:
-        return runs, ""
-    differ: set[str] = set()
-    for run in aside:
-        shown = newest[cell_key(run)]
-        old, new = json.loads(run.config), json.loads(shown.config)
-        differ |= {key for key in old.keys() | new.keys() if old.get(key) != new.get(key)}
-    return [run for run in runs if run.id in kept], (
-        f"{len(aside)} older run(s) set aside ({', '.join(r.id for r in aside[:5])}"
-        f"{', …' if len(aside) > 5 else ''}): a newer run of the same cell differs in "
-        f"{', '.join(sorted(differ))}; each cell shows its newest run"
-    )
-
-
-def cell_key(run) -> tuple:
-    """The table cell and seed a stored run fills (piecewise runs of different points are different cells)."""
-    points = json.loads(run.config).get("points") or []
-    return (run.backbone, run.dataset, run.setting, run.eps, run.t1, run.t2, str(points), run.seed)
+def template_variant(template: str) -> str:
+    """The variant a study's trials train (`RunConfig.variant` of its template); "" where unreadable."""
+    try:
+        return RunConfig.from_json(template).variant
+    except (ValueError, TypeError):
+        return ""
 
 
 def missing_note(without: dict[str, set], unread: list[str], selection: Selection) -> str:
@@ -353,9 +353,10 @@ def missing_note(without: dict[str, set], unread: list[str], selection: Selectio
 
 def paper_frame() -> pd.DataFrame:
     """`paper_results.csv`: table, backbone, dataset, setting, eps, t1, t2, metric, value (percent).
-    Hinge settings are put in the engine's canonical form (0/0 is fix, 0/T2 is linear)."""
+    Hinge settings are put in the engine's canonical form (0/0 is fix, 0/T2 is linear); every row is the
+    paper's recipe (AT, full fine-tuning): variant ""."""
     text = files("rftbench").joinpath("paper_results.csv").read_text()
-    frame = pd.read_csv(io.StringIO(text), dtype={"table": str, "eps": str})
+    frame = pd.read_csv(io.StringIO(text), dtype={"table": str, "eps": str}).assign(variant="")
     hinge = frame["setting"] == "sched"
     frame.loc[hinge & (frame.t1 == 0) & (frame.t2 == 0), "setting"] = "fix"
     frame.loc[hinge & (frame.t1 == 0) & (frame.t2 > 0), "setting"] = "linear"

@@ -24,21 +24,45 @@ DATASET_ORDER = list(
 
 
 def setting_labels(frame: pd.DataFrame) -> pd.Series:
-    """`sched` when a hinge setting appears with one T1/T2 only; `sched 12/37` when several are present."""
+    """`sched` when a hinge setting appears with one T1/T2 only; `sched 12/37` when several are present;
+    "+<variant>" appended where a row's variant is not "" (`fix+trades`, `sched 12/37+lora`)."""
     hinge = frame.setting.isin(["sched", "linear"])
     label = frame.setting.copy()
-    if not hinge.any():  # (groupby-apply on no rows gives a frame, not a series)
-        return label
-    pairs = frame[hinge].groupby("setting")[["t1", "t2"]].apply(lambda g: len(g.drop_duplicates()))
-    several = hinge & frame.setting.map(pairs).fillna(0).gt(1)
-    label[several] = (
-        frame.setting[several]
-        + " "
-        + frame.t1[several].map("{:g}".format)
-        + "/"
-        + frame.t2[several].map("{:g}".format)
-    )
-    return label
+    if hinge.any():  # (groupby-apply on no rows gives a frame, not a series)
+        pairs = frame[hinge].groupby("setting")[["t1", "t2"]].apply(lambda g: len(g.drop_duplicates()))
+        several = hinge & frame.setting.map(pairs).fillna(0).gt(1)
+        label[several] = (
+            frame.setting[several]
+            + " "
+            + frame.t1[several].map("{:g}".format)
+            + "/"
+            + frame.t2[several].map("{:g}".format)
+        )
+    return with_variants(frame.assign(setting=label))
+
+
+def with_variants(frame: pd.DataFrame) -> pd.Series:
+    """Each row's `setting` with "+<variant>" appended where its variant is not "" (a frame without a
+    variant column: the settings as they are)."""
+    if "variant" not in frame or frame.empty:
+        return frame.setting.copy()
+    variant = frame.variant.fillna("").astype(str)
+    return frame.setting.where(variant.eq(""), frame.setting + "+" + variant)
+
+
+def labelled(setting: str, variant: str) -> str:
+    """One label: `fix`, `fix+trades`."""
+    return f"{setting}+{variant}" if variant else setting
+
+
+def variant_of(label: str) -> str:
+    """The variant a label names: "" for `sched 12/37`, "trades+lora" for `fix+trades+lora`."""
+    return label.partition("+")[2]
+
+
+def base_setting(label: str) -> str:
+    """The setting a label names: `sched` for `sched 12/37+trades`."""
+    return label.partition("+")[0].split()[0]
 
 
 def order(values, registry) -> list:
@@ -48,7 +72,9 @@ def order(values, registry) -> list:
 
 
 def setting_order(labels) -> list:
-    return sorted(dict.fromkeys(labels), key=lambda s: (list(SCHEDULES).index(s.split()[0]), s))
+    """Labels by their setting's place in SCHEDULES, then variant (the paper's recipe first), then name."""
+    names = list(SCHEDULES)
+    return sorted(dict.fromkeys(labels), key=lambda s: (names.index(base_setting(s)), variant_of(s), s))
 
 
 def eps_order(values) -> list[str]:

@@ -55,7 +55,8 @@ def build(
     pairs: list[tuple[str, str]] | None = None,
 ) -> list[Section]:
     """The sections of report `name` (one of TABLES); `spread` is what ± shows over seeds (SPREADS),
-    `pairs` the (a, b) settings the t-test table compares (default: `default_pairs`)."""
+    `pairs` the (a, b) settings the t-test table compares (`paired.resolve_pairs`: plain settings within
+    each variant, full labels as named; default: `default_pairs`)."""
     if name not in TABLES:
         raise ReportError(f"unknown table {name!r}: choose one of {', '.join(TABLES)}")
     if spread not in SPREADS:

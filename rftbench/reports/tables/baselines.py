@@ -12,28 +12,32 @@ import pandas as pd
 
 from rftbench.reports.render import Section, cell, spread_note
 from rftbench.reports.results import BASELINE_SETTINGS, METRICS, ReportError, Results
-from rftbench.reports.stats import cell_stats, eps_order, numbers_of, summary
+from rftbench.reports.stats import cell_stats, eps_order, labelled, numbers_of, summary
 from rftbench.reports.tables.main import long_row
 
 
 def ablation_table(results: Results, eps: list[str], spread: str = "sd") -> list[Section]:
-    """Table 7: T1/T2 pairs (fix is 0/0, linear 0/T2) of every backbone × dataset with hinge runs."""
+    """Table 7: T1/T2 pairs (fix is 0/0, linear 0/T2) of every backbone × dataset with hinge runs; one
+    section per variant (objective, fine-tuning mode), its name in the title and the CSV's setting."""
     frame = results.values[results.values.setting.isin(["fix", "linear", "sched"])].copy()
     frame["t1"], frame["t2"] = frame.t1.fillna(0.0), frame.t2.fillna(0.0)
-    pairs = frame[frame.setting != "fix"][["backbone", "dataset"]].drop_duplicates()
+    pairs = frame[frame.setting != "fix"][["backbone", "dataset", "variant"]].drop_duplicates()
     sections = []
-    for backbone, dataset in pairs.itertuples(index=False):
+    for backbone, dataset, variant in pairs.sort_values("variant", kind="stable").itertuples(index=False):
         sub = frame[(frame.backbone == backbone) & (frame.dataset == dataset) & frame.eps.isin(eps)]
+        sub = sub[sub.variant == variant]
         cells = cell_stats(sub, ["t1", "t2", "eps", "metric"])
         numbers = [
-            {"backbone": backbone, "dataset": dataset, "setting": "sched", "t1": t1, "t2": t2, "eps": budget,
-             "metric": metric} | numbers_of(cells.get((t1, t2, budget, metric), summary([])))
+            {"backbone": backbone, "dataset": dataset, "setting": labelled("sched", variant), "t1": t1,
+             "t2": t2, "eps": budget, "metric": metric}
+            | numbers_of(cells.get((t1, t2, budget, metric), summary([])))
             for t1, t2 in sorted(set(zip(sub.t1, sub.t2)))
             for budget in eps_order(sub.eps)
             for metric in METRICS
         ]  # fmt: skip
         seeds = max((c["n"] for c in cells.values()), default=0)
-        sections.append(Section(f"T1/T2 ablation, {backbone}-{dataset} (%)", pd.DataFrame(numbers),
+        named = f", {variant}" if variant else ""
+        sections.append(Section(f"T1/T2 ablation, {backbone}-{dataset}{named} (%)", pd.DataFrame(numbers),
                                 partial(_show, rows=["t1", "t2"], columns="eps", spread=spread),
                                 spread_note(seeds, spread), _long))  # fmt: skip
     if not sections:
@@ -43,8 +47,18 @@ def ablation_table(results: Results, eps: list[str], spread: str = "sd") -> list
 
 def baselines_table(results: Results, eps: list[str], spread: str = "sd") -> list[Section]:
     """Tables 4 and 8: fix, uniform, auto and sched side by side on the pairs with a uniform or auto run,
-    and adaptive beside them where it ran."""
+    and adaptive beside them where it ran; one section per ε_g and variant (objective, fine-tuning mode)."""
     frame = results.values[results.values.setting.isin(BASELINE_SETTINGS)]
+    sections = []
+    for variant in sorted(set(frame.variant)):
+        sections += _baselines(frame[frame.variant == variant], eps, spread, variant)
+    if not sections and not frame.setting.isin(["uniform", "auto", "adaptive"]).any():
+        raise ReportError(f"no uniform, auto or adaptive runs in the {results.source}")
+    return sections
+
+
+def _baselines(frame: pd.DataFrame, eps: list[str], spread: str, variant: str) -> list[Section]:
+    """The baselines sections of one variant's rows."""
     sched = frame[frame.setting == "sched"]
     if len(sched):  # beside an ablation: one sched, the paper's 12/37 if present, else the most common T1/T2
         counts = sched.groupby(["t1", "t2"]).size()
@@ -53,26 +67,25 @@ def baselines_table(results: Results, eps: list[str], spread: str = "sd") -> lis
     pairs = frame[frame.setting.isin(["uniform", "auto", "adaptive"])][
         ["backbone", "dataset"]
     ].drop_duplicates()
-    if pairs.empty:
-        raise ReportError(f"no uniform, auto or adaptive runs in the {results.source}")
     sections = []
-    for budget in eps:
+    for budget in eps if len(pairs) else []:
         sub = frame[frame.eps == budget]
         cells = cell_stats(sub, ["backbone", "dataset", "setting", "metric"])
         settings = [s for s in BASELINE_SETTINGS if s in set(sub.setting)]
         if not settings:
             continue
         numbers = [
-            {"backbone": backbone, "dataset": dataset, "setting": setting, "eps": budget, "metric": metric}
+            {"backbone": backbone, "dataset": dataset, "setting": labelled(setting, variant), "eps": budget,
+             "metric": metric}
             | numbers_of(cells.get((backbone, dataset, setting, metric), summary([])))
             for backbone, dataset in pairs.itertuples(index=False)
             for setting in settings
             for metric in METRICS
-        ]
+        ]  # fmt: skip
         seeds = max((c["n"] for c in cells.values()), default=0)
         view = partial(_show, rows=["backbone", "dataset"], columns="setting", spread=spread)
-        sections.append(Section(f"Baselines at ε_g = {budget} (%)", pd.DataFrame(numbers), view,
-                                spread_note(seeds, spread), _long))  # fmt: skip
+        title = f"Baselines at ε_g = {budget}{f', {variant}' if variant else ''} (%)"
+        sections.append(Section(title, pd.DataFrame(numbers), view, spread_note(seeds, spread), _long))
     return sections
 
 

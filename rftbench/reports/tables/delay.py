@@ -15,7 +15,7 @@ from scipy import stats
 from rftbench.core.config import budget_value
 from rftbench.reports.render import Section, cell, fmt
 from rftbench.reports.results import Results
-from rftbench.reports.stats import setting_labels, setting_order, summary
+from rftbench.reports.stats import labelled, setting_labels, setting_order, summary, with_variants
 from rftbench.reports.tables.paired import adaptation_starts
 
 CORRELATIONS = ("n", "pearson_r", "spearman_rho")  # what the CSV holds; the p values are shown only
@@ -23,18 +23,24 @@ CORRELATIONS = ("n", "pearson_r", "spearman_rho")  # what the CSV holds; the p v
 
 def delay_table(results: Results, include_standard: bool = False) -> list[Section]:
     """Per run: the task-adaptation start epoch and the final validation accuracy; per (backbone, dataset)
-    over the fix sweep: their Pearson and Spearman correlations; each fix run's clean drop from ε = 0."""
+    over the fix sweep: their Pearson and Spearman correlations; each fix run's clean drop from ε = 0.
+
+    Runs of a variant (objective, fine-tuning mode) are labelled `fix+trades`; the sweep is one per
+    variant (its own correlation row, "Setting" naming it), and a fix run's drop is measured from its
+    standard counterpart (`Results.standard_variant`: `standard` for TRADES, `standard+lora` for LoRA)."""
     runs, curves = adaptation_starts(results, "delay")
     clean = results.values[results.values.metric == "clean"].groupby("run_id").value.first()
     runs["clean"] = runs.run_id.map(clean)
     runs["done"] = [len(curves[r]) for r in runs.run_id]
+    if "variant" not in runs:
+        runs["variant"] = ""
     sections = [
         Section(
             "Task-adaptation start and final validation accuracy per run",
             runs,
             _show_runs,
             "start epoch: first 0-based epoch with validation accuracy above the threshold",
-            lambda runs: runs.melt(
+            lambda runs: runs.assign(setting=with_variants(runs)).melt(
                 id_vars=["backbone", "dataset", "setting", "eps", "seed", "run_id"],
                 value_vars=["start", "final_val"],
                 var_name="metric",
@@ -50,7 +56,7 @@ def delay_table(results: Results, include_standard: bool = False) -> list[Sectio
         )
         note = "mean ± standard deviation over seeds; starts in seed order"
         sections.append(Section("Task-adaptation start over seeds", spread, _show_spread, note, _show_spread))
-    correlations = _correlations(runs, include_standard)
+    correlations = _correlations(runs, include_standard, results.standard_variant)
     scope = "ε_g ≥ 0" if include_standard else "ε_g > 0"
     pearson = correlations[correlations.statistic == "pearson_r"].value if len(correlations) else []
     complete = len(pearson) and pearson.notna().all()
@@ -64,11 +70,13 @@ def delay_table(results: Results, include_standard: bool = False) -> list[Sectio
             _show_correlations,
             note,
             lambda frame: (
-                frame[frame.statistic.isin(CORRELATIONS)].reset_index(drop=True) if len(frame) else frame
+                _plain(frame[frame.statistic.isin(CORRELATIONS)].reset_index(drop=True))
+                if len(frame)
+                else frame
             ),
         )
     )
-    drops = _drops(runs)
+    drops = _drops(runs, results.standard_variant)
     if len(drops):
         sections.append(
             Section(
@@ -87,7 +95,7 @@ def _show_runs(runs: pd.DataFrame) -> pd.DataFrame:
             "Run": runs.run_id.str[:8],
             "Backbone": runs.backbone,
             "Dataset": runs.dataset,
-            "Setting": runs.setting,
+            "Setting": with_variants(runs),
             "ε_g": runs.eps,
             "Seed": runs.seed,
             "threshold": runs.threshold.map("{:g}".format),
@@ -119,33 +127,46 @@ def _show_spread(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _correlations(runs: pd.DataFrame, include_standard: bool) -> pd.DataFrame:
-    """Per (backbone, dataset) over the complete fix (and standard) runs: n, Pearson's r and Spearman's ρ
-    of start epoch and final validation accuracy, each with its p value (None where it cannot be taken)."""
+def _correlations(runs: pd.DataFrame, include_standard: bool, standard_of) -> pd.DataFrame:
+    """Per (backbone, dataset) and variant over the complete fix (and standard) runs: n, Pearson's r and
+    Spearman's ρ of start epoch and final validation accuracy, each with its p value (None where it cannot
+    be taken). A variant's sweep holds its fix runs and its standard counterpart's runs (`standard_of`)."""
     sweep = runs[(runs.setting.isin(["fix", "standard"])) & runs.complete]
     if not include_standard:
         sweep = sweep[sweep.eps.map(budget_value) > 0]
     numbers = []
-    for (backbone, dataset), group in sweep.groupby(["backbone", "dataset"], sort=False):
-        n = len(group)
-        varied = n > 2 and group.start.nunique() > 1 and group.final_val.nunique() > 1
-        pearson = stats.pearsonr(group.start, group.final_val) if varied else None
-        spearman = stats.spearmanr(group.start, group.final_val) if varied else None
-        for stat, value in (
-            ("n", n),
-            ("pearson_r", pearson.statistic if pearson else None),
-            ("spearman_rho", spearman.statistic if spearman else None),
-            ("pearson_p", pearson.pvalue if pearson else None),
-            ("spearman_p", spearman.pvalue if spearman else None),
-        ):
-            numbers.append({"backbone": backbone, "dataset": dataset, "statistic": stat, "value": value})
+    for (backbone, dataset), runs_of in sweep.groupby(["backbone", "dataset"], sort=False):
+        fix = runs_of.setting == "fix"
+        for variant in sorted(set(runs_of.variant[fix])) or sorted(set(runs_of.variant)):
+            group = runs_of[
+                (fix & (runs_of.variant == variant)) | (~fix & (runs_of.variant == standard_of(variant)))
+            ]
+            n = len(group)
+            varied = n > 2 and group.start.nunique() > 1 and group.final_val.nunique() > 1
+            pearson = stats.pearsonr(group.start, group.final_val) if varied else None
+            spearman = stats.spearmanr(group.start, group.final_val) if varied else None
+            for stat, value in (
+                ("n", n),
+                ("pearson_r", pearson.statistic if pearson else None),
+                ("spearman_rho", spearman.statistic if spearman else None),
+                ("pearson_p", pearson.pvalue if pearson else None),
+                ("spearman_p", spearman.pvalue if spearman else None),
+            ):
+                numbers.append({"backbone": backbone, "dataset": dataset, "variant": variant,
+                                "statistic": stat, "value": value})  # fmt: skip
     return pd.DataFrame(numbers)
+
+
+def _plain(frame: pd.DataFrame) -> pd.DataFrame:
+    """A frame without its variant column where every row is the paper's recipe (the CSV as it was)."""
+    return frame.drop(columns="variant") if frame.variant.eq("").all() else frame
 
 
 def _show_correlations(frame: pd.DataFrame) -> pd.DataFrame:
     rows = []
-    for (backbone, dataset), group in (
-        frame.groupby(["backbone", "dataset"], sort=False) if len(frame) else ()
+    variants = len(frame) and frame.variant.ne("").any()
+    for (backbone, dataset, variant), group in (
+        frame.groupby(["backbone", "dataset", "variant"], sort=False) if len(frame) else ()
     ):
         s = dict(zip(group.statistic, group.value))
         shown = {k: v is not None and not (isinstance(v, float) and math.isnan(v)) for k, v in s.items()}
@@ -153,6 +174,7 @@ def _show_correlations(frame: pd.DataFrame) -> pd.DataFrame:
             {
                 "Backbone": backbone,
                 "Dataset": dataset,
+                **({"Setting": labelled("fix", variant)} if variants else {}),
                 "n runs": int(s["n"]),
                 "Pearson r": f"{s['pearson_r']:.3f}" if shown["pearson_r"] else "",
                 "p (Pearson)": f"{s['pearson_p']:.2e}" if shown["pearson_p"] else "",
@@ -163,17 +185,21 @@ def _show_correlations(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _drops(runs: pd.DataFrame) -> pd.DataFrame:
-    """Each fix run against standard fine-tuning of the same seed (else the mean over seeds)."""
+def _drops(runs: pd.DataFrame, standard_of) -> pd.DataFrame:
+    """Each fix run against standard fine-tuning of the same seed (else the mean over seeds), of its
+    variant's standard counterpart (`standard_of`); labelled by variant where a run has one."""
     standard = runs[(runs.setting == "standard")]
-    base = standard.groupby(["backbone", "dataset", "seed"]).clean.mean()
-    base_mean = standard.groupby(["backbone", "dataset"]).clean.mean()
+    base = standard.groupby(["backbone", "dataset", "variant", "seed"]).clean.mean()
+    base_mean = standard.groupby(["backbone", "dataset", "variant"]).clean.mean()
+    variants = runs.variant[runs.setting == "fix"].ne("").any()
     drops = []
     for r in runs[(runs.setting == "fix")].itertuples():
-        ref = base.get((r.backbone, r.dataset, r.seed), base_mean.get((r.backbone, r.dataset), np.nan))
+        key = (r.backbone, r.dataset, standard_of(r.variant))
+        ref = base.get((*key, r.seed), base_mean.get(key, np.nan))
         if not math.isnan(ref) and not math.isnan(r.clean):
             drops.append({"backbone": r.backbone, "dataset": r.dataset, "eps": r.eps, "seed": r.seed,
-                          "clean": r.clean, "reference": ref})  # fmt: skip
+                          "clean": r.clean, "reference": ref}
+                         | ({"setting": labelled("fix", r.variant)} if variants else {}))  # fmt: skip
     return pd.DataFrame(drops)
 
 
@@ -182,6 +208,7 @@ def _show_drops(drops: pd.DataFrame) -> pd.DataFrame:
         {
             "Backbone": drops.backbone,
             "Dataset": drops.dataset,
+            **({"Setting": drops.setting} if "setting" in drops else {}),
             "ε_g": drops.eps,
             "Seed": drops.seed,
             "clean": drops.clean.map(fmt),

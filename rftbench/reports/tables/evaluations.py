@@ -13,15 +13,17 @@ import pandas as pd
 
 from rftbench.reports.render import Section, fmt
 from rftbench.reports.results import KEYS, METRICS, ReportError, Results
-from rftbench.reports.stats import eps_order, sort_keys
+from rftbench.reports.stats import eps_order, labelled, sort_keys, with_variants
 from rftbench.reports.tables.main import long_row
 
 
 def evaluations_table(results: Results, run_id: str | None = None) -> list[Section]:
-    """Every evaluation row: final ones from training, extra ones from `rftbench evaluate`."""
+    """Every evaluation row: final ones from training, extra ones from `rftbench evaluate`; a run's setting
+    names its variant (`fix+trades`)."""
     if results.source == "paper" or results.evaluations.empty:
         raise ReportError("no evaluations to show: `evaluations` lists a database's evaluation rows")
     ev = results.evaluations.merge(results.runs, on="run_id", suffixes=("", "_run"))
+    ev = ev.assign(setting=with_variants(ev))
     if run_id:
         ev = ev[ev.run_id.str.startswith(run_id)]
         if ev.empty:
@@ -76,7 +78,8 @@ def _evaluations_long(ev: pd.DataFrame) -> pd.DataFrame:
 def autoattack_table(results: Results) -> list[Section]:
     """The paper's Table 6 layout: per run (backbone, dataset, setting, ε_g), the clean accuracy, then Adv.
     and E. adv. under APGD (the selected protocol) beside the same under AutoAttack, and from a database
-    the worst case per sample over every evaluation of the run stored with per-sample flags at ε_g."""
+    the worst case per sample over every evaluation of the run stored with per-sample flags at ε_g. A run's
+    variant (objective, fine-tuning mode) is part of its row's keys and of its setting (`fix+trades`)."""
     aa = results.autoattack
     if aa.empty:
         where = "the paper's Table 6" if results.source == "paper" else "this database"
@@ -110,6 +113,7 @@ def autoattack_table(results: Results) -> list[Section]:
             measured = cells(aa[chosen])
             for key in sort_keys(measured):
                 where = dict(zip(index, key)) | {"eps": budget, "row": len(numbers)}
+                where["setting"] = labelled(where["setting"], where["variant"])
                 where["variant"] = ", ".join(str(variant[c]) for c in aspects)
                 numbers += [
                     where | {"attack": f"autoattack-{variant['version']}", "metric": m, "value": v}

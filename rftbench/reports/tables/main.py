@@ -22,6 +22,8 @@ from rftbench.reports.stats import (
     setting_labels,
     setting_order,
     summary,
+    variant_of,
+    with_variants,
 )
 
 
@@ -29,8 +31,11 @@ def main_table(
     results: Results, eps: list[str], compare: Results | None = None, spread: str = "sd"
 ) -> list[Section]:
     """Tables 1 and 2: rows backbone × setting, columns dataset × {Clean, Adv., E. adv.}, one per ε_g;
-    several seeds of a cell show as their mean ± their spread."""
+    several seeds of a cell show as their mean ± their spread. Each variant (objective, fine-tuning mode)
+    has rows of its own (`fix+trades`); where runs recorded their trainable-parameter count, each cell
+    holds it (`trainable_params`, in the CSV) and a note names it per backbone and variant."""
     frame = results.values.assign(label=setting_labels(results.values))
+    params = _trainable(results)
     sections = []
     for budget in eps:
         sub = frame[frame.eps == budget]
@@ -39,14 +44,16 @@ def main_table(
             continue
         cells = cell_stats(sub, ["backbone", "label", "dataset", "metric"])
         paper = _paper_means(compare, budget) if compare is not None else None
+        counts = None if params is None else _cell_counts(sub, params)
         backbones = order(list(sub.backbone) + list(pending.get("backbone", [])), BACKBONES)
         datasets = order(list(sub.dataset) + list(pending.get("dataset", [])), DATASET_ORDER)
-        labels = setting_order(list(sub.label) + list(pending.get("setting", [])))
+        labels = setting_order(list(sub.label) + (list(with_variants(pending)) if len(pending) else []))
         numbers = [
             {"backbone": backbone, "dataset": dataset, "setting": label, "eps": budget, "metric": metric}
             | numbers_of(cells.get((backbone, label, dataset, metric), summary([])))
             | {"status": _status(pending, backbone, label, dataset)}
             | ({"paper": paper.get((backbone, label, dataset, metric), np.nan)} if paper is not None else {})
+            | ({"trainable_params": counts.get((backbone, label, dataset))} if counts is not None else {})
             for backbone in backbones
             for label in labels
             for dataset in datasets
@@ -57,7 +64,8 @@ def main_table(
         )
         seeds = max((c["n"] for c in cells.values()), default=0)
         compared = "ours (paper, ours - paper)" if compare is not None else ""
-        note = "; ".join(n for n in (compared, spread_note(seeds, spread)) if n)
+        trainable = trainable_note(pd.DataFrame(numbers)) if counts is not None else ""
+        note = "; ".join(n for n in (compared, spread_note(seeds, spread), trainable) if n)
         view = partial(_show_main, spread=spread)
         sections.append(Section(title, pd.DataFrame(numbers), view, note, _main_long))
     if not sections:
@@ -83,21 +91,63 @@ def _main_long(frame: pd.DataFrame) -> pd.DataFrame:
     """The CSV rows: compared with the paper, every cell (ours or the paper's may be missing); else ours."""
     compared = "paper" in frame
     kept = frame if compared else frame[frame.value.notna()]
-    return pd.DataFrame(
+    long = pd.DataFrame(
         [
             long_row(n["backbone"], n["dataset"], n["setting"], n["eps"], n["metric"], n["value"],
                      n["paper"] if compared else None, stat=n)
             for n in kept.to_dict("records")
         ]
     )  # fmt: skip
+    if "trainable_params" in kept:  # a count, where the cell's runs recorded one
+        long["trainable_params"] = pd.array(kept.trainable_params, dtype="Int64")
+    return long
+
+
+def _trainable(results: Results) -> pd.Series | None:
+    """Each run's trainable-parameter count, by run id; None where no run recorded one."""
+    runs = results.runs
+    if "trainable_params" not in runs or runs.trainable_params.isna().all():
+        return None
+    return runs.set_index("run_id").trainable_params.dropna()
+
+
+def _cell_counts(sub: pd.DataFrame, params: pd.Series) -> dict[tuple, int]:
+    """(backbone, label, dataset) -> the trainable-parameter count its runs recorded (the same for every
+    seed; the largest should two differ)."""
+    counts = sub.assign(n=sub.run_id.map(params).astype(float))
+    found = counts.groupby(["backbone", "label", "dataset"]).n.max().dropna()
+    return {key: int(n) for key, n in found.items()}
+
+
+def trainable_note(numbers: pd.DataFrame) -> str:
+    """The trainable parameters per backbone and variant as recorded by the runs shown (a range where the
+    head's size differs between datasets); how many of the cells recorded it where some did not."""
+    rows = numbers[numbers.metric == "clean"].assign(variant=lambda f: f.setting.map(variant_of))
+    rows = rows[rows.value.notna()]
+    shown = []
+    for (backbone, variant), group in rows.groupby(["backbone", "variant"], sort=False):
+        counts = group.trainable_params.dropna()
+        if counts.empty:
+            continue
+        low, high = _count(counts.min()), _count(counts.max())
+        text = f"{backbone}{f' {variant}' if variant else ''} {low}{f'–{high}' if high != low else ''}"
+        shown.append(text + (f" ({len(counts)} of {len(group)} cells)" if len(counts) < len(group) else ""))
+    return f"trainable parameters: {', '.join(shown)}" if shown else ""
+
+
+def _count(n: float) -> str:
+    """1.23 M, 45.1 k, 512."""
+    return f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n / 1e3:.1f} k" if n >= 1e3 else f"{n:.0f}"
 
 
 def _status(pending: pd.DataFrame, backbone: str, label: str, dataset: str) -> str:
     if pending.empty:
         return ""
+    plain = label.partition("+")[0]
     hit = pending[
         (pending.backbone == backbone)
-        & pending.setting.isin([label, label.split()[0]])
+        & pending.setting.isin([plain, plain.split()[0]])
+        & (pending.variant == variant_of(label))
         & (pending.dataset == dataset)
     ]
     if hit.empty:

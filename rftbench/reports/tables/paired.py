@@ -2,6 +2,9 @@
 story as a database tells it (`effect_table`).
 
     (section,) = ttest_table(Results.paper("ttest"), ["4/255"])
+
+Both compare within a variant (objective and fine-tuning mode, labelled `fix+trades`): sched+trades against
+fix+trades, never against fix, unless a pair names both labels in full.
 """
 
 from __future__ import annotations
@@ -14,20 +17,56 @@ import pandas as pd
 from rftbench.core.metrics import adaptation_start_epoch
 from rftbench.reports.render import Section, fmt
 from rftbench.reports.results import METRICS, ReportError, Results, no_results
-from rftbench.reports.stats import paired, setting_labels, setting_order
+from rftbench.reports.stats import base_setting, labelled, paired, setting_labels, setting_order, variant_of
 
 
 def default_pairs(labels) -> list[tuple[str, str]]:
-    """The paper's sched vs fix first, then every other setting vs fix, then every non-paper schedule vs
-    sched (adaptive vs sched, …): the comparisons a table of these settings is read for."""
+    """Per variant (the paper's recipe first): the paper's sched vs fix first, then every other setting vs
+    fix, then every non-paper schedule vs sched (adaptive vs sched, …): the comparisons a table of these
+    settings is read for."""
     labels = setting_order(labels)
-    sched = next((label for label in labels if label.split()[0] == "sched"), None)
-    pairs = [(sched, "fix")] if sched and "fix" in labels else []
-    pairs += [(label, "fix") for label in labels if label not in ("fix", sched) and "fix" in labels]
-    pairs += [
-        (label, sched) for label in labels if sched and label.split()[0] not in ("fix", "sched", "standard")
-    ]
+    pairs = []
+    for variant in sorted({variant_of(label) for label in labels}):
+        own = [label for label in labels if variant_of(label) == variant]
+        fix = labelled("fix", variant)
+        sched = next((label for label in own if base_setting(label) == "sched"), None)
+        pairs += [(sched, fix)] if sched and fix in own else []
+        pairs += [(label, fix) for label in own if label not in (fix, sched) and fix in own]
+        pairs += [
+            (label, sched)
+            for label in own
+            if sched and base_setting(label) not in ("fix", "sched", "standard")
+        ]
     return pairs
+
+
+def named(setting: str, labels) -> str:
+    """The shown label a pair's `setting` means: itself, or the one hinge label of its setting and variant
+    (`sched` is `sched 12/37` when one T1/T2 pair is shown as such)."""
+    plain = setting.partition("+")[0]
+    if setting in labels or " " in plain:
+        return setting
+    alike = (x for x in sorted(labels) if base_setting(x) == plain and variant_of(x) == variant_of(setting))
+    return next(alike, setting)
+
+
+def resolve_pairs(pairs: list[tuple[str, str]] | None, labels) -> list[tuple[str, str]]:
+    """The (a, b) labels to compare: `default_pairs`; a pair of plain settings (`sched:fix`) within each
+    variant where both are shown (sched vs fix, sched+trades vs fix+trades); a pair naming a variant
+    (`sched+trades:sched`) exactly those labels."""
+    if not pairs:
+        return default_pairs(labels)
+    variants = sorted({variant_of(label) for label in labels})
+    chosen = []
+    for a, b in pairs:
+        if "+" in a or "+" in b:
+            chosen.append((named(a, labels), named(b, labels)))
+            continue
+        within = [(named(labelled(a, v), labels), named(labelled(b, v), labels)) for v in variants]
+        chosen += [(x, y) for x, y in within if x in labels and y in labels] or [
+            (named(a, labels), named(b, labels))
+        ]
+    return list(dict.fromkeys(chosen))
 
 
 def ttest_table(
@@ -35,18 +74,10 @@ def ttest_table(
 ) -> list[Section]:
     """Paired t-tests a vs b over the (backbone, dataset, seed) triples present in both, with the 95%
     confidence interval of the mean difference and each setting's seed-to-seed standard deviation (the
-    mean over cells of the sd over seeds), so a difference can be read against the noise."""
+    mean over cells of the sd over seeds), so a difference can be read against the noise. `pairs`: as
+    `resolve_pairs` reads them (default: `default_pairs`, within each variant)."""
     frame = results.values.assign(label=setting_labels(results.values))
-    labels = set(frame.label)
-
-    def named(setting: str) -> str:  # "sched" names the hinge when one T1/T2 pair is shown as "sched 12/37"
-        return (
-            setting
-            if setting in labels
-            else next((x for x in sorted(labels) if x.split()[0] == setting), setting)
-        )
-
-    pairs = [(named(a), named(b)) for a, b in pairs or default_pairs(labels)]
+    pairs = resolve_pairs(pairs, set(frame.label))
     numbers = []
     for a, b in pairs:
         for budget in eps:
@@ -128,7 +159,11 @@ def effect_table(results: Results, eps: list[str]) -> list[Section]:
     """The paper's story as this database tells it, per (backbone, dataset, ε_g), paired over seeds: what
     fix lost to standard fine-tuning in clean accuracy, what each schedule won back (clean, and E.adv
     against fix), new schedules against sched, and each setting's task-adaptation start per seed. Narrow
-    enough to read in a terminal: the cell is named in the title when there is one."""
+    enough to read in a terminal: the cell is named in the title when there is one.
+
+    The story is told per variant (objective, fine-tuning mode): sched+trades against fix+trades, and
+    fix+trades against its standard fine-tuning counterpart, `standard` itself (TRADES at ε = 0 is
+    cross-entropy; `Results.standard_variant`) or `standard+lora` for LoRA runs."""
     runs, _ = adaptation_starts(results, "effect")
     frame = results.values.assign(label=setting_labels(results.values))
     frame = frame[frame.eps.isin(eps)]
@@ -136,10 +171,14 @@ def effect_table(results: Results, eps: list[str]) -> list[Section]:
     for (backbone, dataset, budget), sub in frame.groupby(["backbone", "dataset", "eps"], sort=False):
         seeds = sub.pivot_table(index="seed", columns=["label", "metric"], values="value")
         labels = setting_order(sub.label)
-        sched = next((label for label in labels if label.split()[0] == "sched"), None)
-        others = [label for label in labels if label not in ("standard", "fix")]
-        wanted = [("standard", "fix", "clean")] + [(a, "fix", m) for a in others for m in ("clean", "eadv")]
-        wanted += [(a, sched, m) for a in others if a != sched and sched for m in ("clean", "eadv")]
+        wanted = []
+        for variant in sorted({variant_of(label) for label in labels}):
+            own = [label for label in labels if variant_of(label) == variant]
+            fix, standard = labelled("fix", variant), labelled("standard", results.standard_variant(variant))
+            sched = next((label for label in own if base_setting(label) == "sched"), None)
+            others = [label for label in own if base_setting(label) not in ("standard", "fix")]
+            wanted += [(standard, fix, "clean")] + [(a, fix, m) for a in others for m in ("clean", "eadv")]
+            wanted += [(a, sched, m) for a in others if a != sched and sched for m in ("clean", "eadv")]
         for a, b, metric in wanted:
             if (a, metric) not in seeds or (b, metric) not in seeds:
                 continue
@@ -191,16 +230,17 @@ def _where(backbone: str, dataset: str, budget: str, named: bool) -> dict:
 
 
 def _show_effect(frame: pd.DataFrame, named: bool) -> pd.DataFrame:
-    rows, loss = [], {}  # (backbone, dataset, ε_g) -> what fix lost to standard in clean accuracy
+    rows, loss = [], {}  # (backbone, dataset, ε_g, fix label) -> what it lost to standard in clean accuracy
     for n in frame.to_dict("records"):
         a, b, cell = n["a"], n["b"], (n["backbone"], n["dataset"], n["eps"])
         finding = f"{a} − {b}, {METRICS[n['metric']]}"
-        if (a, b, n["metric"]) == ("standard", "fix", "clean"):
-            loss[cell], finding = n["mean_diff"], "what fix lost to standard (clean, standard − fix)"
-        elif b == "fix" and n["metric"] == "clean":
-            lost = loss.get(cell)
+        against_fix = base_setting(b) == "fix" and n["metric"] == "clean"
+        if against_fix and base_setting(a) == "standard":
+            loss[(*cell, b)], finding = n["mean_diff"], f"what {b} lost to {a} (clean, {a} − {b})"
+        elif against_fix:
+            lost = loss.get((*cell, b))
             share = f": {100 * n['mean_diff'] / lost:.0f}% of it" if lost and lost > 0 else ""
-            finding = f"what {a} won back (clean, {a} − fix){share}"
+            finding = f"what {a} won back (clean, {a} − {b}){share}"
         rows.append(
             {**_where(*cell, named), "Finding": finding, "pp": f"{n['mean_diff']:+.2f}",
              "95% CI": f"[{n['ci_low']:+.2f}, {n['ci_high']:+.2f}]" if n["n"] > 1 else "",

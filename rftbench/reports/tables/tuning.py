@@ -12,6 +12,7 @@ import pandas as pd
 from rftbench.core.tuning import TUNABLE
 from rftbench.reports.render import Section, fmt
 from rftbench.reports.results import ReportError, Results
+from rftbench.reports.stats import labelled
 
 ENDED = ("completed", "pruned", "failed")  # the other states (pending, running, interrupted) count as others
 NOTE = (
@@ -23,8 +24,8 @@ NOTE = (
 
 
 def tuning_table(results: Results) -> list[Section]:
-    """One row per study: backbone, dataset, ε_g, the setting its trials train, the best trial's knobs,
-    the trials by state and the best validation accuracy (%)."""
+    """One row per study: backbone, dataset, ε_g, the setting its trials train (with its variant:
+    `fix+trades`), the best trial's knobs, the trials by state and the best validation accuracy (%)."""
     trials = results.tuning
     if trials.empty:
         raise ReportError("no hyperparameter study in these results: `rftbench tune --grid NAME` makes one")
@@ -38,7 +39,7 @@ def tuning_table(results: Results) -> list[Section]:
             {
                 "backbone": first.backbone,
                 "dataset": first.dataset,
-                "setting": first.setting,
+                "setting": labelled(first.setting, first.get("variant", "")),
                 "eps": first.eps,
                 "metric": "val_acc",
                 "value": best.value.iloc[0] if len(best) else np.nan,
