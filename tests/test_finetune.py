@@ -19,6 +19,7 @@ from rftbench.execution.runner import build_model
 from rftbench.models.build import build_backbone
 from rftbench.models.finetune import add_lora, trainable_count, trained
 from rftbench.models.registry import BACKBONES, LORA_TARGETS
+from rftbench.results.store import Store
 
 BASE = RunConfig(backbone="cifar_resnet20", dataset="cifar10-jpeg", pretrained=False, setting="fix",
                  eps="8/255", epochs=1, batch_size=20, lr=1e-3, warmup_epochs=0, resolution=32,
@@ -235,3 +236,30 @@ def test_bad_variants_are_one_line_and_exit_2(db, tmp_path):  # noqa: F811 (db: 
         ),  # fmt: skip
     ]
     check(cases, db, runs)
+
+
+def test_a_lora_trades_run_chains_through_run_evaluate_and_report(tmp_path):
+    """As users chain it: `run` with the variant flags, `evaluate` its final weights (the model rebuilt with
+    its adapters), `report` naming the variant and its trainable parameters, `resume` with nothing to do."""
+    from typer.testing import CliRunner
+
+    from rftbench.cli import app
+
+    where = ["--db", str(tmp_path / "r.db")]
+    runs = ["--runs-dir", str(tmp_path / "runs")]
+    flags = ["--grid", "smoke", "--experiments", str(EXPERIMENTS), "--backbone", "mobilenetv2_100",
+             "--dataset", "synthetic", "--eps", "8/255", "--objective", "trades", "--finetune", "lora",
+             "--lora-r", "2"]  # fmt: skip
+    cli = CliRunner()
+    result = cli.invoke(app, ["run", *flags, *where, *runs])
+    assert result.exit_code == 0, result.output
+    assert "fix+trades+lora(r=2,α=16)" in result.output
+    run_id = RunConfig.from_json(Store.open(str(tmp_path / "r.db")).runs()[0].config).run_id
+    evaluated = cli.invoke(app, ["evaluate", run_id, "--steps", "2", *where, *runs])
+    assert evaluated.exit_code == 0 and "stored 1 new evaluation row" in evaluated.output, evaluated.output
+    report = cli.invoke(app, ["report", "--table", "main", "--format", "csv", *where])
+    assert report.exit_code == 0 and "fix+trades+lora(r=2,α=16)" in report.output, report.output
+    model = add_lora(build_backbone("mobilenetv2_100", 10, pretrained=False), MODES["lora"])
+    assert str(trainable_count(model, MODES["lora"])) in report.output  # the count the run stored
+    resumed = cli.invoke(app, ["resume", *where, *runs])
+    assert resumed.exit_code == 0 and "0 run(s) to continue" in resumed.output, resumed.output

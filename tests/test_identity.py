@@ -115,6 +115,12 @@ TUNED_STUDIES = {
 RELEASE_0_4 = {
     "demo": (9, "4188715a9251dad8"),
 }
+# The grids release 0.5 added (objectives and fine-tuning modes), pinned for the releases after it.
+RELEASE_0_5 = {
+    "objectives": (16, "01c8e6cefd6f18c6"),
+    "modes": (32, "95f0b7af1ee4b751"),
+    "demo_variants": (30, "c599e42a3c54f0ec"),
+}
 
 
 def grid_configs(grid: str, tmp_path: Path, release: str | None = None) -> list[RunConfig]:
@@ -149,9 +155,11 @@ def test_every_grid_keeps_the_ids_release_0_1_gave_it(tmp_path):
         assert digest(grid_configs(grid, tmp_path, release="0.3")) == pinned, grid
     for grid, pinned in RELEASE_0_4.items():
         assert digest(grid_configs(grid, tmp_path)) == pinned, grid
+    for grid, pinned in RELEASE_0_5.items():
+        assert digest(grid_configs(grid, tmp_path)) == pinned, grid
     for grid, keys in TUNED_STUDIES.items():
         assert [plan.key for plan in load_experiments(EXPERIMENTS).studies(grid)] == keys, grid
-    grids = set(RELEASE_0_1) | set(RELEASE_0_3) | set(TUNED_STUDIES)
+    grids = set(RELEASE_0_1) | set(RELEASE_0_3) | set(TUNED_STUDIES) | set(RELEASE_0_5)
     assert set(load_experiments(EXPERIMENTS).grids) == grids
     paper_sched = RunConfig(backbone="SWIN", dataset="Cars", setting="sched", eps="4/255", t1=12, t2=37)
     assert paper_sched.run_id == "09ed814cc629ad50"
@@ -179,6 +187,32 @@ def test_a_field_added_with_a_default_keeps_every_id_and_changes_it_off_default(
     # its stored JSON names it (the full record), and reads back to the same run
     text = later(**base).canonical_json()
     assert '"label_smoothing":0.0' in text and later.from_json(text).run_id == RunConfig(**base).run_id
+
+
+def test_objective_and_mode_fields_keep_every_id_and_are_canonical():
+    """The fields of release 0.5 at their defaults change no id; values a run does not use are reset, so
+    one computation has one id; every value a run does use gives a new one."""
+    base = RunConfig(backbone="SWIN", dataset="Cars", setting="sched", eps="4/255", t1=12, t2=37)
+    unused = [dict(beta=3.0), dict(lp_ft_epochs=5), dict(lora_r=4, lora_alpha=2.0), dict(finetune="full")]
+    assert base.run_id == "09ed814cc629ad50"
+    assert all(dataclasses.replace(base, **fields).run_id == base.run_id for fields in unused)
+    standard = RunConfig(backbone="SWIN", dataset="Cars", setting="standard", eps="0/255")
+    as_trades = dataclasses.replace(standard, objective="trades", beta=1.0)  # TRADES at ε_g = 0: CE
+    assert as_trades.run_id == standard.run_id and (as_trades.objective, as_trades.beta) == ("at", 6.0)
+    used = [
+        dict(objective="trades"), dict(objective="trades", beta=3.0), dict(objective="mart"),
+        dict(finetune="linear"), dict(finetune="bitfit"), dict(finetune="lora"),
+        dict(finetune="lora", lora_r=4), dict(finetune="lp_ft", lp_ft_epochs=12),
+        dict(finetune="lp_ft", lp_ft_epochs=11),
+    ]  # fmt: skip
+    ids = {dataclasses.replace(base, **fields).run_id for fields in used}
+    assert len(ids) == len(used) and base.run_id not in ids
+    mart_standard = dataclasses.replace(standard, objective="mart")  # MART at ε = 0 is not CE: its own run
+    assert mart_standard.run_id != standard.run_id
+    stored = json.loads(dataclasses.replace(base, objective="trades").canonical_json())
+    assert RunConfig.from_dict(stored).run_id == dataclasses.replace(base, objective="trades").run_id
+    old = {k: v for k, v in json.loads(base.canonical_json()).items() if k not in ("objective", "finetune")}
+    assert RunConfig.from_dict(old).run_id == base.run_id  # a config stored before these fields existed
 
 
 def test_an_unknown_stored_key_is_refused_and_a_retired_or_renamed_one_migrates(monkeypatch):

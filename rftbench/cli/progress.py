@@ -38,7 +38,7 @@ class RichProgress:
         self.bar.update(self.grid, total=total, completed=index, description=f"runs ({total} to do)")
         if self.job is not None:
             self.bar.remove_task(self.job)
-        self.name = f"{run.id[:8]} {config.backbone}/{config.dataset} {config.setting} {config.eps}"
+        self.name = f"{run.id[:8]} {config.backbone}/{config.dataset} {config.label} {config.eps}"
         self.job = self.bar.add_task(f"{self.name} · building", total=config.epochs)
 
     def epoch(self, run, config, metrics) -> None:

@@ -43,7 +43,8 @@ SPREAD = typer.Option(
 PAIR = typer.Option(
     [],
     "--pair",
-    help="ttest: compare A:B, e.g. adaptive:sched (repeatable) [default: each vs fix, new vs sched]",
+    help="ttest: compare A:B, e.g. adaptive:sched, within each objective/mode, or across them: "
+    "sched+trades:sched (repeatable) [default: each vs fix, new vs sched]",
 )
 
 

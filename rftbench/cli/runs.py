@@ -62,7 +62,7 @@ def show_jobs(plan) -> None:
             job.run_id[:8],
             c.backbone,
             c.dataset,
-            "+".join(filter(None, (c.setting, c.variant))),
+            c.label,
             c.eps,
             hinge,
             str(c.seed),

@@ -49,18 +49,8 @@ PRECISIONS, NORMS, PROTOCOLS = typing.get_args(Precision), typing.get_args(Norm)
 ATTACK_MODES, AUGMENTATIONS = typing.get_args(AttackMode), typing.get_args(Augmentation)
 SPLIT_SOURCES = typing.get_args(SplitSource)
 OBJECTIVES, FINETUNES = typing.get_args(RobustObjective), typing.get_args(Finetune)
-TABLES = (
-    "main",
-    "averages",
-    "ttest",
-    "delay",
-    "effect",
-    "ablation",
-    "baselines",
-    "evaluations",
-    "autoattack",
-    "tuning",
-)  # rftbench.reports.tables
+TABLES = ("main", "averages", "ttest", "delay", "effect", "ablation", "baselines", "evaluations",
+          "autoattack", "tuning")  # rftbench.reports.tables  # fmt: skip
 PLOTS = ("curves", "robustness", "sweep", "schedule", "tuning")  # rftbench.reports.plots
 # Every field of release 0.1 (database schema v1), hashed always and in this form: stored ids depend on it.
 IDENTITY_V1 = (
@@ -278,6 +268,11 @@ class RunConfig:
             mode.get(self.finetune, self.finetune),
         )
         return "+".join(part for part in parts if part)
+
+    @property
+    def label(self) -> str:
+        """Its setting and variant, as reports and progress lines name a run: `fix`, `sched+trades`."""
+        return "+".join(part for part in (self.setting, self.variant) if part)
 
     @property
     def eps_value(self) -> float:

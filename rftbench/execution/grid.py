@@ -256,7 +256,7 @@ def run_one(request: RunRequest, options: RunnerOptions, *, say: Say = print, pr
     for line in source_lines(spec, [job]):
         say(line)
     c = job.config
-    say(f"run {job.run_id}: {r.backbone}/{r.dataset} {c.setting} {c.eps} ({stored.status})")
+    say(f"run {job.run_id}: {r.backbone}/{r.dataset} {c.label} {c.eps} ({stored.status})")
     if stored.status == "completed":
         return Outcome(lines=["nothing to run: it is completed (`rftbench evaluate` scores it again)"])
     if stored.status == "failed":  # asked for by name: run it again

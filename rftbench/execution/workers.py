@@ -66,7 +66,7 @@ class LinePrinter:
     def __exit__(self, *exc) -> None: ...
 
     def start_run(self, run, config, index, total) -> None:
-        self.say(f"run {run.id[:8]} {config.backbone}/{config.dataset} {config.setting} {config.eps}")
+        self.say(f"run {run.id[:8]} {config.backbone}/{config.dataset} {config.label} {config.eps}")
 
     def epoch(self, run, config, metrics) -> None:
         self.say(
