@@ -89,6 +89,34 @@ def test_each_mode_trains_exactly_the_parameters_it_names(mode, loaders):
     )
 
 
+@pytest.mark.parametrize("objective", ["at", "trades"])
+def test_a_probe_attacked_in_train_mode_keeps_the_backbones_statistics(objective, loaders):
+    """attack_mode = "train" puts a fine-tuned model in train mode for the attack; a probed backbone stays
+    in eval mode all the same (its BatchNorm statistics are the pretrained model's)."""
+    config = dataclasses.replace(MODES["linear"], attack_mode="train", objective=objective)
+    model = model_of(config)
+    before = snapshot(model)
+    fit(config, model, loaders)
+    stats = [n for n in before if "running" in n]
+    assert stats and all(torch.equal(before[n], model.state_dict()[n]) for n in stats)
+    assert changed(before, model) == {"1.linear.weight", "1.linear.bias"}
+
+
+def test_full_leaves_what_a_library_caller_froze_frozen(loaders):
+    config = MODES["full"]
+    model = model_of(config)
+    frozen = {n for n, p in model.named_parameters() if n.startswith("1.conv1.") or n.startswith("1.bn1.")}
+    for name, p in model.named_parameters():
+        p.requires_grad_(name not in frozen)
+    before = snapshot(model)
+    fit(config, model, loaders)
+    assert frozen and changed(before, model) == {n for n, _ in model.named_parameters()} - frozen
+    everything = sum(p.numel() for p in model.parameters())
+    assert trainable_count(model, config) == everything - sum(
+        p.numel() for n, p in model.named_parameters() if n in frozen
+    )
+
+
 def test_lp_ft_trains_the_head_alone_then_everything(loaders):
     config = MODES["lp_ft"]
     model = model_of(config)

@@ -207,6 +207,10 @@ def test_objective_and_mode_fields_keep_every_id_and_are_canonical():
     ]  # fmt: skip
     ids = {dataclasses.replace(base, **fields).run_id for fields in used}
     assert len(ids) == len(used) and base.run_id not in ids
+    as_ints = dataclasses.replace(base, objective="trades", beta=3, finetune="lora", lora_alpha=8)
+    assert (
+        as_ints.run_id == dataclasses.replace(as_ints, beta=3.0, lora_alpha=8.0).run_id
+    )  # 3 and 3.0: one id
     mart_standard = dataclasses.replace(standard, objective="mart")  # MART at ε = 0 is not CE: its own run
     assert mart_standard.run_id != standard.run_id
     stored = json.loads(dataclasses.replace(base, objective="trades").canonical_json())

@@ -76,7 +76,7 @@ def trades(
     if eps == 0:
         logits = _forward(model, x, autocast_dtype)
         return F.cross_entropy(logits, y), logits
-    with torch.no_grad(), module_modes(model, mode == "train"):
+    with torch.no_grad(), module_modes(model, None if mode == "keep" else mode == "train"):
         p = F.softmax(_forward(model, x, autocast_dtype), 1)
     start = None if random_start else x + 0.001 * torch.randn_like(x)
     x_adv = apgd(model, x, p, eps, steps, x_init=start, random_start=random_start, mode=mode,

@@ -236,6 +236,8 @@ class RunConfig:
     def _canonical_variant(self, adversarial: bool) -> None:
         """Check the objective and fine-tuning fields; reset those a run does not use to their defaults,
         so one computation has one id (as `standard` at ε_g > 0 is one run)."""
+        for name, kind in (("beta", float), ("lora_alpha", float), ("lora_r", int), ("lp_ft_epochs", int)):
+            object.__setattr__(self, name, kind(getattr(self, name)))  # 3 and 3.0: one run, one id
         if not (math.isfinite(self.beta) and self.beta >= 0):
             raise ValueError(f"beta must be a number >= 0 (the weight of the robust term), got {self.beta}")
         if self.finetune == "lp_ft" and not 1 <= self.lp_ft_epochs < self.epochs:

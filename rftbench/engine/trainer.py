@@ -50,7 +50,7 @@ from rftbench.engine.checkpoint import (
 )
 from rftbench.engine.compiled import CompiledModel
 from rftbench.engine.evaluation import evaluate_budgets
-from rftbench.models.finetune import set_modes, set_trainable, trained
+from rftbench.models.finetune import attack_mode_at, set_modes, set_trainable, trained
 from rftbench.models.registry import BACKBONES, get_backbone_spec
 
 
@@ -134,10 +134,23 @@ def epoch_constant(value: float, step: int = 0) -> float:
 
 
 def train_one_epoch(
-    net, loader, optimizer, scheduler, scaler, eps_at, config, device, amp, fmt, augment=None, modes=None
+    net,
+    loader,
+    optimizer,
+    scheduler,
+    scaler,
+    eps_at,
+    config,
+    device,
+    amp,
+    fmt,
+    augment=None,
+    modes=None,
+    mode=None,
 ) -> dict:
     """One epoch; `augment` (a CPU generator) draws the device-side augmentation of every batch; `modes`,
-    called after `net.train()`, sets the modes of modules that do not train (a probed backbone)."""
+    called after `net.train()`, sets the modes of modules that do not train (a probed backbone), and
+    `mode` (default: the run's `attack_mode`) is the model's mode during the attack."""
     net.train()
     if modes is not None:
         modes()
@@ -152,7 +165,7 @@ def train_one_epoch(
         y = to_device(y, device)
         eps = eps_at(step=step)
         loss, logits = objective(net, x, y, eps, config.beta, config.train_attack_steps, autocast_dtype=amp,
-                                 random_start=config.attack_random_start, mode=config.attack_mode,
+                                 random_start=config.attack_random_start, mode=mode or config.attack_mode,
                                  norm=config.norm)  # fmt: skip
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -289,9 +302,8 @@ def train_epoch(epoch, config, model, net, train_loader, val_loader, val_adv_loa
     if config.augmentation == "device":
         augment = torch.Generator().manual_seed(epoch_seed(config.seed, epoch, stream=1))
     modes = functools.partial(set_modes, model, config, epoch)
-    stats = train_one_epoch(
-        net, train_loader, optimizer, scheduler, scaler, eps_at, config, device, amp, fmt, augment, modes
-    )
+    stats = train_one_epoch(net, train_loader, optimizer, scheduler, scaler, eps_at, config, device, amp, fmt,
+                            augment, modes, attack_mode_at(config, epoch))  # fmt: skip
     val = validate(net, val_loader, val_adv_loader, val_eps, config.eval_attack_steps, device, amp, fmt,
                    config.norm)  # fmt: skip
     return {

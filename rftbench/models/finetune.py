@@ -61,9 +61,9 @@ def add_lora(model: nn.Module, config: RunConfig) -> nn.Module:
 
 def trained(model: nn.Module, config: RunConfig, epoch: int | None = None) -> list[str]:
     """Names of the parameters `config` trains at 0-based `epoch` (None: at any epoch of the run)."""
+    if config.finetune == "full":  # what the caller left trainable (a library user's model may freeze some)
+        return [name for name, p in model.named_parameters() if p.requires_grad]
     names = [name for name, _ in model.named_parameters()]
-    if config.finetune == "full":  # every parameter, of any model (the library's own too: no head lookup)
-        return names
     head = head_prefix(config)
     mode = config.finetune
     if mode == "lp_ft" and epoch is not None and epoch < config.lp_ft_epochs:
@@ -79,7 +79,10 @@ def trained(model: nn.Module, config: RunConfig, epoch: int | None = None) -> li
 
 
 def set_trainable(model: nn.Module, config: RunConfig, epoch: int) -> None:
-    """`requires_grad` of every parameter: True exactly for those `config` trains at `epoch`."""
+    """`requires_grad` of every parameter: True exactly for those `config` trains at `epoch` (`full`: as
+    the caller left them)."""
+    if config.finetune == "full":
+        return
     train = set(trained(model, config, epoch))
     for name, p in model.named_parameters():
         p.requires_grad_(name in train)
@@ -88,6 +91,12 @@ def set_trainable(model: nn.Module, config: RunConfig, epoch: int) -> None:
 def head_only(config: RunConfig, epoch: int) -> bool:
     """Whether only the head trains at `epoch` (a linear probe, or lp_ft's first phase)."""
     return config.finetune == "linear" or (config.finetune == "lp_ft" and epoch < config.lp_ft_epochs)
+
+
+def attack_mode_at(config: RunConfig, epoch: int) -> str:
+    """The model's mode while the training attack runs: the run's `attack_mode`, except that "train" keeps
+    the modes `set_modes` chose while only the head trains (a probed backbone keeps its statistics)."""
+    return "keep" if config.attack_mode == "train" and head_only(config, epoch) else config.attack_mode
 
 
 def set_modes(model: nn.Module, config: RunConfig, epoch: int) -> None:
