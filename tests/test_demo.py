@@ -20,7 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def reduced_demo(tmp_path: Path) -> Path:
     text = (ROOT / "rftbench" / "experiments.toml").read_text()
-    block = text[text.index("[grids.demo]") :]
+    start = text.index("[grids.demo]")
+    end = text.find("\n[", start + 1)  # the demo grid alone: the grids after it keep their own values
+    block = text[start:end] if end > 0 else text[start:]
     reduced = re.sub(
         r"\nsettings = \[.*\]\n", '\nsettings = [{ setting = "fix" }, { setting = "standard" }]\n', block
     )

@@ -36,9 +36,9 @@ SMOKE_EPOCHS = 3
 # marker file, so the test can SIGKILL / SIGTERM it at a known point.
 PAUSING_CLI = """
 import os, sys, time
-import rftbench.engine.trainer as trainer
+import rftbench.attacks.objectives as objectives
 from rftbench.cli import app
-calls, real = 0, trainer.apgd
+calls, real = 0, objectives.apgd
 def apgd(*args, **kwargs):
     global calls
     calls += 1
@@ -46,7 +46,7 @@ def apgd(*args, **kwargs):
         open(os.environ["PAUSE_MARKER"], "w").write(str(os.getpid()))
         time.sleep(600)
     return real(*args, **kwargs)
-trainer.apgd = apgd
+objectives.apgd = apgd  # the training attack of every objective
 app(sys.argv[1:], prog_name="rftbench")
 """
 # smoke: 400 training images / batch 50 = 8 training APGD calls per epoch, + 1 validation call

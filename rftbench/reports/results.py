@@ -175,6 +175,7 @@ class Results:
                     "status": run.status,
                     "threshold": thresholds.get(run.id, 0.05) if threshold is None else threshold,
                     "trainable_params": trainable_params(run),
+                    "finetune": config.finetune,
                 }
             )
             if config.eps_value > 0 and config.variant not in standards:

@@ -32,8 +32,9 @@ def main_table(
 ) -> list[Section]:
     """Tables 1 and 2: rows backbone × setting, columns dataset × {Clean, Adv., E. adv.}, one per ε_g;
     several seeds of a cell show as their mean ± their spread. Each variant (objective, fine-tuning mode)
-    has rows of its own (`fix+trades`); where runs recorded their trainable-parameter count, each cell
-    holds it (`trainable_params`, in the CSV) and a note names it per backbone and variant."""
+    has rows of its own (`fix+trades`). Where the table holds a fine-tuning mode other than `full` (so the
+    counts differ; a `full` run trains every parameter) and runs recorded their trainable-parameter count,
+    each cell holds it (`trainable_params`, in the CSV) and a note names it per backbone and variant."""
     frame = results.values.assign(label=setting_labels(results.values))
     params = _trainable(results)
     sections = []
@@ -104,9 +105,12 @@ def _main_long(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _trainable(results: Results) -> pd.Series | None:
-    """Each run's trainable-parameter count, by run id; None where no run recorded one."""
+    """Each run's trainable-parameter count, by run id; None where no run recorded one, or where every run
+    is fine-tuned in full (a table of the paper's recipe reads as it always did)."""
     runs = results.runs
     if "trainable_params" not in runs or runs.trainable_params.isna().all():
+        return None
+    if "finetune" in runs and runs.finetune.eq("full").all():
         return None
     return runs.set_index("run_id").trainable_params.dropna()
 
