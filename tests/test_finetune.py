@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import CIFAR, EXPERIMENTS, require
 from test_bad_input import check, db, toml  # noqa: F401 (db: the fixture)
+from test_trainer import DiesMidEpoch, Interrupted
 
 from rftbench import RunConfig, train
 from rftbench.data.loading import ImageTensorDataset, decode_image_folder, eval_transform, make_loader
@@ -152,33 +153,12 @@ def test_lora_starts_at_the_pretrained_function_and_counts_its_adapters():
     assert trainable_count(adapted, config) == head + sum(p.numel() for _, p in adapters)
 
 
-class Killed(Exception):
-    pass
-
-
-class DiesMidEpoch:
-    """A train loader that raises after `after` batches of epoch `epoch` (as a SIGKILL would stop it)."""
-
-    def __init__(self, loader, epoch, after):
-        self.loader, self.epoch, self.after, self.seen = loader, epoch, after, 0
-
-    def __len__(self):
-        return len(self.loader)
-
-    def __iter__(self):
-        epoch, self.seen = self.seen, self.seen + 1
-        for i, batch in enumerate(self.loader):
-            if epoch == self.epoch and i == self.after:
-                raise Killed
-            yield batch
-
-
 def test_a_lora_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(loaders, tmp_path):
     config = dataclasses.replace(MODES["lora"], epochs=2, objective="trades")
     history, killed = [], []
     model = model_of(config)
     result = fit(config, model, loaders, run_dir=tmp_path / "whole", callback=history.append)
-    with pytest.raises(Killed):
+    with pytest.raises(Interrupted):
         fit(config, model_of(config), loaders, run_dir=tmp_path / "killed", callback=killed.append,
             train_loader=DiesMidEpoch(loaders[0], epoch=1, after=1))  # fmt: skip
     state = load_checkpoint(tmp_path / "killed" / "last.pt")
