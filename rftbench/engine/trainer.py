@@ -133,21 +133,8 @@ def epoch_constant(value: float, step: int = 0) -> float:
     return value
 
 
-def train_one_epoch(
-    net,
-    loader,
-    optimizer,
-    scheduler,
-    scaler,
-    eps_at,
-    config,
-    device,
-    amp,
-    fmt,
-    augment=None,
-    modes=None,
-    mode=None,
-) -> dict:
+def train_one_epoch(net, loader, optimizer, scheduler, scaler, eps_at, config, device, amp, fmt, augment=None,
+                    modes=None, mode=None) -> dict:  # fmt: skip
     """One epoch; `augment` (a CPU generator) draws the device-side augmentation of every batch; `modes`,
     called after `net.train()`, sets the modes of modules that do not train (a probed backbone), and
     `mode` (default: the run's `attack_mode`) is the model's mode during the attack."""
