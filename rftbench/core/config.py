@@ -49,6 +49,8 @@ PRECISIONS, NORMS, PROTOCOLS = typing.get_args(Precision), typing.get_args(Norm)
 ATTACK_MODES, AUGMENTATIONS = typing.get_args(AttackMode), typing.get_args(Augmentation)
 SPLIT_SOURCES = typing.get_args(SplitSource)
 OBJECTIVES, FINETUNES = typing.get_args(RobustObjective), typing.get_args(Finetune)
+# The fields of a run's variant (`RunConfig.variant`): its objective and fine-tuning mode
+VARIANT_FIELDS = ("objective", "beta", "finetune", "lp_ft_epochs", "lora_r", "lora_alpha")
 TABLES = ("main", "averages", "ttest", "delay", "effect", "ablation", "baselines", "evaluations",
           "autoattack", "tuning")  # rftbench.reports.tables  # fmt: skip
 PLOTS = ("curves", "robustness", "sweep", "schedule", "tuning")  # rftbench.reports.plots

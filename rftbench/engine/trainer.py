@@ -50,8 +50,8 @@ from rftbench.engine.checkpoint import (
 )
 from rftbench.engine.compiled import CompiledModel
 from rftbench.engine.evaluation import evaluate_budgets
-from rftbench.models.finetune import attack_mode_at, set_modes, set_trainable, trained
-from rftbench.models.registry import BACKBONES, get_backbone_spec
+from rftbench.models.finetune import attack_mode_at, head_prefix, set_modes, set_trainable, trained
+from rftbench.models.registry import BACKBONES
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float) -> Callable[[int], float]:
@@ -88,7 +88,7 @@ def param_groups(model: nn.Module, config: RunConfig) -> list[dict]:
     `no_decay_names` to a group without weight decay, `head_lr_scale` the fresh head (the backbone registry's
     `head` path) to a group with lr × that scale."""
     no_decay = set() if config.decay_norm_and_bias else no_decay_names(model)
-    head = f"1.{get_backbone_spec(config.backbone).head}." if config.head_lr_scale != 1 else None
+    head = head_prefix(config) if config.head_lr_scale != 1 else None
     groups: dict[tuple[bool, bool], list] = {}
     train = set(trained(model, config))
     for name, p in model.named_parameters():

@@ -23,6 +23,7 @@ from pydantic import AfterValidator, BeforeValidator, Field
 
 from rftbench.core.config import (
     SCHEDULE_FIELDS,
+    VARIANT_FIELDS,
     Precision,
     Protocol,
     RunConfig,
@@ -39,7 +40,7 @@ from rftbench.models.registry import BACKBONES
 AXIS_KEYS = ("backbone", "dataset", "eps", "seed")  # a grid's axes: its own keys, not a run-config key
 SETTING_KEYS = tuple(SCHEDULE_FIELDS.values())  # the keys of one entry of a grid's `settings`
 # …and may name its objective and fine-tuning mode (over the grid's): {setting = "fix", finetune = "lora"}
-VARIANT_KEYS = ("objective", "beta", "finetune", "lp_ft_epochs", "lora_r", "lora_alpha")
+VARIANT_KEYS = VARIANT_FIELDS
 RUN_KEYS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not in SETTING_KEYS + AXIS_KEYS)
 DEFAULT_THRESHOLD = 0.05  # the paper's 5% (CONVENTIONS.md)
 

@@ -63,19 +63,15 @@ def trained(model: nn.Module, config: RunConfig, epoch: int | None = None) -> li
     """Names of the parameters `config` trains at 0-based `epoch` (None: at any epoch of the run)."""
     if config.finetune == "full":  # what the caller left trainable (a library user's model may freeze some)
         return [name for name, p in model.named_parameters() if p.requires_grad]
-    names = [name for name, _ in model.named_parameters()]
     head = head_prefix(config)
-    mode = config.finetune
-    if mode == "lp_ft" and epoch is not None and epoch < config.lp_ft_epochs:
-        mode = "linear"
+    mode = "linear" if epoch is not None and head_only(config, epoch) else config.finetune
     keep = {
-        "full": lambda name: True,
         "lp_ft": lambda name: True,
         "linear": lambda name: False,
         "bitfit": lambda name: name.endswith(".bias"),
         "lora": lambda name: ".lora_" in name,
     }[mode]
-    return [name for name in names if name.startswith(head) or keep(name)]
+    return [name for name, _ in model.named_parameters() if name.startswith(head) or keep(name)]
 
 
 def set_trainable(model: nn.Module, config: RunConfig, epoch: int) -> None:

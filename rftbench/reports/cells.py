@@ -12,15 +12,11 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from rftbench.core.config import RunConfig
+from rftbench.core.config import VARIANT_FIELDS, RunConfig
 
 # The run-config fields a variant is made of, with their defaults: a config stored by a release before them
 # lacks the keys, and means these values
-VARIANT_FIELDS = {
-    f.name: f.default
-    for f in dataclasses.fields(RunConfig)
-    if f.name in ("objective", "beta", "finetune", "lp_ft_epochs", "lora_r", "lora_alpha")
-}
+VARIANT_DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunConfig) if f.name in VARIANT_FIELDS}
 
 
 def standard_variant(config: RunConfig) -> str:
@@ -69,5 +65,5 @@ def cell_key(run) -> tuple:
     different variants (a missing key: its default), are different cells."""
     config = json.loads(run.config)
     points = config.get("points") or []
-    variant = tuple(config.get(name, default) for name, default in VARIANT_FIELDS.items())
+    variant = tuple(config.get(name, default) for name, default in VARIANT_DEFAULTS.items())
     return (run.backbone, run.dataset, run.setting, run.eps, run.t1, run.t2, str(points), variant, run.seed)
