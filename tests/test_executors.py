@@ -175,10 +175,19 @@ def task_of(run) -> str:
     return run.worker.split()[1]  # "slurm <job>_<task> on <host>"
 
 
-def sacct_history(slurm, job: str) -> list[str]:
-    """Every state a SLURM job went through (`sacct -D`: requeues too), steps left out."""
-    out = slurm.run("sacct", "-D", "-X", "-n", "-P", "-o", "JobID,State", "-j", job)
-    return [line for line in out.splitlines() if line]
+def sacct_history(slurm, job: str, seconds: float = 60) -> list[str]:
+    """Every state a SLURM job went through (`sacct -D`: requeues too), steps left out, once the last has
+    settled. submitit's `--wait` returns when a task's result file is written, and slurmctld hands the
+    final state to slurmdbd after the process exits (up to 2.6 s measured, tests/slurm/NOTES.md), so sacct
+    may still say RUNNING for a moment: it is polled until the job has left the queue's states."""
+    deadline = time.monotonic() + seconds
+    while True:
+        out = slurm.run("sacct", "-D", "-X", "-n", "-P", "-o", "JobID,State", "-j", job)
+        lines = [line for line in out.splitlines() if line]
+        queued = {"PENDING", "RUNNING", "REQUEUED", "COMPLETING"}
+        if (lines and lines[-1].split("|")[1] not in queued) or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.5)
 
 
 @pytest.mark.slow
