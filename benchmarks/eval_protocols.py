@@ -17,6 +17,7 @@ from pathlib import Path
 from rftbench.core.config import RunConfig, RuntimeOptions
 from rftbench.core.metrics import EvalProtocol
 from rftbench.engine.evaluation import evaluate_budgets
+from rftbench.execution.evaluate import final_model
 from rftbench.execution.runner import Runner
 from rftbench.results.store import Store
 
@@ -37,7 +38,7 @@ def main() -> None:
           f"{'clean':>6} {'adv':>6} {'E.adv':>6}")  # fmt: skip
     for run in runner.store.runs(grid=args.grid, states=("completed",)):
         config = RunConfig.from_json(run.config)
-        model, loader = runner.final_model(run)
+        model, loader = final_model(runner, run)
         budgets = list(config.scored_budgets)
         seconds: dict[str, list[float]] = {"paper": [], "monotone": []}
         results = {}

@@ -59,10 +59,10 @@ def test_schema_version_is_written_once_and_checked(tmp_path):
     store = Store.open(str(tmp_path / "s.db"))
     Store.open(str(tmp_path / "s.db"))
     with store.session() as session:
-        assert session.exec(select(SchemaVersion.version)).all() == [SCHEMA_VERSION] == [5]
+        assert session.exec(select(SchemaVersion.version)).all() == [SCHEMA_VERSION] == [6]
         session.get(SchemaVersion, SCHEMA_VERSION).version = 99
         session.commit()
-    with pytest.raises(StoreError, match=r"schema version 99, this rftbench reads up to 5: upgrade rftbench"):
+    with pytest.raises(StoreError, match=r"schema version 99, this rftbench reads up to 6: upgrade rftbench"):
         Store.open(str(tmp_path / "s.db"))
     with sqlite3.connect(tmp_path / "s.db") as connection:  # a new file is in WAL mode: readers never block
         assert connection.execute("pragma journal_mode").fetchone() == ("wal",)
@@ -198,6 +198,9 @@ def test_a_v1_database_is_upgraded_in_place_with_nothing_lost(tmp_path):
     }
     assert (standard.eval_protocol, fix.eval_protocol, sched.eval_protocol) == ("monotone", "paper", "paper")
     assert {e.val_adv_subset for r in (standard, fix) for e in store.epochs(r.id)} == {"prefix"}
+    # schema v6: every earlier row scored the last epoch's weights, and no epoch measured E.adv
+    assert {e.weights for r in store.runs() for e in store.evaluations(r.id)} == {"last"}
+    assert {e.val_eadv for r in store.runs() for e in store.epochs(r.id)} == {None}
 
 
 def schema(path: Path) -> dict:

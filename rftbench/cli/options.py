@@ -18,7 +18,15 @@ from typing import Literal
 import typer
 
 from rftbench.cli.app import fail
-from rftbench.core.config import FINETUNES, OBJECTIVES, PRECISIONS, PROTOCOLS, budget_arg
+from rftbench.core.config import (
+    BEST_METRICS,
+    FINETUNES,
+    OBJECTIVES,
+    PRECISIONS,
+    PROTOCOLS,
+    WEIGHTS_POLICIES,
+    budget_arg,
+)
 from rftbench.core.schedules import SCHEDULES
 from rftbench.execution.options import EXECUTOR_NAMES, LaunchOptions, RunnerOptions
 
@@ -27,6 +35,7 @@ Precision = Literal[PRECISIONS]
 Protocol = Literal[PROTOCOLS]
 Objective = Literal[OBJECTIVES]
 Finetune = Literal[FINETUNES]
+WeightsPolicy, BestMetric = Literal[WEIGHTS_POLICIES], Literal[BEST_METRICS]
 
 
 # -- shell completion (`rftbench --install-completion`): names from the registries, the experiments file and
@@ -203,10 +212,19 @@ def variant_flags(
     lp_ft_epochs: int | None = typer.Option(None, "--lp-ft-epochs", help="lp_ft: epochs of the head alone"),
     lora_r: int | None = typer.Option(None, "--lora-r", help="lora: the adapters' rank [8]"),
     lora_alpha: float | None = typer.Option(None, "--lora-alpha", help="lora: their scale is alpha/r [16]"),
+    weights_policy: WeightsPolicy | None = typer.Option(
+        None, "--weights-policy", help="weights scored besides the last epoch's: last, best or ema [last]"
+    ),
+    best_metric: BestMetric | None = typer.Option(
+        None, "--best-metric", help="best: by validation clean, adv or eadv accuracy [adv]"
+    ),
+    ema_decay: float | None = typer.Option(None, "--ema-decay", help="ema: decay per step [0.999]"),
 ) -> dict:
-    """Run-config fields of the objective and the fine-tuning mode given as flags (over the grid's)."""
+    """Run-config fields of the objective, fine-tuning mode and weights policy given as flags (over the
+    grid's)."""
     given = {"objective": objective, "beta": beta, "finetune": finetune, "lp_ft_epochs": lp_ft_epochs,
-             "lora_r": lora_r, "lora_alpha": lora_alpha}  # fmt: skip
+             "lora_r": lora_r, "lora_alpha": lora_alpha, "weights_policy": weights_policy,
+             "best_metric": best_metric, "ema_decay": ema_decay}  # fmt: skip
     return {k: v for k, v in given.items() if v is not None}
 
 

@@ -30,7 +30,7 @@ from typing import Literal
 
 import pydantic
 
-from rftbench.core import schedules
+from rftbench.core import schedules, variants
 from rftbench.errors import RftbenchError
 
 # Choices as Literal types, so the experiments file's schema (rftbench.experiments.schema) offers them
@@ -45,12 +45,17 @@ SplitSource = Literal["rules", "paper"]
 RobustObjective = Literal["at", "trades", "mart"]
 # Which parameters train (rftbench.models.finetune): all, the head, the head then all, biases, LoRA adapters
 Finetune = Literal["full", "linear", "lp_ft", "bitfit", "lora"]
+# Which weights a run scores (rftbench.engine.policy): the last epoch's, the best epoch's by a validation
+# metric (clean, adv or E.adv accuracy on the adversarial-validation subset), an exponential moving average
+WeightsPolicy, BestMetric = Literal["last", "best", "ema"], Literal["clean", "adv", "eadv"]
 PRECISIONS, NORMS, PROTOCOLS = typing.get_args(Precision), typing.get_args(Norm), typing.get_args(Protocol)
 ATTACK_MODES, AUGMENTATIONS = typing.get_args(AttackMode), typing.get_args(Augmentation)
 SPLIT_SOURCES = typing.get_args(SplitSource)
 OBJECTIVES, FINETUNES = typing.get_args(RobustObjective), typing.get_args(Finetune)
-# The fields of a run's variant (`RunConfig.variant`): its objective and fine-tuning mode
-VARIANT_FIELDS = ("objective", "beta", "finetune", "lp_ft_epochs", "lora_r", "lora_alpha")
+WEIGHTS_POLICIES, BEST_METRICS = typing.get_args(WeightsPolicy), typing.get_args(BestMetric)
+# The fields of a run's variant (`RunConfig.variant`): its objective, fine-tuning mode and weights policy
+VARIANT_FIELDS = ("objective", "beta", "finetune", "lp_ft_epochs", "lora_r", "lora_alpha", "weights_policy",
+                  "best_metric", "ema_decay")  # fmt: skip
 TABLES = ("main", "averages", "ttest", "delay", "effect", "ablation", "baselines", "evaluations",
           "autoattack", "tuning")  # rftbench.reports.tables  # fmt: skip
 PLOTS = ("curves", "robustness", "sweep", "schedule", "tuning")  # rftbench.reports.plots
@@ -192,6 +197,11 @@ class RunConfig:
     lp_ft_epochs: int = 0
     lora_r: int = 8
     lora_alpha: float = 16.0
+    # Which weights its final evaluation scores besides the last epoch's (always scored): "best" keeps the
+    # epoch with the highest validation `best_metric`, "ema" timm's ModelEmaV3 at `ema_decay` per step
+    weights_policy: WeightsPolicy = "last"
+    best_metric: BestMetric = "adv"
+    ema_decay: float = 0.999
 
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
@@ -209,7 +219,8 @@ class RunConfig:
             set_(field, getattr(spec, name))
         set_("eval_budgets", tuple(sorted(set(budgets), key=lambda b: parse_budget(b, self.norm))))
         choices = {"precision": PRECISIONS, "augmentation": AUGMENTATIONS, "splits": SPLIT_SOURCES,
-                   "attack_mode": ATTACK_MODES, "objective": OBJECTIVES, "finetune": FINETUNES}  # fmt: skip
+                   "attack_mode": ATTACK_MODES, "objective": OBJECTIVES, "finetune": FINETUNES,
+                   "weights_policy": WEIGHTS_POLICIES, "best_metric": BEST_METRICS}  # fmt: skip
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(
@@ -236,42 +247,13 @@ class RunConfig:
                 raise ValueError(f"{name} must be a number >= 0, got {value}")
 
     def _canonical_variant(self, adversarial: bool) -> None:
-        """Check the objective and fine-tuning fields; reset those a run does not use to their defaults,
-        so one computation has one id (as `standard` at ε_g > 0 is one run)."""
-        for name, kind in (("beta", float), ("lora_alpha", float), ("lora_r", int), ("lp_ft_epochs", int)):
-            object.__setattr__(self, name, kind(getattr(self, name)))  # 3 and 3.0: one run, one id
-        if not (math.isfinite(self.beta) and self.beta >= 0):
-            raise ValueError(f"beta must be a number >= 0 (the weight of the robust term), got {self.beta}")
-        if self.finetune == "lp_ft" and not 1 <= self.lp_ft_epochs < self.epochs:
-            raise ValueError(
-                f"lp_ft trains the head alone for lp_ft_epochs, then everything: set lp_ft_epochs between 1 "
-                f"and epochs - 1 = {self.epochs - 1}, got {self.lp_ft_epochs}"
-            )
-        lora_ok = self.lora_r >= 1 and math.isfinite(self.lora_alpha) and self.lora_alpha > 0
-        if self.finetune == "lora" and not lora_ok:
-            raise ValueError(
-                f"lora needs lora_r >= 1 and lora_alpha > 0, got {self.lora_r}, {self.lora_alpha}"
-            )
-        ce = self.objective == "trades" and not adversarial  # TRADES at ε = 0 is cross-entropy
-        lora = self.finetune == "lora"
-        unused = {"objective": ce, "beta": ce or self.objective == "at", "lora_r": not lora,
-                  "lora_alpha": not lora, "lp_ft_epochs": self.finetune != "lp_ft"}  # fmt: skip
-        defaults = {f.name: f.default for f in dataclasses.fields(self)}
-        for name in (name for name, reset in unused.items() if reset):
-            object.__setattr__(self, name, defaults[name])
+        variants.canonical(self, adversarial)
 
     @property
     def variant(self) -> str:
-        """Objective and fine-tuning mode off their defaults, as reports label them: "" (AT, full),
-        "trades", "lora", "trades+lp_ft(k=2)", "mart(β=3)+lora(r=4,α=8)"."""
-        beta = f"(β={self.beta:g})" if self.beta != 6.0 else ""
-        lora = "" if (self.lora_r, self.lora_alpha) == (8, 16) else f"(r={self.lora_r},α={self.lora_alpha:g})"
-        mode = {"full": "", "lp_ft": f"lp_ft(k={self.lp_ft_epochs})", "lora": "lora" + lora}
-        parts = (
-            self.objective + beta if self.objective != "at" else "",
-            mode.get(self.finetune, self.finetune),
-        )
-        return "+".join(part for part in parts if part)
+        """Objective, fine-tuning mode and weights policy off their defaults, as reports label them: ""
+        (AT, full, last), "trades", "lora", "trades+lp_ft(k=2)", "mart(β=3)+lora(r=4,α=8)", "ema(0.999)"."""
+        return variants.name(self)
 
     @property
     def label(self) -> str:

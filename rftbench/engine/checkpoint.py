@@ -201,10 +201,12 @@ def load_checkpoint(path: str | Path) -> dict:
         ) from exc
 
 
-def training_state(config, history: list[dict], model, optimizer, scheduler, scaler, device="cpu") -> dict:
+def training_state(config, history: list[dict], model, optimizer, scheduler, scaler, device="cpu",
+                   kept: dict | None = None) -> dict:  # fmt: skip
     """A resumable checkpoint after the last epoch of `history`: the run's canonical config JSON, its
-    metrics so far, and every state a resumed run needs. `model` must be the unwrapped module (no
-    `_orig_mod.` prefixes from torch.compile)."""
+    metrics so far, and every state a resumed run needs (`kept`: the weights its policy keeps,
+    `engine.policy.KeptWeights.state`). `model` must be the unwrapped module (no `_orig_mod.` prefixes
+    from torch.compile)."""
     return {
         "run_id": config.run_id,
         "config": config.canonical_json(),
@@ -215,15 +217,16 @@ def training_state(config, history: list[dict], model, optimizer, scheduler, sca
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict(),
         "rng": rng_state(device),
+        **({"kept": kept} if kept else {}),
     }
 
 
 def resume_training(
-    path: str | Path, config, model, optimizer, scheduler, scaler, device="cpu"
+    path: str | Path, config, model, optimizer, scheduler, scaler, device="cpu", kept=None
 ) -> list[dict]:
-    """Restore every state from the checkpoint at `path` if there is one; returns its metrics history
-    ([] for a fresh run). Refuses a checkpoint of another run: runs are compared by identity (run id), so a
-    checkpoint written before a field was added still resumes."""
+    """Restore every state from the checkpoint at `path` if there is one (`kept`: a KeptWeights, given its
+    state); returns its metrics history ([] for a fresh run). Refuses a checkpoint of another run: runs are
+    compared by identity (run id), so a checkpoint written before a field was added still resumes."""
     if not Path(path).exists():
         return []
     state = load_checkpoint(path)
@@ -236,4 +239,6 @@ def resume_training(
     scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"], device)
+    if kept is not None:
+        kept.load(state.get("kept", {}))
     return state["history"]

@@ -50,6 +50,7 @@ from rftbench.engine.checkpoint import (
 )
 from rftbench.engine.compiled import CompiledModel
 from rftbench.engine.evaluation import evaluate_budgets
+from rftbench.engine.policy import KeptWeights
 from rftbench.models.finetune import attack_mode_at, head_prefix, set_modes, set_trainable, trained
 from rftbench.models.registry import BACKBONES
 
@@ -134,10 +135,11 @@ def epoch_constant(value: float, step: int = 0) -> float:
 
 
 def train_one_epoch(net, loader, optimizer, scheduler, scaler, eps_at, config, device, amp, fmt, augment=None,
-                    modes=None, mode=None) -> dict:  # fmt: skip
+                    modes=None, mode=None, after_step=None) -> dict:  # fmt: skip
     """One epoch; `augment` (a CPU generator) draws the device-side augmentation of every batch; `modes`,
     called after `net.train()`, sets the modes of modules that do not train (a probed backbone), and
-    `mode` (default: the run's `attack_mode`) is the model's mode during the attack."""
+    `mode` (default: the run's `attack_mode`) is the model's mode during the attack; `after_step` is called
+    after every optimiser step (an EMA's update)."""
     net.train()
     if modes is not None:
         modes()
@@ -159,6 +161,8 @@ def train_one_epoch(net, loader, optimizer, scheduler, scaler, eps_at, config, d
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
+        if after_step is not None:
+            after_step()
         loss_sum += loss.detach() * len(y)
         correct += (logits.detach().argmax(1) == y).sum()
         seen += len(y)
@@ -232,7 +236,8 @@ def train(
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
     callback = callback or (lambda metrics: None)
     last = Path(run_dir) / "last.pt" if run_dir is not None else None
-    history = resume_training(last, config, model, optimizer, scheduler, scaler, device) if last else []
+    kept = KeptWeights(config, model)  # the weights its policy keeps besides the last (engine.policy)
+    history = resume_training(last, config, model, optimizer, scheduler, scaler, device, kept) if last else []
     for metrics in history:  # idempotent upserts: repairs a row the store may have lost
         metrics.setdefault("val_adv_subset", "prefix" if metrics["val_adv_acc"] is not None else None)  # v0.1
         callback(metrics)
@@ -244,14 +249,16 @@ def train(
     with CheckpointWriter() as writer:  # checkpoints written in the background, joined before the next row
         for epoch in range(len(history), config.epochs):
             metrics = train_epoch(epoch, config, model, net, train_loader, val_loader, val_adv_loader,
-                                  val_eps, optimizer, scheduler, scaler, history, device, amp,
-                                  fmt)  # fmt: skip
+                                  val_eps, optimizer, scheduler, scaler, history, device, amp, fmt,
+                                  kept)  # fmt: skip
+            kept.epoch(metrics)
             history.append(metrics)
             writer.join()  # the previous epoch's checkpoint is on disk before this epoch's row
             callback(metrics)  # first the metrics row, then the checkpoint (CONVENTIONS.md write order)
             since = time.perf_counter() - last_write
             if last is not None and checkpoint_due(epoch, config.epochs, since, *policy):
-                state = training_state(config, history, model, optimizer, scheduler, scaler, device)
+                state = training_state(config, history, model, optimizer, scheduler, scaler, device,
+                                       kept.state())  # fmt: skip
                 writer.submit(last, state)
                 last_write = time.perf_counter()
 
@@ -264,14 +271,31 @@ def train(
     if last is not None:  # the final weights, so later evaluations need no retraining
         final = {"run_id": config.run_id, "config": config.canonical_json(), "evaluation": result}
         save_checkpoint(last.with_name("final.pt"), final | {"model": model.state_dict()})
+    if (kept_model := kept.module()) is not None:  # its policy's weights, under the same protocol
+        log = evaluation_log(kept_model) if evaluation_log is not None else None
+        scored = evaluate_budgets(
+            kept_model, test_loader, config.eval_budgets, evaluation, device=device, log=log
+        )
+        result["kept"] = scored | {"weights": config.weights_policy, "details": kept.details()}
+        result["kept"] |= {"batches": log.key} if log is not None else {}
+        if last is not None:  # beside final.pt: `rftbench evaluate` scores them too
+            kept_file = {
+                "run_id": config.run_id,
+                "config": config.canonical_json(),
+                "weights": config.weights_policy,
+            }
+            save_checkpoint(
+                last.with_name(f"{config.weights_policy}.pt"), kept_file | {"model": kept_model.state_dict()}
+            )
     if runtime.compile:
         result["compile"] = net.stats()  # graphs and compile seconds: provenance, not a result
     return result
 
 
 def train_epoch(epoch, config, model, net, train_loader, val_loader, val_adv_loader, val_eps, optimizer,
-                scheduler, scaler, history, device, amp, fmt) -> dict:  # fmt: skip
-    """One epoch's training and validation from its own seed (seed, epoch), and its metrics row."""
+                scheduler, scaler, history, device, amp, fmt, kept=None) -> dict:  # fmt: skip
+    """One epoch's training and validation from its own seed (seed, epoch), and its metrics row (with
+    `val_eadv` where the kept weights are chosen by it)."""
     torch.manual_seed(epoch_seed(config.seed, epoch))
     set_trainable(model, config, epoch)  # lp_ft's backbone joins at epoch lp_ft_epochs
     eps_at = functools.partial(
@@ -289,10 +313,18 @@ def train_epoch(epoch, config, model, net, train_loader, val_loader, val_adv_loa
     if config.augmentation == "device":
         augment = torch.Generator().manual_seed(epoch_seed(config.seed, epoch, stream=1))
     modes = functools.partial(set_modes, model, config, epoch)
+    ema = kept.step if kept is not None and kept.ema is not None else None
     stats = train_one_epoch(net, train_loader, optimizer, scheduler, scaler, eps_at, config, device, amp, fmt,
-                            augment, modes, attack_mode_at(config, epoch))  # fmt: skip
+                            augment, modes, attack_mode_at(config, epoch), ema)  # fmt: skip
     val = validate(net, val_loader, val_adv_loader, val_eps, config.eval_attack_steps, device, amp, fmt,
                    config.norm)  # fmt: skip
+    if kept is not None and kept.needs_eadv and val_eps > 0:  # E.adv on the same subset, monotone protocol
+        protocol = EvalProtocol("monotone", precision=config.precision, steps=config.eval_attack_steps,
+                                norm=config.norm)  # fmt: skip
+        budget = budget_text(val_eps, config.norm)
+        val["val_eadv"] = evaluate_budgets(net, val_adv_loader, [budget], protocol, device=device)["budgets"][
+            0
+        ]["eadv"]
     return {
         "epoch": epoch,
         "eps": eps_at(step=0),

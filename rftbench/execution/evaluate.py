@@ -1,5 +1,6 @@
-"""What `rftbench evaluate` does below the command line: score finished runs' final weights under a
-protocol, one run at a time, each result yielded as soon as it is stored.
+"""What `rftbench evaluate` does below the command line: score finished runs' final weights (the last
+epoch's, `final.pt`, and those their weights policy kept, `best.pt` / `ema.pt`) under a protocol, one run
+at a time, each result yielded as soon as it is stored.
 
     for item in evaluate_runs(EvaluateRequest(grid="paper", eps=["8/255"]), RunnerOptions(device="cuda")):
         print(item)   # Evaluated(run_id, label, result, added) or Skipped(line)
@@ -13,12 +14,13 @@ from dataclasses import dataclass
 from rftbench.core.config import RunConfig, budget_text, budget_value
 from rftbench.execution.launch import make_runner
 from rftbench.execution.options import EvaluateRequest, LaunchError, RunnerOptions
+from rftbench.results.schema import Run
 
 
 @dataclass
 class Evaluated:
     run_id: str
-    label: str  # the protocol's label
+    label: str  # the protocol's label (and the weights, where not the last epoch's)
     result: dict  # `evaluate_budgets`' form
     added: int  # rows stored now (0: shown from the store, or stored first by another process)
 
@@ -90,11 +92,112 @@ def evaluate_runs(request: EvaluateRequest, options: RunnerOptions) -> Iterator[
         threat, budgets, config = run_budgets(run, request)
         steps = {"steps": request.steps or config.eval_attack_steps}
         chosen = EvalProtocol(**(steps | chosen_options), norm=threat)
-        try:
-            result, added = runner.evaluate(run.id, budgets, chosen)
-        except (CheckpointError, EvaluationError) as exc:
-            if request.run_id is not None:
-                raise
-            yield Skipped(f"{run.id}: {exc}")
-            continue
-        yield Evaluated(run.id, chosen.label(), result, added)
+        for weights in dict.fromkeys(("last", config.weights_policy)):  # the last, and the kept ones
+            try:
+                result, added = evaluate_run(runner, run.id, budgets, chosen, weights)
+            except (CheckpointError, EvaluationError) as exc:
+                if request.run_id is not None:
+                    raise
+                yield Skipped(f"{run.id}: {exc}")
+                break
+            label = chosen.label() + ("" if weights == "last" else f", {weights} weights")
+            yield Evaluated(run.id, label, result, added)
+
+
+def evaluate_run(
+    runner, run_id: str, budgets: list[str], protocol, weights: str = "last"
+) -> tuple[dict, int]:
+    """Evaluate a completed run's `weights` ("last": `runs/<id>/final.pt`; its policy's: `best.pt`,
+    `ema.pt`) at `budgets` under `protocol`, stored as `extra` rows beside the final ones; no retraining.
+    Idempotent: budgets already stored under this protocol for these weights are not measured again.
+    Returns (the evaluation, rows added)."""
+    from rftbench.engine.evaluation import evaluate_budgets, evaluation_key
+    from rftbench.results.batches import EvalLog
+
+    store = runner.store
+    run = store.find_run(run_id)
+    stored = {
+        e.budget: e
+        for e in store.evaluations(run.id)
+        if e.eval_protocol() == protocol and e.weights == weights
+    }
+    if run.status == "completed" and all(b in stored for b in budgets):
+        return stored_evaluation([stored[b] for b in budgets], protocol) | {"weights": weights}, 0
+    model, loader = final_model(runner, run, weights)
+    todo = [b for b in budgets if b not in stored]
+    key = evaluation_key(protocol, todo, model)  # a killed evaluation continues at its first missing batch
+    log, n_classes = EvalLog(store, run.id, key), len(loader.dataset.classes)
+    result = evaluate_budgets(
+        model, loader, todo, protocol, device=runner.runtime.device, n_classes=n_classes, log=log
+    )
+    result |= {"batches": log.key, "weights": weights}
+    added = store.add_evaluation(run.id, result, kind="extra")
+    fresh = {row["budget"]: row for row in result["budgets"]}
+    result["budgets"] = [
+        fresh.get(b) or stored_evaluation([stored[b]], protocol)["budgets"][0] for b in budgets
+    ]
+    return result, added
+
+
+def final_model(runner, run: Run, weights: str = "last"):
+    """A completed run's final weights (`runs/<id>/final.pt`, or the `weights` its policy kept: `best.pt`,
+    `ema.pt`) on the runner's device, in eval mode, and its test loader; the data is checked first. One line
+    (`CheckpointError`, `DataNotFound`) if not."""
+    import torch
+
+    from rftbench.data.checks import check_data
+    from rftbench.engine.checkpoint import CheckpointError, load_checkpoint
+    from rftbench.engine.trainer import configure_device
+    from rftbench.execution.runner import build_data, build_model
+
+    final = runner.runs_dir / run.id / ("final.pt" if weights == "last" else f"{weights}.pt")
+    if run.status != "completed":
+        fix = "finish it with `rftbench resume`"
+        if run.status == "failed":
+            fix = "rerun it with `rftbench run` or `run-grid --retry-failed`"
+        raise CheckpointError(f"run {run.id} is {run.status}, not completed: {fix}, then evaluate it")
+    if not final.exists():
+        raise CheckpointError(
+            f"run {run.id} has no final weights at {final}: pass the --runs-dir it ran with, or put its "
+            f"{final.name} back (--prune-checkpoints keeps it); its stored evaluations stay as they are"
+        )
+    try:
+        state = load_checkpoint(final)
+    except CheckpointError as exc:  # the general advice (delete it, rerun) cannot apply to a finished run
+        reason = str(exc).split("(", 1)[-1].split(")")[0]
+        raise CheckpointError(
+            f"the final weights {final} cannot be read ({reason}): restore them from a copy; "
+            f"run {run.id}'s stored evaluations stay as they are"
+        ) from None
+    if RunConfig.from_json(state["config"]).run_id != run.id:
+        raise CheckpointError(f"{final} holds another run's weights ({state['run_id']}); it is not {run.id}")
+    config, paths = RunConfig.from_json(run.config), runner.paths(run)
+    check_data(config.dataset, paths["data_root"], paths["split_file"], config.splits)
+    test_set = build_data(config, paths, "test", None)
+    model = build_model(config, paths, len(test_set.classes), pretrained=False)
+    model.load_state_dict(state["model"])
+    configure_device(torch.device(runner.runtime.device), runner.runtime)  # the math of training's own
+    device = torch.device(runner.runtime.device)
+    return model.to(device).eval(), runner.loader(test_set, config, shuffle=False)
+
+
+def stored_evaluation(rows: list, protocol) -> dict:
+    """Stored evaluation rows in `evaluate_budgets`' form."""
+    return {
+        "n": rows[0].n,
+        "clean": rows[0].clean,
+        "budgets": [
+            {
+                "budget": r.budget,
+                "clean": r.clean,
+                "adv": r.adv,
+                "eadv": r.eadv,
+                "eps": r.eps_grid,
+                "accuracies": r.accuracies,
+            }
+            for r in rows
+        ],
+        "attacks_run": sum(r.attacks_run for r in rows),
+        "protocol": protocol.as_dict(),
+        **({"per_attack": {r.budget: r.details["per_attack"] for r in rows}} if protocol.autoattack else {}),
+    }

@@ -29,9 +29,8 @@ from rftbench.data.checks import check_data
 from rftbench.data.loading import ImageTensorDataset, make_loader, train_transform
 from rftbench.data.registry import data_root
 from rftbench.data.splits import stratified_subsample
-from rftbench.engine.checkpoint import CheckpointError, load_checkpoint
-from rftbench.engine.evaluation import evaluate_budgets, evaluation_key
-from rftbench.engine.trainer import configure_device, train
+from rftbench.engine.evaluation import evaluation_key
+from rftbench.engine.trainer import train
 from rftbench.execution.provenance import provenance
 from rftbench.models.build import build_backbone, check_weights
 from rftbench.models.finetune import add_lora, trainable_count
@@ -303,67 +302,6 @@ class Runner:
         self.progress.end_run(run, "failed", line)
         return "failed"
 
-    def evaluate(self, run_id: str, budgets: list[str], protocol: EvalProtocol) -> tuple[dict, int]:
-        """Evaluate a completed run's final weights (`runs/<id>/final.pt`) at `budgets` under `protocol`,
-        stored as `extra` rows beside the final ones; no retraining. Idempotent: budgets already stored
-        under this protocol are not measured again. Returns (the evaluation, rows added)."""
-        run = self.store.find_run(run_id)
-        stored = {e.budget: e for e in self.store.evaluations(run.id) if e.eval_protocol() == protocol}
-        if run.status == "completed" and all(b in stored for b in budgets):
-            return stored_evaluation([stored[b] for b in budgets], protocol), 0
-        model, loader = self.final_model(run)
-        todo = [b for b in budgets if b not in stored]
-        key = evaluation_key(
-            protocol, todo, model
-        )  # a killed evaluation continues at its first missing batch
-        log, n_classes = EvalLog(self.store, run.id, key), len(loader.dataset.classes)
-        result = evaluate_budgets(
-            model, loader, todo, protocol, device=self.runtime.device, n_classes=n_classes, log=log
-        )
-        result["batches"] = log.key
-        added = self.store.add_evaluation(run.id, result, kind="extra")
-        fresh = {row["budget"]: row for row in result["budgets"]}
-        result["budgets"] = [
-            fresh.get(b) or stored_evaluation([stored[b]], protocol)["budgets"][0] for b in budgets
-        ]
-        return result, added
-
-    def final_model(self, run: Run) -> tuple[torch.nn.Module, torch.utils.data.DataLoader]:
-        """A completed run's final weights (`runs/<id>/final.pt`) on this runner's device, in eval mode, and
-        its test loader; the data is checked first. One line (`CheckpointError`, `DataNotFound`) if not."""
-        final = self.runs_dir / run.id / "final.pt"
-        if run.status != "completed":
-            fix = "finish it with `rftbench resume`"
-            if run.status == "failed":
-                fix = "rerun it with `rftbench run` or `run-grid --retry-failed`"
-            raise CheckpointError(f"run {run.id} is {run.status}, not completed: {fix}, then evaluate it")
-        if not final.exists():
-            raise CheckpointError(
-                f"run {run.id} has no final weights at {final}: pass the --runs-dir it ran with, or put its "
-                f"final.pt back (--prune-checkpoints keeps it); its stored evaluations stay as they are"
-            )
-        try:
-            state = load_checkpoint(final)
-        except CheckpointError as exc:  # the general advice (delete it, rerun) cannot apply to a finished run
-            reason = str(exc).split("(", 1)[-1].split(")")[0]
-            raise CheckpointError(
-                f"the final weights {final} cannot be read ({reason}): restore them from a copy; "
-                f"run {run.id}'s stored evaluations stay as they are"
-            ) from None
-        if RunConfig.from_json(state["config"]).run_id != run.id:
-            raise CheckpointError(
-                f"{final} holds another run's weights ({state['run_id']}); it is not {run.id}"
-            )
-        config, paths = RunConfig.from_json(run.config), self.paths(run)
-        check_data(config.dataset, paths["data_root"], paths["split_file"], config.splits)
-        test_set = build_data(config, paths, "test", None)
-        model = build_model(config, paths, len(test_set.classes), pretrained=False)
-        model.load_state_dict(state["model"])
-        configure_device(torch.device(self.runtime.device), self.runtime)  # the math of training's own
-        return model.to(torch.device(self.runtime.device)).eval(), self.loader(
-            test_set, config, shuffle=False
-        )
-
 
 def final_protocol(run: Run, config: RunConfig) -> EvalProtocol:
     """How a run's final evaluation is measured: its grid's protocol and precision, its own attack steps."""
@@ -373,25 +311,3 @@ def final_protocol(run: Run, config: RunConfig) -> EvalProtocol:
         steps=config.eval_attack_steps,
         norm=config.norm,
     )
-
-
-def stored_evaluation(rows: list, protocol: EvalProtocol) -> dict:
-    """Stored evaluation rows in `evaluate_budgets`' form."""
-    return {
-        "n": rows[0].n,
-        "clean": rows[0].clean,
-        "budgets": [
-            {
-                "budget": r.budget,
-                "clean": r.clean,
-                "adv": r.adv,
-                "eadv": r.eadv,
-                "eps": r.eps_grid,
-                "accuracies": r.accuracies,
-            }
-            for r in rows
-        ],
-        "attacks_run": sum(r.attacks_run for r in rows),
-        "protocol": protocol.as_dict(),
-        **({"per_attack": {r.budget: r.details["per_attack"] for r in rows}} if protocol.autoattack else {}),
-    }

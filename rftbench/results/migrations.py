@@ -38,6 +38,9 @@ from rftbench.results.schema import (
     Trial,
 )
 
+# The evaluation key schema v2 to v5 created (v6 adds `weights`): what the v1 -> v2 step builds.
+V2_EVALUATION_KEY = tuple(k for k in EVALUATION_KEY if k != "weights")
+
 
 def upgraded_copy(path: Path) -> Engine:
     """An earlier release's SQLite file copied into memory and upgraded there: what a command that only
@@ -132,7 +135,7 @@ def _v1_to_v2(connection: Connection) -> None:
             sa.Column("seconds", sa.Float, nullable=True),
         ):
             batch.add_column(column)
-        batch.create_unique_constraint("uq_evaluation_protocol", list(EVALUATION_KEY))
+        batch.create_unique_constraint("uq_evaluation_protocol", list(V2_EVALUATION_KEY))
     op.add_column("run", sa.Column("eval_protocol", sa.String, nullable=False, server_default="paper"))
     op.add_column("run", sa.Column("eval_precision", sa.String, nullable=False, server_default="fp32"))
     op.add_column("epoch_metric", sa.Column("val_adv_subset", sa.String, nullable=True))
@@ -206,9 +209,25 @@ def _v4_to_v5(connection: Connection) -> None:
     Trial.__table__.create(connection)
 
 
+def _v5_to_v6(connection: Connection) -> None:
+    """Schema v5 to v6: which of a run's weights an evaluation scored (`weights`, part of its key; every v5
+    row scored the last epoch's) and an epoch's E.adv on the validation subset (`val_eadv`, measured only
+    where a run keeps its best weights by it)."""
+    from alembic.migration import MigrationContext
+    from alembic.operations import Operations
+
+    op = Operations(MigrationContext.configure(connection))
+    with op.batch_alter_table("evaluation", recreate="auto") as batch:
+        batch.drop_constraint("uq_evaluation_protocol", type_="unique")
+        batch.add_column(sa.Column("weights", sa.String, nullable=False, server_default="last"))
+        batch.create_unique_constraint("uq_evaluation_protocol", list(EVALUATION_KEY))
+    op.add_column("epoch_metric", sa.Column("val_eadv", sa.Float, nullable=True))
+
+
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _v1_to_v2,
     2: _v2_to_v3,
     3: _v3_to_v4,
     4: _v4_to_v5,
+    5: _v5_to_v6,
 }  # from version k to k + 1

@@ -164,11 +164,14 @@ class JobQueue:
     def complete(
         self, run_id: str, worker: Worker, evaluation: dict, *, provenance: dict | None = None
     ) -> None:
-        """One transaction: the final evaluation rows and `completed`, if `worker` still holds the run; else
+        """One transaction: the final evaluation rows (of the last weights, and of the weights its policy
+        keeps, `evaluation["kept"]`) and `completed`, if `worker` still holds the run; else
         LeaseLost and nothing written (the worker that took it over completes it)."""
         with self.session() as session:
             self.hold(session, run_id, worker)
-            self.store.insert_evaluation(session, run_id, evaluation, kind="final")
+            for scored in (evaluation, evaluation.get("kept")):  # the last weights, and those kept besides
+                if scored is not None:
+                    self.store.insert_evaluation(session, run_id, scored, kind="final")
             values = {"status": "completed", "lease_owner": None, "lease_expires_at": None, "error": None}
             values |= {"finished_at": now()} | ({"provenance": provenance} if provenance is not None else {})
             session.exec(update(Run).where(Run.id == run_id).values(**values))

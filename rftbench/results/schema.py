@@ -20,13 +20,14 @@ from sqlmodel import Field, SQLModel
 
 from rftbench.core.metrics import EvalProtocol
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # "pruned": a tuning trial its study stopped early (rftbench.results.studies); it is never continued
 STATES = ("pending", "running", "interrupted", "completed", "failed", "pruned")
 # What makes two evaluation rows the same measurement: a row with this key is never replaced.
+# (and, from schema v6, which of the run's weights it scored: `weights`)
 EVALUATION_KEY = (
     "run_id", "budget", "protocol", "attack", "norm", "steps", "restarts", "random_start", "seed",
-    "precision",
+    "precision", "weights",
 )  # fmt: skip
 
 
@@ -87,6 +88,7 @@ class EpochMetric(SQLModel, table=True):
     val_adv_acc: float | None = None
     val_adv_eps: str | None = None
     val_adv_subset: str | None = None  # "stratified" (every class, seeded); "prefix": schema-v1 rows
+    val_eadv: float | None = None  # E.adv on the same subset: measured for weights_policy "best" by eadv
     epoch_seconds: float
     images_per_second: float
     recorded_at: datetime = Field(default_factory=now)
@@ -120,6 +122,9 @@ class Evaluation(SQLModel, table=True):
     implementation: str | None = None  # the package that measured it: "rftbench 0.1.0", "torchattacks 3.5.1"
     batches: str | None = None  # its EvalBatch rows' key (None: measured before schema v4)
     details: dict = Field(default_factory=dict, sa_column=Column(JSON))  # AutoAttack: accuracy per attack
+    # which of the run's weights it scored (RunConfig.weights_policy): "last" (the last epoch's, the
+    # paper's), "best" (its best epoch by a validation metric) or "ema"; every row before schema v6 is "last"
+    weights: str = "last"
 
     def eval_protocol(self) -> EvalProtocol:
         return EvalProtocol(**{k: getattr(self, k) for k in EvalProtocol.__dataclass_fields__})

@@ -198,9 +198,13 @@ class Store:
                 "seconds": evaluation.get("seconds"),
                 "implementation": evaluation.get("implementation"),
                 "batches": evaluation.get("batches"),
-                "details": {"per_attack": evaluation["per_attack"].get(row["budget"], {})}
-                if "per_attack" in evaluation
-                else {},
+                "weights": evaluation.get("weights", "last"),
+                "details": (
+                    {"per_attack": evaluation["per_attack"].get(row["budget"], {})}
+                    if "per_attack" in evaluation
+                    else {}
+                )
+                | evaluation.get("details", {}),  # kept weights: their epoch and metric, or decay
                 **protocol,
             }
             same_key = [getattr(Evaluation, k) == values[k] for k in EVALUATION_KEY]
@@ -285,6 +289,12 @@ class Store:
         with many AutoAttack rows reads."""
         with self.session() as session:
             return worst_cases(session, keys)
+
+    def grids_of(self, run_id: str) -> list[str]:
+        """The grids that hold a run, by name."""
+        with self.session() as session:
+            query = select(GridRun.grid).where(GridRun.run_id == run_id).order_by(GridRun.grid)
+            return list(session.exec(query).all())
 
     def adaptation(self, run_id: str) -> list[Adaptation]:
         with self.session() as session:
