@@ -429,3 +429,17 @@ def test_worst_cases_of_many_runs_and_budgets_in_one_call_equal_each_worst_case(
         (a.run_id, "8/255"),
     }
     assert store.worst_cases([]) == {}
+    # a second set of weights (an EMA's) of run a, scored twice: its worst case pools its own flags alone
+    for steps, pair in ((10, ("1111", "0000")), (20, ("0111", "1000"))):
+        key = {"protocol": EvalProtocol(steps=steps).as_dict(), "eps": ["0/255", "4/255"], "weights": "ema"}
+        log = EvalLog(store, a.run_id, key)
+        for index in range(2):
+            log.save(index, {"n": 4, "start": 4 * index, "flags": {"0/255": "1111", "4/255": pair[index]}})
+        row = evaluation(steps=steps) | {"batches": batches_key(key), "weights": "ema"}
+        store.add_evaluation(a.run_id, row, kind="extra")
+    worst = store.worst_cases([(a.run_id, "4/255", "ema"), (a.run_id, "4/255"), (a.run_id, "4/255", "last")])
+    assert list(worst.values()) == [3 / 8, 3 / 8, 3 / 8]  # 0111 0000 by hand, and run a's last as before
+    assert store.worst_cases([(a.run_id, "8/255", "ema"), (b.run_id, "4/255", "ema")]) == {
+        (a.run_id, "8/255", "ema"): None,  # the EMA was never scored at 8/255
+        (b.run_id, "4/255", "ema"): None,
+    }

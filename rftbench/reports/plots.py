@@ -25,6 +25,7 @@ from rftbench.core.schedules import ScheduleSpec
 from rftbench.core.tuning import TUNABLE
 from rftbench.reports.results import ReportError, Results
 from rftbench.reports.stats import base_setting, eps_order, setting_labels, summary, variant_of, with_variants
+from rftbench.reports.weights import weights_note
 
 COLOURS = {
     "standard": "tab:green",
@@ -207,7 +208,8 @@ def robustness_figure(
             seeds = max(seeds, len(group))
         _decorate(ax, "ε × 255", "test accuracy under APGD (%)", f"Robustness curves up to ε_g = {budget}")
     fig.suptitle(f"Test accuracy against ε{_seeds(seeds)}", fontsize=10)
-    fig.text(0.01, -0.02, results.protocol, fontsize=8, ha="left", va="top")
+    weights = weights_note(results.policies, " ".join(set(ev.label)))
+    fig.text(0.01, -0.02, f"{results.protocol}; {weights}", fontsize=8, ha="left", va="top")
     return fig
 
 

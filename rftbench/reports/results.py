@@ -9,7 +9,8 @@ Reads the store and never trains (STYLE.md 7). Accuracies are stored as fraction
 A run may hold evaluations under several protocols (rftbench.core.metrics). A report shows one: `Selection`
 picks, per run, the rows of that protocol (default: the paper's, fp32, each run's own attack steps), so no
 cell mixes two protocols; every table says which one it shows, and names the runs that have no row under
-it (`rftbench evaluate` adds one).
+it (`rftbench evaluate` adds one). Of those rows, a run is reported by the ones of the weights it keeps
+(`RunConfig.weights_policy`: the last epoch's, or its best epoch's or EMA weights; `reports.weights`).
 
 Every row carries its run's `variant` (objective and fine-tuning mode off AT and full fine-tuning,
 `RunConfig.variant`; "" for the paper's recipe and for configs stored before the fields existed): tables
@@ -30,6 +31,7 @@ from rftbench.core.metrics import EvalProtocol
 from rftbench.core.tuning import best_trial
 from rftbench.errors import RftbenchError
 from rftbench.reports.cells import newest_per_cell, standard_variant, trainable_params
+from rftbench.reports.weights import described, policy_label
 from rftbench.results.studies import Studies
 
 METRICS = {"clean": "Clean", "adv": "Adv.", "eadv": "E. adv."}
@@ -68,7 +70,8 @@ def no_results(eps: list[str], results: Results) -> ReportError:
 class Selection:
     """Which evaluation rows a report shows: per run, those measured under one `EvalProtocol` (a per-ε
     protocol, a precision and `steps`, None meaning each run's own `eval_attack_steps`; APGD-CE ℓ∞ from the
-    clean image, one restart), at the run's own ε_g (a standard run: every budget it is scored at)."""
+    clean image, one restart), at the run's own ε_g (a standard run: every budget it is scored at), of the
+    weights the run keeps (`RunConfig.weights_policy`: a best or EMA run's last-epoch rows are not its)."""
 
     protocol: str = "paper"
     precision: str = "fp32"
@@ -88,7 +91,11 @@ class Selection:
             norm=config.norm,
         )
         budgets = config.scored_budgets if config.eps_value == 0 else (config.eps,)
-        return [ev for ev in evaluations if ev.budget in budgets and ev.eval_protocol() == wanted]
+        return [
+            ev
+            for ev in evaluations
+            if ev.budget in budgets and ev.eval_protocol() == wanted and ev.weights == config.weights_policy
+        ]
 
     def command(self) -> str:
         """The `rftbench evaluate` that adds this selection's rows to a grid's completed runs."""
@@ -127,6 +134,8 @@ class Results:
     tuning: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per study trial (`tuning_frame`)
     # each variant of a run at ε_g > 0 -> the variant of its standard (ε_g = 0) counterpart, where it differs
     standard_variants: dict = field(default_factory=dict)
+    # each weights policy the runs read keep, as labels name it ("ema(0.999)") -> what those weights are
+    policies: dict = field(default_factory=dict)
 
     def standard_variant(self, variant: str) -> str:
         """The variant whose `standard` runs are `variant`'s ε_g = 0 reference (`cells.standard_variant`)."""
@@ -145,9 +154,9 @@ class Results:
         for row in data["adaptation"]:
             thresholds.setdefault(row.run_id, row.threshold)
         runs, values, pending, selected, unread, autoattack = [], [], [], [], [], []
-        standards: dict[str, str] = {}
+        standards, policies = {}, {}
         data["runs"], aside = newest_per_cell(data["runs"])
-        without: dict[str, set] = {}  # completed run id -> the protocols it does have
+        without: dict[str, tuple] = {}  # completed run id -> (its weights policy, the protocols it has)
         rows: dict[str, list] = {}  # run id -> its evaluation rows
         for ev in data["evaluations"]:
             rows.setdefault(ev.run_id, []).append(ev)
@@ -178,6 +187,8 @@ class Results:
                     "finetune": config.finetune,
                 }
             )
+            if config.weights_policy != "last":
+                policies[policy_label(config)] = described(config)
             if config.eps_value > 0 and config.variant not in standards:
                 standards[config.variant] = standard_variant(config)
             if run.status != "completed":
@@ -185,15 +196,18 @@ class Results:
                 pending += [{**keys, "eps": b, "status": run.status, "run_id": run.id} for b in budgets]
                 continue
             chosen = selection.rows(rows.get(run.id, []), config)
+            policy = config.weights_policy
             if not chosen:
-                without[run.id] = {
-                    f"{ev.protocol} APGD-{ev.steps} {ev.precision}" for ev in rows.get(run.id, [])
-                }
+                of = "" if policy == "last" else " of the {} weights"
+                have = {f"{ev.protocol} APGD-{ev.steps} {ev.precision}" + of.format(ev.weights)
+                        for ev in rows.get(run.id, [])}  # fmt: skip
+                without[run.id] = (policy, have)
             autoattack += [
                 (keys, run.seed, ev)
                 for ev in rows.get(run.id, [])
                 if ev.attack.startswith("autoattack") and ev.budget == config.eps and config.eps_value > 0
-            ]
+                and ev.weights == policy
+            ]  # fmt: skip
             for ev in chosen:
                 selected.append(ev.model_dump())
                 for metric in METRICS:
@@ -234,7 +248,8 @@ class Results:
             runs["trainable_params"] = runs.trainable_params.astype("Int64")
         standards = {v: s for v, s in standards.items() if v != s}
         return cls(frame, pending, epochs, runs, evaluations, selected, "database", label, notes,
-                   autoattack_frame(store, autoattack), tuning_frame(store, grid), standards)  # fmt: skip
+                   autoattack_frame(store, autoattack), tuning_frame(store, grid), standards,
+                   policies)  # fmt: skip
 
     @classmethod
     def studies(cls, store, grid: str | None = None) -> Results:
@@ -275,11 +290,14 @@ class Results:
 
 def autoattack_frame(store, measured: list[tuple[dict, int, object]]) -> pd.DataFrame:
     """AutoAttack rows (cell keys, seed, evaluation) in long format, each with the worst case per sample at
-    its budget, read for every row in one query."""
-    worst = store.worst_cases({(ev.run_id, ev.budget) for _, _, ev in measured}) if measured else {}
+    its budget over the evaluations of the same weights, read for every row in one query."""
+    keys = {(ev.run_id, ev.budget, ev.weights) for _, _, ev in measured}
+    worst = store.worst_cases(keys) if keys else {}
     rows = []
     for keys, seed, ev in measured:
-        values = {m: getattr(ev, m) for m in METRICS} | {"worst": worst.get((ev.run_id, ev.budget))}
+        values = {m: getattr(ev, m) for m in METRICS} | {
+            "worst": worst.get((ev.run_id, ev.budget, ev.weights))
+        }
         rows += [
             {**keys, "seed": seed, "run_id": ev.run_id, "version": ev.attack.removeprefix("autoattack-"),
              "steps": ev.steps, "protocol": ev.protocol, "precision": ev.precision, "aa_seed": ev.seed,
@@ -335,15 +353,26 @@ def template_variant(template: str) -> str:
         return ""
 
 
-def missing_note(without: dict[str, set], unread: list[str], selection: Selection) -> str:
-    """Runs a report cannot show under `selection`, and the command that fixes it."""
+def missing_note(without: dict[str, tuple[str, set]], unread: list[str], selection: Selection) -> str:
+    """Runs a report cannot show under `selection` (run id -> its weights policy, the rows it has), and the
+    command that fixes it; a run of a weights policy lacks its row until the weights it kept are scored."""
     notes = []
-    if without:
-        have = sorted(set().union(*without.values())) or ["none"]
+    plain = [have for policy, have in without.values() if policy == "last"]
+    if plain:
+        have = sorted(set().union(*plain)) or ["none"]
         notes.append(
-            f"{len(without)} completed run(s) have no {selection.protocol} {selection.precision} evaluation "
+            f"{len(plain)} completed run(s) have no {selection.protocol} {selection.precision} evaluation "
             f"(they have: {', '.join(have)}): "
             f"`{selection.command()}` adds it, or choose --protocol"
+        )
+    kept = [(policy, have) for policy, have in without.values() if policy != "last"]
+    if kept:
+        have = sorted(set().union(*(have for _, have in kept))) or ["none"]
+        notes.append(
+            f"{len(kept)} completed run(s) have no {selection.protocol} {selection.precision} evaluation of "
+            f"the weights their policy kept ({', '.join(sorted({p for p, _ in kept}))}; they have: "
+            f"{', '.join(have)}): "
+            f"`{selection.command()}` re-scores all kept weights, or choose --protocol"
         )
     if unread:
         notes.append(

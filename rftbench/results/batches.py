@@ -71,29 +71,34 @@ class EvalLog:
             session.commit()
 
 
-def worst_cases(session: Session, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], float | None]:
-    """Per (run id, budget): the accuracy at the budget when a sample counts as robust only if every
-    evaluation of the run stored with per-sample flags at that budget (any attack, protocol or precision)
-    failed on it; None without two such evaluations of the same test samples. Two queries in all."""
+def worst_cases(session: Session, keys: Iterable[tuple[str, ...]]) -> dict[tuple[str, ...], float | None]:
+    """Per (run id, budget[, weights]): the accuracy at the budget when a sample counts as robust only if
+    every evaluation of those weights of the run (default: the last epoch's) stored with per-sample flags at
+    that budget (any attack, protocol or precision) failed on it; None without two such evaluations of the
+    same test samples. Two queries in all."""
     keys = list(dict.fromkeys(keys))
-    ids = list({run_id for run_id, _ in keys})
-    named = select(Evaluation.run_id, Evaluation.batches).where(
+    ids = list({key[0] for key in keys})
+    named = select(Evaluation.run_id, Evaluation.batches, Evaluation.weights).where(
         Evaluation.run_id.in_(ids), Evaluation.batches.is_not(None)
     )
-    logs = {pair: [] for pair in session.exec(named.order_by(Evaluation.id)).all()}
+    named_logs = session.exec(named.order_by(Evaluation.id)).all()
+    logs = {(run, key): [] for run, key, _ in named_logs}
+    weights_of = {(run, key): weights for run, key, weights in named_logs}
     query = select(EvalBatch).where(EvalBatch.run_id.in_(ids), EvalBatch.key.in_({k for _, k in logs}))
     for row in session.exec(query.order_by(EvalBatch.batch)).all():
         if (row.run_id, row.key) in logs:  # (a partial log that no evaluation names is not one)
             logs[(row.run_id, row.key)].append(row)
     worst = {}
-    for run_id, budget in keys:
+    for key in keys:
+        run_id, budget, weights = (*key, "last")[:3]
         vectors = {}  # layout (each batch's start and size) -> the evaluations' flags at `budget`
-        for (owner, _), batches in logs.items():
-            if owner == run_id and batches and all(budget in b.result["flags"] for b in batches):
+        for pair, batches in logs.items():
+            mine = pair[0] == run_id and weights_of[pair] == weights
+            if mine and batches and all(budget in b.result["flags"] for b in batches):
                 layout = tuple((b.start, b.n) for b in batches)
                 vectors.setdefault(layout, []).append("".join(b.result["flags"][budget] for b in batches))
         # the same test samples in the same order; where evaluations saw different data, the most of them
         flags = max(vectors.values(), key=len, default=[])
         robust = sum(all(v[i] == "1" for v in flags) for i in range(len(flags[0]))) if len(flags) > 1 else 0
-        worst[(run_id, budget)] = robust / len(flags[0]) if len(flags) > 1 else None
+        worst[key] = robust / len(flags[0]) if len(flags) > 1 else None
     return worst

@@ -284,9 +284,9 @@ class Store:
         two such evaluations of the same test samples."""
         return self.worst_cases([(run_id, budget)])[(run_id, budget)]
 
-    def worst_cases(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], float | None]:
-        """`worst_case` of each (run id, budget) pair, in two queries whatever their number: what a report
-        with many AutoAttack rows reads."""
+    def worst_cases(self, keys: Iterable[tuple[str, ...]]) -> dict[tuple[str, ...], float | None]:
+        """`worst_case` of each (run id, budget[, weights]) key, in two queries whatever their number: what
+        a report with many AutoAttack rows reads."""
         with self.session() as session:
             return worst_cases(session, keys)
 

@@ -22,6 +22,7 @@ from rftbench.reports.tables.evaluations import autoattack_table, evaluations_ta
 from rftbench.reports.tables.main import averages_table, main_table
 from rftbench.reports.tables.paired import effect_table, ttest_table
 from rftbench.reports.tables.tuning import tuning_table
+from rftbench.reports.weights import weights_note
 
 __all__ = ["BUILDERS", "SPREADS", "build"]
 
@@ -67,9 +68,15 @@ def build(
     options = {"compare": compare, "spread": spread, "pairs": pairs, "include_standard": include_standard,
                "run_id": run_id}  # fmt: skip
     sections = BUILDERS[name](results, budgets, options)
-    if name in ("evaluations", "autoattack", "tuning"):  # their notes say how they were measured already
+    if name == "tuning":  # validation accuracies of trials: no test protocol, no kept weights to name
         return sections
-    said = f"test accuracies: {results.protocol}"
-    for section in sections:  # every table says how its numbers were measured, and what it leaves out
-        section.note = "; ".join(n for n in (section.note, said, results.missing) if n)
+    # every table says which weights its numbers describe, how they were measured and what it leaves out
+    # (evaluations and autoattack say how in notes of their own)
+    measured = name not in ("evaluations", "autoattack")
+    for section in sections:
+        said = f"test accuracies: {results.protocol}" if measured else ""
+        shown = f"{section.title}\n{section.table.to_csv(index=False)}"
+        weights = weights_note(results.policies, shown, per_row=name == "evaluations")
+        notes = (section.note, said, weights, results.missing if measured else "")
+        section.note = "; ".join(n for n in notes if n)
     return sections

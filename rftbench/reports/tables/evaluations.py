@@ -19,7 +19,8 @@ from rftbench.reports.tables.main import long_row
 
 def evaluations_table(results: Results, run_id: str | None = None) -> list[Section]:
     """Every evaluation row: final ones from training, extra ones from `rftbench evaluate`; a run's setting
-    names its variant (`fix+trades`)."""
+    names its variant (`fix+trades`), `weights` which of its weights a row scored (a best or EMA run has
+    rows of its last epoch's weights too: the only table that shows them)."""
     if results.source == "paper" or results.evaluations.empty:
         raise ReportError("no evaluations to show: `evaluations` lists a database's evaluation rows")
     ev = results.evaluations.merge(results.runs, on="run_id", suffixes=("", "_run"))
@@ -28,7 +29,8 @@ def evaluations_table(results: Results, run_id: str | None = None) -> list[Secti
         ev = ev[ev.run_id.str.startswith(run_id)]
         if ev.empty:
             raise ReportError(f"no evaluated run with id {run_id!r}; `rftbench status` lists the runs")
-    ev = ev.sort_values(["run_id", "budget_value", "protocol", "steps", "precision"])
+    order = ["run_id", "budget_value", "protocol", "steps", "precision", "kept"]  # the last epoch's first
+    ev = ev.assign(kept=ev.weights.ne("last")).sort_values(order).drop(columns="kept")
     return [Section("Evaluations", ev, _show_evaluations, csv=_evaluations_long)]
 
 
@@ -48,6 +50,7 @@ def _show_evaluations(ev: pd.DataFrame) -> pd.DataFrame:
             "restarts": ev.restarts,
             "start": ev.random_start.map({True: "random", False: "clean"}),
             "precision": ev.precision,
+            "weights": ev.weights,
             "n": ev.n,
             "Clean": (100 * ev.clean).map(fmt),
             "Adv.": (100 * ev.adv).map(fmt),
@@ -71,7 +74,8 @@ def _evaluations_long(ev: pd.DataFrame) -> pd.DataFrame:
         "attack",
         "norm",
     ]
-    long = ev[[*columns, "steps", "restarts", "random_start", "seed", "precision", "implementation"]].copy()
+    shown = [*columns, "steps", "restarts", "random_start", "seed", "precision", "weights", "implementation"]
+    long = ev[shown].copy()
     return pd.concat([long.assign(metric=m, value=(100 * ev[m]).round(2)) for m in METRICS])
 
 
