@@ -91,7 +91,7 @@ def test_a_ramp_ending_at_the_last_epoch_gets_the_same_note_everywhere(tmp_path)
     assert within.exit_code == 0 and "note:" not in within.output
 
 
-HEAVY = ("torch", "timm", "open_clip", "torchvision")
+HEAVY = ("torch", "timm", "open_clip", "torchvision", "tensorboard", "mlflow", "wandb")
 IMPORTS = """
 import sys
 from rftbench.cli import app

@@ -149,6 +149,29 @@ def parse_weights(items: list[str]) -> dict[str, str]:
     return parse_pairs("--weights", items, "SWIN=swin.safetensors", BACKBONES, "backbone")
 
 
+TRACK = typer.Option(
+    [],
+    "--track",
+    metavar="NAME[=WHERE]",
+    help="mirror runs to tensorboard (=FOLDER), mlflow (=URI) or wandb (=PROJECT); repeatable",
+)
+
+
+def parse_tracks(items: list[str]) -> tuple[str, ...]:
+    """--track values checked (one line if a name is unknown or its library missing), a folder made
+    absolute: workers in other processes and on other nodes write to the same place."""
+    from rftbench.execution.tracking import TrackingError, parse_track
+
+    try:
+        specs = parse_track(items)
+    except TrackingError as exc:
+        fail(str(exc))
+    folder = lambda s: s.where and s.name != "wandb" and "://" not in s.where  # noqa: E731
+    return tuple(
+        f"{s.name}={Path(s.where).resolve()}" if folder(s) else f"{s.name}={s.where or ''}" for s in specs
+    )
+
+
 def parse_budgets(eps: list[str], flag: str = "--eps") -> list[str]:
     try:
         return [budget_arg(e) for e in eps]
@@ -186,6 +209,7 @@ def runner_flags(
     checkpoint_minutes: float | None = typer.Option(
         None, "--checkpoint-minutes", help="write last.pt at most every N minutes (the last epoch always)"
     ),
+    track: list[str] = TRACK,
 ) -> RunnerOptions:
     return RunnerOptions(
         runs_dir,
@@ -200,6 +224,7 @@ def runner_flags(
         lease_seconds,
         checkpoint_every,
         checkpoint_minutes,
+        parse_tracks(track),
     )
 
 

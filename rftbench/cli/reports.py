@@ -19,6 +19,7 @@ from rftbench.cli.options import (
     PRECISION,
     PROTOCOL,
     RUN_ID,
+    RUNS_DIR,
     STEPS,
     Precision,
     Protocol,
@@ -28,6 +29,8 @@ from rftbench.cli.options import (
     with_options,
 )
 from rftbench.core.config import PLOTS, TABLES
+
+Tracker = Literal["tensorboard", "mlflow", "wandb"]  # rftbench.execution.tracking.TRACKERS
 
 TABLE = typer.Option("main", "--table", help=", ".join(TABLES))
 EPS = typer.Option([], "--eps", help="only these ε_g (repeatable) [default: all present]")
@@ -129,3 +132,28 @@ def plot(query: dict = None, stored: dict = None) -> None:
     except ValueError as exc:  # ReportError, and a schedule's own ValueError (T1 > T2)
         fail(str(exc))
     console.print(f"wrote {written}")
+
+
+@app.command()
+def export(
+    to: Tracker = typer.Option(..., "--to", help="tensorboard, mlflow or wandb"),
+    where: str | None = typer.Argument(
+        None,
+        help="TensorBoard: a folder; MLflow: a folder or a tracking URI; W&B: the project "
+        "[RUNS_DIR/tensorboard, RUNS_DIR/mlflow.db, rftbench]",
+    ),
+    grid: str | None = GRID_FILTER,
+    db: str | None = DB,
+    runs_dir: Path = RUNS_DIR,
+) -> None:
+    """Replay a results database into a tracking sink (what `--track` mirrors live): every run's epochs,
+    evaluations and adaptation start, named by run id. Again adds no step twice."""
+    from rftbench.execution.tracking import destination, parse_track
+    from rftbench.execution.tracking import export as replay
+    from rftbench.results.store import Store
+
+    (spec,) = parse_track([f"{to}={where or ''}"])
+    store = Store.open(db, create=False, write=False)
+    store.check_grid(grid)
+    count = replay(store, spec, runs_dir, warn=lambda line: None, grid=grid)  # a failure: one error line
+    console.print(f"exported {count} run(s) to {to} at {destination(spec, runs_dir)}", highlight=False)

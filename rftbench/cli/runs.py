@@ -27,6 +27,7 @@ from rftbench.cli.options import (
     RUNS_DIR,
     SETTING,
     T2,
+    TRACK,
     WORKERS,
     Precision,
     complete_backbone,
@@ -37,6 +38,7 @@ from rftbench.cli.options import (
     launch_flags,
     parse_budgets,
     parse_roots,
+    parse_tracks,
     runner_flags,
     variant_flags,
     with_options,
@@ -237,8 +239,9 @@ def evaluate_runtime(
     device: str | None = DEVICE,
     workers: int | None = WORKERS,
     root: list[str] = ROOTS,
+    track: list[str] = TRACK,
 ) -> RunnerOptions:
-    return RunnerOptions(runs_dir, device, workers, roots=parse_roots(root))
+    return RunnerOptions(runs_dir, device, workers, roots=parse_roots(root), track=parse_tracks(track))
 
 
 @app.command()

@@ -8,6 +8,7 @@ at a time, each result yielded as soon as it is stored.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -92,6 +93,7 @@ def evaluate_runs(request: EvaluateRequest, options: RunnerOptions) -> Iterator[
         threat, budgets, config = run_budgets(run, request)
         steps = {"steps": request.steps or config.eval_attack_steps}
         chosen = EvalProtocol(**(steps | chosen_options), norm=threat)
+        before = {e.id for e in runner.store.evaluations(run.id)}
         for weights in dict.fromkeys(("last", config.weights_policy)):  # the last, and the kept ones
             try:
                 result, added = evaluate_run(runner, run.id, budgets, chosen, weights)
@@ -102,6 +104,22 @@ def evaluate_runs(request: EvaluateRequest, options: RunnerOptions) -> Iterator[
                 break
             label = chosen.label() + ("" if weights == "last" else f", {weights} weights")
             yield Evaluated(run.id, label, result, added)
+        mirror_evaluations(runner, run, before)
+
+
+def mirror_evaluations(runner, run: Run, before: set[int]) -> None:
+    """The rows stored now (ids not in `before`) into the --track sinks, in the run's own sink runs."""
+    if not runner.track:
+        return
+    from rftbench.execution.tracking import Tracker, parse_track, run_tags
+
+    fresh = [e for e in runner.store.evaluations(run.id) if e.id not in before]
+    if fresh:
+        tracker = Tracker(parse_track(runner.track), runner.runs_dir)
+        tags = run_tags(run, runner.store.grids_of(run.id))
+        tracker.start(run.id, json.loads(run.config), run.provenance or {}, tags, replay=False)
+        tracker.evaluations(fresh)
+        tracker.end(run.status)
 
 
 def evaluate_run(

@@ -58,6 +58,7 @@ def make_runner(options: RunnerOptions, progress=None):
         weights=options.weights,
         lease_seconds=options.lease_seconds,
         prune=options.prune,
+        track=options.track,
         progress=progress if progress is not None else Progress(),
     )
 
@@ -103,6 +104,7 @@ def worker_spec(runner, run_ids: list[str] | None, db: str | None) -> WorkerSpec
         prune=runner.prune,
         lease_seconds=runner.lease_seconds,
         tune=runner.tuner.spec() if runner.tuner is not None else None,
+        track=list(runner.track),
     )
 
 

@@ -36,6 +36,8 @@ class RunnerOptions:
     lease_seconds: float = 120.0
     checkpoint_every: int = 1  # epochs (RuntimeOptions' checkpoint policy)
     checkpoint_minutes: float | None = None
+    # tracking sinks mirroring the database, as NAME or NAME=WHERE (rftbench.execution.tracking)
+    track: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ same signal, say) is an interruption, never a failure.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import traceback
@@ -32,6 +33,7 @@ from rftbench.data.splits import stratified_subsample
 from rftbench.engine.evaluation import evaluation_key
 from rftbench.engine.trainer import train
 from rftbench.execution.provenance import provenance
+from rftbench.execution.tracking import Tracker, parse_track, run_tags
 from rftbench.models.build import build_backbone, check_weights
 from rftbench.models.finetune import add_lora, trainable_count
 from rftbench.models.registry import get_backbone_spec
@@ -132,6 +134,9 @@ class Runner:
     weights: dict = field(default_factory=dict)  # backbone -> file, from flags
     lease_seconds: float = LEASE_SECONDS
     prune: bool = False  # delete a finished run's last.pt (final.pt, the final weights, stays)
+    # Sinks that mirror each run as the database records it (NAME or NAME=WHERE; execution.tracking): they
+    # never decide anything, and a sink's failure is one warning, never the run's
+    track: tuple[str, ...] = ()
     progress: Progress = field(default_factory=Progress)
     stopping: threading.Event = field(default_factory=threading.Event)  # set by whoever stops us (Ctrl-C)
     stop_reason: str = "stopped by the user (Ctrl-C / SIGTERM)"  # stored with the interrupted run
@@ -210,11 +215,13 @@ class Runner:
         heartbeat = Heartbeat(queue, run.id, self.worker, self.lease_seconds)
         heartbeat.start()
         run_dir = self.runs_dir / run.id
+        tracker, status = Tracker(parse_track(self.track), self.runs_dir), "interrupted"
 
         def record(metrics: dict) -> None:
             if heartbeat.lost:
                 raise LeaseLost(f"run {run.id} was taken over by another worker (its lease had expired)")
             queue.record_epoch(run.id, self.worker, metrics)  # owner-checked: else LeaseLost
+            tracker.epoch(metrics)  # what the database now holds (a resumed run replays its history first)
             self.progress.epoch(run, config, metrics)
             if self.tuner is not None and self.tuner.should_prune(run.id, config, metrics):
                 raise Pruned(f"pruned after epoch {metrics['epoch']} (val {metrics['val_acc']:.2%})")
@@ -222,6 +229,9 @@ class Runner:
         try:
             info = provenance(self.runtime)
             self.store.set_provenance(run.id, info)
+            if self.track:  # a run continued under a sink continues the sink's run, from epoch 0's replay
+                tags = run_tags(run, self.store.grids_of(run.id))
+                tracker.start(run.id, json.loads(run.config), info, tags, replay=True)
             paths = self.paths(run)
             # uint8 batches travel to the device, which converts them (and augments them, for "device")
             augment = train_transform() if config.augmentation == "loader" else None
@@ -253,12 +263,15 @@ class Runner:
             if "compile" in result:  # graphs and compile seconds: how it ran, not what it measured
                 info = info | {"compile": result.pop("compile")}
             queue.complete(run.id, self.worker, result, provenance=info)  # owner-checked: else LeaseLost
+            tracker.evaluations(self.store.evaluations(run.id))
+            tracker.adaptation(self.store.adaptation(run.id))
             self.told(run.id)
             if self.prune:
                 (run_dir / "last.pt").unlink(missing_ok=True)
             summary.completed.append(run.id)
             self.progress.end_run(run, "completed", f"clean {result['clean']:.2%}")
-            return "completed"
+            status = "completed"
+            return status
         except Pruned as exc:  # its study stopped it: neither a failure nor a run to continue
             if not queue.release(run.id, self.worker, "pruned", error=str(exc)):
                 summary.lost.append(run.id)  # another worker took it over meanwhile: its call now
@@ -268,14 +281,17 @@ class Runner:
                 (run_dir / "last.pt").unlink(missing_ok=True)
             summary.pruned.append(run.id)
             self.progress.end_run(run, "pruned", str(exc))
-            return "pruned"
+            status = "pruned"
+            return status
         except LeaseLost as exc:
             summary.lost.append(run.id)
             self.progress.end_run(run, "lost", str(exc))
-            return "lost"
+            status = "lost"
+            return status
         except BaseException as exc:
             if isinstance(exc, Exception) and not self.stopping.is_set():
-                return self.fail(run, exc, run_dir, summary)
+                status = self.fail(run, exc, run_dir, summary)
+                return status
             # Ctrl-C, SIGTERM, a scheduler's preemption (submitit exits through SystemExit): continue later
             queue.release(run.id, self.worker, "interrupted", error=self.stop_reason)
             summary.interrupted = run.id
@@ -285,6 +301,7 @@ class Runner:
             return "interrupted"
         finally:
             heartbeat.stop.set()
+            tracker.end(status)
 
     def told(self, run_id: str) -> None:
         """Tell the tuner a run ended (if it is a trial, Optuna learns how)."""

@@ -29,6 +29,7 @@ class WorkerSpec:
     prune: bool = False
     lease_seconds: float = 120.0
     tune: dict | None = None  # a Tuner's plain values (rftbench.execution.tuning): its studies and budgets
+    track: list[str] = field(default_factory=list)  # tracking sinks, NAME=WHERE (absolute where a folder)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -98,6 +99,7 @@ def runner_for(spec: WorkerSpec, label: str):
         weights=spec.weights,
         lease_seconds=spec.lease_seconds,
         prune=spec.prune,
+        track=tuple(spec.track),
         progress=LinePrinter(label),
         worker=Worker(label),
         wait_for_others=True,
