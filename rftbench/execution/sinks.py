@@ -65,6 +65,7 @@ class TensorBoardSink:
             if (tag, step) not in self.seen:
                 self.writer.add_scalar(tag, value, step, walltime=when)
                 self.seen.add((tag, step))
+        self.writer.flush()  # once per epoch: live curves, and a killed run's epochs on disk
 
     finals = scalars
 
