@@ -219,6 +219,37 @@ def test_objective_and_mode_fields_keep_every_id_and_are_canonical():
     assert RunConfig.from_dict(old).run_id == base.run_id  # a config stored before these fields existed
 
 
+def test_weights_policy_fields_keep_every_id_and_are_canonical():
+    """The fields of release 0.6 (weights_policy, best_metric, ema_decay) at their defaults, or unused,
+    change no id; every used value gives a new one; 1 and 1.0 are one; a config stored without them reads
+    back to its id."""
+    base = RunConfig(backbone="SWIN", dataset="Cars", setting="sched", eps="4/255", t1=12, t2=37)
+    assert base.run_id == "09ed814cc629ad50"
+    unused = [dict(best_metric="clean"), dict(ema_decay=0.5), dict(weights_policy="best", ema_decay=0.5),
+              dict(weights_policy="ema", best_metric="eadv"), dict(weights_policy="last")]  # fmt: skip
+    assert dataclasses.replace(base, **unused[0]).run_id == base.run_id
+    assert dataclasses.replace(base, **unused[1]).run_id == base.run_id
+    assert (
+        dataclasses.replace(base, **unused[2]).run_id
+        == dataclasses.replace(base, weights_policy="best").run_id
+    )
+    assert (
+        dataclasses.replace(base, **unused[3]).run_id
+        == dataclasses.replace(base, weights_policy="ema").run_id
+    )
+    used = [dict(weights_policy="best"), dict(weights_policy="best", best_metric="clean"),
+            dict(weights_policy="best", best_metric="eadv"), dict(weights_policy="ema"),
+            dict(weights_policy="ema", ema_decay=0.99)]  # fmt: skip
+    ids = {dataclasses.replace(base, **fields).run_id for fields in used}
+    assert len(ids) == len(used) and base.run_id not in ids
+    ema = dataclasses.replace(base, weights_policy="ema", ema_decay=0.5)
+    assert ema.run_id == RunConfig.from_json(ema.canonical_json()).run_id and ema.label == "sched+ema(0.5)"
+    old = {
+        k: v for k, v in json.loads(base.canonical_json()).items() if k not in ("weights_policy", "ema_decay")
+    }
+    assert RunConfig.from_dict(old).run_id == base.run_id  # a config stored before these fields existed
+
+
 def test_an_unknown_stored_key_is_refused_and_a_retired_or_renamed_one_migrates(monkeypatch):
     config = RunConfig(backbone="SWIN", dataset="Cars")
     stored = json.loads(config.canonical_json())
