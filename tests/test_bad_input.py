@@ -287,7 +287,7 @@ def test_databases_that_cannot_be_used(db, tmp_path, read_only):
         (["status", "--db", str(foreign)], "holds tables but none of rftbench's"),
         (
             ["status", "--db", str(newer)],
-            "has schema version 99, this rftbench reads up to 5: upgrade rftbench",
+            "has schema version 99, this rftbench reads up to 6: upgrade rftbench",
         ),
         ([*smoke, str(locked)], "is read-only (file not writable)"),
         (
