@@ -439,6 +439,18 @@ def test_worst_cases_of_many_runs_and_budgets_in_one_call_equal_each_worst_case(
         store.add_evaluation(a.run_id, row, kind="extra")
     worst = store.worst_cases([(a.run_id, "4/255", "ema"), (a.run_id, "4/255"), (a.run_id, "4/255", "last")])
     assert list(worst.values()) == [3 / 8, 3 / 8, 3 / 8]  # 0111 0000 by hand, and run a's last as before
+    # run b's best epoch was its last: its `best` row shares the last weights' batch log, which serves both
+    key = {"protocol": EvalProtocol(steps=10).as_dict(), "eps": ["0/255", "4/255", "8/255"]}
+    store.add_evaluation(b.run_id, evaluation(steps=10) | {"batches": batches_key(key), "weights": "best"})
+    key = {"protocol": EvalProtocol(steps=30).as_dict(), "eps": ["0/255", "4/255"]}
+    log = EvalLog(store, b.run_id, key)
+    for index, flags in enumerate(("0111", "1111")):
+        log.save(index, {"n": 4, "start": 4 * index, "flags": {"0/255": "1111", "4/255": flags}})
+    store.add_evaluation(b.run_id, evaluation(steps=30) | {"batches": batches_key(key)}, kind="extra")
+    assert store.worst_cases([(b.run_id, "4/255"), (b.run_id, "4/255", "best")]) == {
+        (b.run_id, "4/255"): 3 / 8,  # 1111 0000 and 0111 1111 by hand
+        (b.run_id, "4/255", "best"): None,  # one evaluation of those weights
+    }
     assert store.worst_cases([(a.run_id, "8/255", "ema"), (b.run_id, "4/255", "ema")]) == {
         (a.run_id, "8/255", "ema"): None,  # the EMA was never scored at 8/255
         (b.run_id, "4/255", "ema"): None,

@@ -131,10 +131,17 @@ def name(item) -> str:
     return item.key or "/".join(item.nested_key)
 
 
-def wandb_run(folder: Path, run_id: str) -> tuple[dict, dict, dict]:
-    """History {(key, step): value} across every offline session of a run, its last summary, its config."""
+def wandb_sessions(folder: Path, run_id: str) -> list[Path]:
+    """A run's offline sessions (W&B names their folders by the second, `-1` where one repeats), in order."""
+    paths = folder.glob(f"wandb/offline-run-*-{run_id}*/run-{run_id}.wandb")
+    return sorted(paths, key=lambda path: path.stat().st_mtime_ns)
+
+
+def wandb_run(folder: Path, run_id: str, session: int = -1) -> tuple[dict, dict, dict]:
+    """History {(key, step): value} of one offline session of a run (default: the last, what `wandb sync`
+    leaves), its summary, its config. Offline, every training session or export holds the whole run."""
     history, summary, config = [], {}, {}
-    for path in sorted(folder.glob(f"wandb/offline-run-*-{run_id}*/run-{run_id}.wandb")):
+    for path in wandb_sessions(folder, run_id)[session:][:1]:
         for record in wandb_records(path):
             kind = record.WhichOneof("record_type")
             if kind == "history":
@@ -198,7 +205,9 @@ def test_wandb_offline_files_hold_the_database_once(exported):
         finals = {name: value for (name, _), value in expected(store, run.id, epochs=False).items()}
         assert {k: summary[k] for k in finals} == finals
         assert config["provenance"] == run.provenance and config["setting"] == run.setting
-    ledger = tmp / "runs" / "wandb" / "rftbench-steps"
+        assert len(wandb_sessions(tmp / "runs", run.id)) == 2  # exported twice: two complete sessions
+        assert wandb_run(tmp / "runs", run.id, session=0)[0] == history
+    ledger = tmp / "runs" / "wandb" / "rftbench-steps" / "smoke"
     assert sorted(p.name for p in ledger.iterdir()) == sorted(run.id for run in store.runs())
 
 
@@ -235,8 +244,13 @@ def test_a_resumed_run_and_an_evaluation_session_add_no_step_twice(exported, tmp
     client = MlflowClient(destination(specs[1], tmp_path))
     [found] = client.search_runs([client.get_experiment_by_name("resumed").experiment_id])
     assert mlflow_metrics(client, found.info.run_id) == expected(store, run.id)
-    history, _, _ = wandb_run(tmp_path, run.id)
-    assert history == expected(store, run.id, finals=False)
+    first, resumed, evaluated = (wandb_run(tmp_path, run.id, session=k) for k in range(3))
+    epochs = expected(store, run.id, finals=False)
+    assert first[0] == {k: v for k, v in epochs.items() if k[1] < 2} and resumed[0] == epochs
+    evals = {
+        name: v for (name, _), v in expected(store, run.id, epochs=False).items() if name.startswith("eval/")
+    }
+    assert evaluated[0] == {} and {k: evaluated[1][k] for k in evals} == evals  # in its summary
 
 
 @pytest.mark.slow
@@ -253,7 +267,7 @@ def test_a_failing_sink_is_one_warning_and_the_others_get_everything(exported, t
     mirror_run(Tracker(specs, tmp_path, warn=lines.append), store, run.id)
     assert len(lines) == 2, lines
     assert lines[0].startswith("warning: tensorboard: ") and lines[1].startswith("warning: mlflow: ")
-    assert all(line.endswith("; the run goes on without it") and "\n" not in line for line in lines)
+    assert all(line.endswith("; the runs go on without it") and "\n" not in line for line in lines)
     assert tensorboard_scalars(tmp_path / "good" / run.id) == as_float32(expected(store, run.id))
     assert wandb_run(tmp_path, run.id)[0] == expected(store, run.id, finals=False)
     with pytest.raises(TrackingError, match=r"^export to mlflow stopped after 0 of 3 runs: mlflow: "):

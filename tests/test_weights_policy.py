@@ -6,6 +6,7 @@ its rows as `last`, and bad input is one line and exit 2 with the database untou
 from __future__ import annotations
 
 import dataclasses
+import json
 import sqlite3
 
 import pytest
@@ -135,6 +136,8 @@ def test_every_row_says_which_weights_it_scored_and_evaluate_scores_them_all(tmp
         ("final", "last", "paper"),
     ]  # fmt: skip
     by = {(k, w): (clean, adv) for k, w, _, clean, adv, _ in rows}
+    details = {(k, w): json.loads(d or "{}") for k, w, _, _, _, d in rows}
+    assert details["final", "ema"] == details["extra", "ema"] == {"decay": 0.9}  # evaluate keeps them too
     assert by["final", "ema"] != by["final", "last"]  # two sets of weights, two sets of numbers
     assert by["extra", "ema"][0] == by["final", "ema"][0]  # the same EMA weights: the same clean accuracy
 

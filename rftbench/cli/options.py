@@ -160,13 +160,13 @@ TRACK = typer.Option(
 def parse_tracks(items: list[str]) -> tuple[str, ...]:
     """--track values checked (one line if a name is unknown or its library missing), a folder made
     absolute: workers in other processes and on other nodes write to the same place."""
-    from rftbench.execution.tracking import TrackingError, parse_track
+    from rftbench.execution.tracking import TrackingError, is_uri, parse_track
 
     try:
         specs = parse_track(items)
     except TrackingError as exc:
         fail(str(exc))
-    folder = lambda s: s.where and s.name != "wandb" and "://" not in s.where  # noqa: E731
+    folder = lambda s: s.where and s.name != "wandb" and not is_uri(s.where)  # noqa: E731
     return tuple(
         f"{s.name}={Path(s.where).resolve()}" if folder(s) else f"{s.name}={s.where or ''}" for s in specs
     )

@@ -148,7 +148,11 @@ def evaluate_run(
     result = evaluate_budgets(
         model, loader, todo, protocol, device=runner.runtime.device, n_classes=n_classes, log=log
     )
-    result |= {"batches": log.key, "weights": weights}
+    kept = [e.details for e in store.evaluations(run.id) if e.kind == "final" and e.weights == weights]
+    details = {
+        k: v for k, v in (kept[0] if kept else {}).items() if k != "per_attack"
+    }  # best's epoch, ema's decay
+    result |= {"batches": log.key, "weights": weights} | ({"details": details} if details else {})
     added = store.add_evaluation(run.id, result, kind="extra")
     fresh = {row["budget"]: row for row in result["budgets"]}
     result["budgets"] = [

@@ -14,8 +14,10 @@ same signal, say) is an interruption, never a failure.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import sys
 import threading
 import traceback
 from dataclasses import dataclass, field
@@ -33,7 +35,7 @@ from rftbench.data.splits import stratified_subsample
 from rftbench.engine.evaluation import evaluation_key
 from rftbench.engine.trainer import train
 from rftbench.execution.provenance import provenance
-from rftbench.execution.tracking import Tracker, parse_track, run_tags
+from rftbench.execution.tracking import Tracker, TrackingError, parse_track, run_tags
 from rftbench.models.build import build_backbone, check_weights
 from rftbench.models.finetune import add_lora, trainable_count
 from rftbench.models.registry import get_backbone_spec
@@ -148,6 +150,16 @@ class Runner:
     # after an epoch, told to Optuna when they end. None: plain runs.
     tuner: object = None
 
+    @functools.cached_property
+    def tracker(self) -> Tracker:
+        """This runner's --track sinks, one for all its runs (a sink that fails sits the rest out); a worker
+        without a sink's library goes on without it, with one warning line."""
+        try:
+            return Tracker(parse_track(self.track), self.runs_dir)
+        except TrackingError as exc:
+            print(f"warning: {exc}; the runs go on without it", file=sys.stderr)
+            return Tracker((), self.runs_dir)
+
     @property
     def queue(self) -> JobQueue:
         return JobQueue(self.store)
@@ -215,7 +227,7 @@ class Runner:
         heartbeat = Heartbeat(queue, run.id, self.worker, self.lease_seconds)
         heartbeat.start()
         run_dir = self.runs_dir / run.id
-        tracker, status = Tracker(parse_track(self.track), self.runs_dir), "interrupted"
+        tracker, status = self.tracker, "interrupted"
 
         def record(metrics: dict) -> None:
             if heartbeat.lost:
@@ -229,9 +241,6 @@ class Runner:
         try:
             info = provenance(self.runtime)
             self.store.set_provenance(run.id, info)
-            if self.track:  # a run continued under a sink continues the sink's run, from epoch 0's replay
-                tags = run_tags(run, self.store.grids_of(run.id))
-                tracker.start(run.id, json.loads(run.config), info, tags, replay=True)
             paths = self.paths(run)
             # uint8 batches travel to the device, which converts them (and augments them, for "device")
             augment = train_transform() if config.augmentation == "loader" else None
@@ -244,6 +253,9 @@ class Runner:
                 for data in (train_set, val_set, test_set)
             )
             protocol = final_protocol(run, config)
+            if self.track:  # a run continued under a sink continues the sink's run, from epoch 0's replay
+                tags = run_tags(run, self.store.grids_of(run.id))
+                tracker.start(run.id, json.loads(run.config), info, tags, replay=True)
 
             def final_log(trained: torch.nn.Module) -> EvalLog:  # its final evaluation resumes per batch
                 return EvalLog(self.store, run.id, evaluation_key(protocol, config.eval_budgets, trained))
@@ -263,8 +275,9 @@ class Runner:
             if "compile" in result:  # graphs and compile seconds: how it ran, not what it measured
                 info = info | {"compile": result.pop("compile")}
             queue.complete(run.id, self.worker, result, provenance=info)  # owner-checked: else LeaseLost
-            tracker.evaluations(self.store.evaluations(run.id))
-            tracker.adaptation(self.store.adaptation(run.id))
+            if self.track:
+                tracker.evaluations(self.store.evaluations(run.id))
+                tracker.adaptation(self.store.adaptation(run.id))
             self.told(run.id)
             if self.prune:
                 (run_dir / "last.pt").unlink(missing_ok=True)
@@ -275,7 +288,8 @@ class Runner:
         except Pruned as exc:  # its study stopped it: neither a failure nor a run to continue
             if not queue.release(run.id, self.worker, "pruned", error=str(exc)):
                 summary.lost.append(run.id)  # another worker took it over meanwhile: its call now
-                return "lost"
+                status = "lost"
+                return status
             self.told(run.id)
             if self.prune:
                 (run_dir / "last.pt").unlink(missing_ok=True)

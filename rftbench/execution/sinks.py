@@ -108,6 +108,8 @@ class MLflowSink:
         if run is None:
             run = self.client.create_run(self.experiment, run_name=run_id, tags={"rftbench.run_id": run_id})
         self.id, params, self.latest = run.info.run_id, run.data.params, dict(run.data.metrics)
+        if found and replay and run.info.status != "RUNNING":  # a resumed run trains again
+            self.client.update_run(self.id, status="RUNNING")
         history = self.client.get_metric_history(self.id, EPOCH_PROBE) if found else []
         self.steps = {m.step for m in history}
         texts = {metric_name(k): v for k, v in _flat(config, "").items()}
@@ -163,15 +165,20 @@ class WandBSink:
     def open(self, run_id: str, config: dict, provenance: dict, tags: dict, replay: bool) -> None:
         import wandb
 
-        self.ledger = self.folder / "wandb" / "rftbench-steps" / run_id
-        self.last = int(self.ledger.read_text()) if self.ledger.is_file() else -1
+        # Offline, every session is an offline-run folder of its own, which `wandb sync` uploads as the run
+        # (not merged with the earlier ones): each gets the whole replay. Online, W&B refuses a step below
+        # the run's last: the ledger (per project) skips what the run already holds.
+        mode = wandb_mode()
+        online = mode == "online"
+        self.ledger = self.folder / "wandb" / "rftbench-steps" / self.project / run_id
+        self.last = int(self.ledger.read_text()) if online and self.ledger.is_file() else -1
         self.folder.mkdir(parents=True, exist_ok=True)
         self.tags = tags
         settings = wandb.Settings(console="off", x_disable_stats=True, silent=True)  # a quiet mirror
         self.run = wandb.init(
             project=self.project, dir=str(self.folder), id=run_id, name=run_id, resume="allow",
             config={**config, "provenance": provenance}, tags=self._tags(tags), settings=settings,
-            mode=None if wandb_online() else "offline",
+            mode=mode,
         )  # fmt: skip
 
     @staticmethod
@@ -197,11 +204,13 @@ class WandBSink:
             self.run.finish(exit_code=1)
 
 
-def wandb_online() -> bool:
-    """Whether W&B is configured to decide its own mode (WANDB_MODE) or to go online (an API key)."""
-    if os.environ.get("WANDB_MODE") or os.environ.get("WANDB_API_KEY"):
-        return True
+def wandb_mode() -> str:
+    """W&B's mode: WANDB_MODE where set, else online with an API key (WANDB_API_KEY, or ~/.netrc, which
+    `wandb login` writes), else offline."""
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
     try:
-        return any("wandb" in host for host in netrc.netrc().hosts)  # `wandb login` writes ~/.netrc
+        key = os.environ.get("WANDB_API_KEY") or any("wandb" in host for host in netrc.netrc().hosts)
     except (OSError, netrc.NetrcParseError):
-        return False
+        key = False
+    return "online" if key else "offline"

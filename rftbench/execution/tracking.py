@@ -33,6 +33,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
@@ -81,12 +82,18 @@ def parse_track(values: Sequence[str]) -> tuple[TrackSpec, ...]:
     return tuple(dict.fromkeys(specs))
 
 
+def is_uri(where: str) -> bool:
+    """An MLflow tracking URI (`sqlite:///x.db`, `http://host:5000`, `databricks`, `file:/abs`), not a
+    folder for `sqlite:///FOLDER/mlflow.db`."""
+    return where == "databricks" or re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", where) is not None
+
+
 def destination(spec: TrackSpec, runs_dir: Path) -> str:
     """Where a spec mirrors to: TensorBoard's folder, MLflow's tracking URI, W&B's project."""
     if spec.name == "tensorboard":
         return str(Path(spec.where) if spec.where else Path(runs_dir) / "tensorboard")
     if spec.name == "mlflow":
-        if spec.where and "://" in spec.where:
+        if spec.where and is_uri(spec.where):
             return spec.where
         if spec.where is None and os.environ.get("MLFLOW_TRACKING_URI"):
             return os.environ["MLFLOW_TRACKING_URI"]
@@ -122,13 +129,16 @@ def _sink(spec: TrackSpec, runs_dir: Path) -> sinks.TensorBoardSink | sinks.MLfl
 
 class Tracker:
     """One sink per spec, each mirroring the run between `start` and `end`; a sink that raises is one line
-    through `warn`, then sits out the rest of that run (`failures` holds those lines' reasons)."""
+    through `warn`, then sits out every later run of this tracker too (`failures` holds those lines'
+    reasons): a server that is down would otherwise stall each run on its retries; `rftbench export`
+    mirrors the runs it missed."""
 
     def __init__(self, specs: Iterable[TrackSpec], runs_dir: Path, warn: Warn = stderr_warn) -> None:
         self.specs = tuple(specs)
         self.warn = warn
         self._sinks = [_sink(spec, Path(runs_dir)) for spec in self.specs]
         self._alive = [False] * len(self._sinks)
+        self._failed = [False] * len(self._sinks)
         self._final_step = 0
         self.failures: list[str] = []
 
@@ -139,11 +149,11 @@ class Tracker:
             try:
                 getattr(sink, method)(*args)
             except Exception as exc:  # a mirror's failure is never the run's
-                self._alive[i] = False
+                self._alive[i], self._failed[i] = False, True
                 lines = str(exc).strip().splitlines()
                 reason = f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
                 self.failures.append(f"{self.specs[i].name}: {reason}")
-                self.warn(f"warning: {self.specs[i].name}: {reason}; the run goes on without it")
+                self.warn(f"warning: {self.specs[i].name}: {reason}; the runs go on without it")
                 with suppress(Exception):
                     sink.abandon()
 
@@ -154,8 +164,7 @@ class Tracker:
             if alive:
                 with suppress(Exception):
                     sink.abandon()
-        self._alive = [True] * len(self._sinks)
-        self.failures = []
+        self._alive = [not failed for failed in self._failed]
         self._final_step = int(config.get("epochs", 0) or 0)
         self._each("open", run_id, dict(config), dict(provenance), dict(tags), replay)
 

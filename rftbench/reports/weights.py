@@ -36,7 +36,11 @@ def weights_note(policies: dict[str, str], shown: str, per_row: bool = False) ->
     """The note line: which weights a table's numbers are. `policies`: each policy label a report may show
     -> its description; those named in `shown` (the table's text) are explained. `per_row`: a table of
     evaluation rows, where a column names the weights each row scored."""
-    named = "; ".join(f"+{label}: {text}" for label, text in sorted(policies.items()) if label in shown)
+    named = "; ".join(
+        f"+{label}: {text}"
+        for label, text in sorted(policies.items())
+        if label in shown  # "(...)" ends each: none is inside another
+    )
     if per_row:
         kept = "; best, ema = the weights the run's policy kept" if named else ""
         return "; ".join(n for n in (f"weights column: last = {LAST}{kept}", named) if n)

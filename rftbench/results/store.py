@@ -345,13 +345,14 @@ class Store:
 
     def lacking_evaluation(self, jobs: Sequence) -> list:
         """The jobs whose run is completed but lacks an evaluation row under the job's protocol (its grid's
-        per-ε protocol and precision, the run's own steps) at a budget it is scored at: scored by an
-        earlier release, or by a grid that asked for another protocol. The rule reports select rows by."""
+        per-ε protocol and precision, the run's own steps) at a budget it is scored at, of the weights its
+        policy scores: scored by an earlier release, or by a grid that asked for another protocol. The rule
+        reports select rows by."""
         ids = [job.run_id for job in jobs]
         with self.session() as session:
             done = set(session.exec(select(Run.id).where(Run.id.in_(ids), Run.status == "completed")).all())
             rows = session.exec(select(Evaluation).where(Evaluation.run_id.in_(list(done)))).all()
-        have = {(e.run_id, e.budget, e.eval_protocol()) for e in rows}
+        have = {(e.run_id, e.budget, e.eval_protocol(), e.weights) for e in rows}
         lacking = []
         for job in jobs:
             wanted = EvalProtocol(
@@ -360,8 +361,9 @@ class Store:
                 precision=job.eval_precision,
                 norm=job.config.norm,
             )
+            weights = job.config.weights_policy
             if job.run_id in done and any(
-                (job.run_id, b, wanted) not in have for b in job.config.scored_budgets
+                (job.run_id, b, wanted, weights) not in have for b in job.config.scored_budgets
             ):
                 lacking.append(job)
         return lacking
