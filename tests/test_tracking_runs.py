@@ -118,3 +118,20 @@ def test_a_missing_library_or_an_unknown_sink_is_one_line_and_exit_2(tmp_path):
         out = (result.stdout + result.stderr).strip()
         assert result.returncode == 2 and "\n" not in out and line in out, out
     assert not (tmp_path / "r.db").exists() and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_two_local_workers_share_the_default_mlflow_store(reference, tmp_path):
+    """Two worker processes open the default SQLite MLflow store at once: MLflow creates its tables on first
+    use, and two creations at once broke the store (a lock beside it serialises them)."""
+    workers = ["--executor", "local", "--processes", "2"]
+    result = cli("run-grid", "--grid", "smoke", *grid_args(tmp_path), *workers, "--track", "mlflow",
+                 "--track", "tensorboard")  # fmt: skip
+    assert result.returncode == 0 and "warning" not in result.stderr, result.stdout + result.stderr
+    store = Store.open(str(tmp_path / "r.db"), create=False)
+    histories = mlflow_histories(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    assert histories.keys() == {r.id for r in store.runs()}
+    for run in store.runs():
+        want = expected_epochs(store, run.id)
+        assert {tag: histories[run.id][tag] for tag in want} == want
+        assert len(tensorboard(tmp_path / "runs" / "tensorboard" / run.id)["epoch/val_acc"]) == 3

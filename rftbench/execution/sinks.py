@@ -10,13 +10,17 @@ waits at W&B's login prompt.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import netrc
 import os
 import re
+import tempfile
 import time
 from pathlib import Path
+
+from filelock import FileLock
 
 from rftbench.core.files import atomic_write
 
@@ -98,9 +102,12 @@ class MLflowSink:
 
         for name in ("mlflow.store.db.utils", "alembic"):  # "Creating initial MLflow database tables..."
             logging.getLogger(name).setLevel(logging.WARNING)
-        if self.client is None:
-            client = MlflowClient(self.uri)
-            self.experiment = self._experiment(client)
+        if (
+            self.client is None
+        ):  # MLflow creates (migrates) a store's tables on first use: one process at a time
+            with FileLock(mlflow_lock(self.uri)):
+                client = MlflowClient(self.uri)
+                self.experiment = self._experiment(client)
             self.client = client
         query = f"tags.`rftbench.run_id` = '{run_id}'"
         found = self.client.search_runs([self.experiment], filter_string=query, max_results=1)
@@ -214,3 +221,14 @@ def wandb_mode() -> str:
     except (OSError, netrc.NetrcParseError):
         key = False
     return "online" if key else "offline"
+
+
+def mlflow_lock(uri: str) -> str:
+    """The lock that serialises creating an MLflow store and its experiment: beside a SQLite store (workers
+    on any node that sees it), else in this machine's temporary folder (its workers)."""
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return f"{path}.lock"
+    digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    return str(Path(tempfile.gettempdir()) / f"rftbench-mlflow-{digest}.lock")
