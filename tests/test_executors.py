@@ -14,9 +14,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import sqlalchemy as sa
 from conftest import EXPERIMENTS
+from test_tracking_runs import tensorboard
 
 from rftbench.results.store import Store
 
@@ -203,6 +205,7 @@ def test_slurm_array_runs_the_grid_into_postgres_through_a_requeue_and_a_preempt
     db = postgres.database()
     args = ["--experiments", str(experiments), "--db", db, "--runs-dir", str(tmp_path / "runs")]
     slurm_flags = ["--executor", "slurm", "--slurm-cpus", "1", "--slurm-gpus", "0", "--slurm-jobs", "2"]
+    slurm_flags += ["--track", f"tensorboard={tmp_path / 'tb'}"]  # mirrored by the SLURM tasks, requeues too
     grid = subprocess.Popen([*RFTBENCH, "run-grid", "--grid", "smoke_seeds", *slurm_flags, "--wait", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=os.environ | {"OMP_NUM_THREADS": "1"})  # fmt: skip
@@ -241,6 +244,9 @@ def test_slurm_array_runs_the_grid_into_postgres_through_a_requeue_and_a_preempt
         assert states[0] == "REQUEUED" and states[-1] == "COMPLETED", states
     logs = "".join(p.read_text() for p in (tmp_path / "runs" / "slurm").glob("*/*_log.err"))
     assert "Caught signal SIGUSR2" in logs and "this job is preempted" in logs
+    for run_id in runs:  # one event per epoch in TensorBoard, the stopped runs' replayed epochs included
+        events = tensorboard(tmp_path / "tb" / run_id)["epoch/val_acc"]
+        assert events == [(e.epoch, float(np.float32(e.val_acc))) for e in store.epochs(run_id)], run_id
 
 
 @pytest.mark.xdist_group("slurm")
