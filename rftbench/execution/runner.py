@@ -221,13 +221,22 @@ class Runner:
         return summary
 
     def execute(self, run: Run, index: int, total: int, summary: Summary) -> str:
+        """Run one claimed run (`run_claimed`), then end its --track sinks' runs with how it ended."""
+        status = "interrupted"  # what a stop on its way out leaves
+        try:
+            status = self.run_claimed(run, index, total, summary)
+            return status
+        finally:
+            self.tracker.end(status)
+
+    def run_claimed(self, run: Run, index: int, total: int, summary: Summary) -> str:
         config = RunConfig.from_json(run.config)
         self.progress.start_run(run, config, index, total)
         queue = self.queue
         heartbeat = Heartbeat(queue, run.id, self.worker, self.lease_seconds)
         heartbeat.start()
         run_dir = self.runs_dir / run.id
-        tracker, status = self.tracker, "interrupted"
+        tracker = self.tracker
 
         def record(metrics: dict) -> None:
             if heartbeat.lost:
@@ -283,29 +292,24 @@ class Runner:
                 (run_dir / "last.pt").unlink(missing_ok=True)
             summary.completed.append(run.id)
             self.progress.end_run(run, "completed", f"clean {result['clean']:.2%}")
-            status = "completed"
-            return status
+            return "completed"
         except Pruned as exc:  # its study stopped it: neither a failure nor a run to continue
             if not queue.release(run.id, self.worker, "pruned", error=str(exc)):
                 summary.lost.append(run.id)  # another worker took it over meanwhile: its call now
-                status = "lost"
-                return status
+                return "lost"
             self.told(run.id)
             if self.prune:
                 (run_dir / "last.pt").unlink(missing_ok=True)
             summary.pruned.append(run.id)
             self.progress.end_run(run, "pruned", str(exc))
-            status = "pruned"
-            return status
+            return "pruned"
         except LeaseLost as exc:
             summary.lost.append(run.id)
             self.progress.end_run(run, "lost", str(exc))
-            status = "lost"
-            return status
+            return "lost"
         except BaseException as exc:
             if isinstance(exc, Exception) and not self.stopping.is_set():
-                status = self.fail(run, exc, run_dir, summary)
-                return status
+                return self.fail(run, exc, run_dir, summary)
             # Ctrl-C, SIGTERM, a scheduler's preemption (submitit exits through SystemExit): continue later
             queue.release(run.id, self.worker, "interrupted", error=self.stop_reason)
             summary.interrupted = run.id
@@ -315,7 +319,6 @@ class Runner:
             return "interrupted"
         finally:
             heartbeat.stop.set()
-            tracker.end(status)
 
     def told(self, run_id: str) -> None:
         """Tell the tuner a run ended (if it is a trial, Optuna learns how)."""
