@@ -10,6 +10,7 @@ import signal
 
 import numpy as np
 import pytest
+from conftest import copy_db
 from test_run_grid import CALLS_PER_EPOCH, cli, grid_args, pausing_cli, snapshot, wait_for
 
 from rftbench.results.store import Store
@@ -135,3 +136,19 @@ def test_two_local_workers_share_the_default_mlflow_store(reference, tmp_path):
         want = expected_epochs(store, run.id)
         assert {tag: histories[run.id][tag] for tag in want} == want
         assert len(tensorboard(tmp_path / "runs" / "tensorboard" / run.id)["epoch/val_acc"]) == 3
+
+
+@pytest.mark.slow
+def test_mlflow_shares_the_postgresql_server_of_the_results(reference, postgres, tmp_path):
+    """`--track mlflow=postgresql+psycopg://...` (and `export`): MLflow's tables in a database of the same
+    server as the results; every epoch once, equal to the results database, however often exported."""
+    uri = postgres.database().replace("postgresql://", "postgresql+psycopg://", 1)
+    db = copy_db(reference, tmp_path / "r.db")
+    for _ in range(2):
+        result = cli("export", "--to", "mlflow", uri, "--db", str(db), "--runs-dir", str(tmp_path / "runs"))
+        assert result.returncode == 0 and "exported 3 run(s) to mlflow" in result.stdout, result.stderr
+    store, histories = Store.open(str(db), create=False), mlflow_histories(uri)
+    assert histories.keys() == {r.id for r in store.runs()}
+    for run in store.runs():
+        want = expected_epochs(store, run.id)
+        assert {tag: histories[run.id][tag] for tag in want} == want
