@@ -148,17 +148,21 @@ def evaluate_run(
     result = evaluate_budgets(
         model, loader, todo, protocol, device=runner.runtime.device, n_classes=n_classes, log=log
     )
-    kept = [e.details for e in store.evaluations(run.id) if e.kind == "final" and e.weights == weights]
-    details = {
-        k: v for k, v in (kept[0] if kept else {}).items() if k != "per_attack"
-    }  # best's epoch, ema's decay
-    result |= {"batches": log.key, "weights": weights} | ({"details": details} if details else {})
+    result |= {"batches": log.key, "weights": weights} | kept_details(store.evaluations(run.id), weights)
     added = store.add_evaluation(run.id, result, kind="extra")
     fresh = {row["budget"]: row for row in result["budgets"]}
     result["budgets"] = [
         fresh.get(b) or stored_evaluation([stored[b]], protocol)["budgets"][0] for b in budgets
     ]
     return result, added
+
+
+def kept_details(rows: list, weights: str) -> dict:
+    """What the run's final rows of kept weights record about them (best: its epoch, metric and value;
+    ema: its decay), for the rows `evaluate` adds; {} for the last weights."""
+    kept = [e.details or {} for e in rows if e.kind == "final" and e.weights == weights != "last"]
+    details = {k: v for k, v in (kept[0] if kept else {}).items() if k != "per_attack"}
+    return {"details": details} if details else {}
 
 
 def final_model(runner, run: Run, weights: str = "last"):
