@@ -58,6 +58,16 @@ def pausing_cli(env: dict, *args: str) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
 
 
+def kill_when_paused(child: subprocess.Popen, marker: Path) -> None:
+    """SIGKILL a `pausing_cli` child once it reached its pause point (and in any case, on the way out)."""
+    try:
+        wait_for(marker, child)
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        child.kill()
+
+
 def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "rftbench.cli", *args], capture_output=True, text=True, timeout=300
@@ -151,12 +161,7 @@ def test_kill_mid_epoch_then_resume_equals_the_uninterrupted_run(reference, tmp_
     }
     # the 4th training batch of epoch 1 of the second run (fix)
     child = pausing_cli(env, "run-grid", "--grid", "smoke", *grid_args(tmp_path))
-    try:
-        wait_for(marker, child)
-        child.send_signal(signal.SIGKILL)
-        child.wait(timeout=30)
-    finally:
-        child.kill()
+    kill_when_paused(child, marker)
     db = tmp_path / "r.db"
     killed = Store.open(str(db), create=False)
     states = {r.setting: r for r in killed.runs()}

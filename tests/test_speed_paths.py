@@ -4,6 +4,8 @@ and torch.compile (no recompilation after the first epoch; compiled and eager ag
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import timm
 import torch
@@ -199,15 +201,18 @@ def test_the_training_step_reads_nothing_back_from_the_device(data):
     from rftbench.attacks.apgd import apgd
     from rftbench.data.loading import to_unit_float
     from rftbench.engine.audit import SyncingOps
+    from rftbench.engine.policy import KeptWeights
 
     model = model_for(CONFIG).train()
     x, y = next(iter(make_loader(data["train"], CONFIG.batch_size, shuffle=False)))
     params = augment_params(len(y), torch.Generator().manual_seed(0))
+    ema = KeptWeights(dataclasses.replace(CONFIG, weights_policy="ema"), model)  # its per-step update too
     with SyncingOps() as audit:
         x = augment_batch(to_unit_float(x), params)
         x = apgd(model, x, y, 4 / 255, CONFIG.train_attack_steps, random_start=CONFIG.attack_random_start,
                  mode=CONFIG.attack_mode)  # fmt: skip
         torch.nn.functional.cross_entropy(model(x), y).backward()
+        ema.step()
     assert audit.found == []
     with SyncingOps() as audit:  # the audit sees a read where there is one
         bool(y.any())

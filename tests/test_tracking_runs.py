@@ -6,12 +6,11 @@ later runs), and the runs and the database are what they are without it."""
 from __future__ import annotations
 
 import os
-import signal
 
 import numpy as np
 import pytest
 from conftest import copy_db
-from test_run_grid import CALLS_PER_EPOCH, cli, grid_args, pausing_cli, snapshot, wait_for
+from test_run_grid import CALLS_PER_EPOCH, cli, grid_args, kill_when_paused, pausing_cli, snapshot
 
 from rftbench.results.store import Store
 
@@ -54,12 +53,7 @@ def test_a_killed_grid_resumed_under_tracking_has_one_event_per_epoch(reference,
     track = ["--track", f"tensorboard={tmp_path / 'tb'}", "--track", f"mlflow={uri}"]
     env = os.environ | {"PAUSE_AT_CALL": str(4 * CALLS_PER_EPOCH + 4), "PAUSE_MARKER": str(marker)}
     child = pausing_cli(env, "run-grid", "--grid", "smoke", *grid_args(tmp_path), *track)  # fix, epoch 1
-    try:
-        wait_for(marker, child)
-        child.send_signal(signal.SIGKILL)
-        child.wait(timeout=30)
-    finally:
-        child.kill()
+    kill_when_paused(child, marker)
     resumed = cli("resume", *grid_args(tmp_path)[2:], *track)
     assert resumed.returncode == 0 and "warning" not in resumed.stderr, resumed.stdout + resumed.stderr
     db = tmp_path / "r.db"
