@@ -278,7 +278,7 @@ def train(
         )
         result["kept"] = scored | {"weights": config.weights_policy, "details": kept.details()}
         result["kept"] |= {"batches": log.key} if log is not None else {}
-        if last is not None:  # beside final.pt: `rftbench evaluate` scores them too
+        if last is not None:  # beside final.pt (best.pt, ema.pt): `rftbench evaluate` scores them too
             kept_file = {
                 "run_id": config.run_id,
                 "config": config.canonical_json(),
@@ -322,9 +322,8 @@ def train_epoch(epoch, config, model, net, train_loader, val_loader, val_adv_loa
         protocol = EvalProtocol("monotone", precision=config.precision, steps=config.eval_attack_steps,
                                 norm=config.norm)  # fmt: skip
         budget = budget_text(val_eps, config.norm)
-        val["val_eadv"] = evaluate_budgets(net, val_adv_loader, [budget], protocol, device=device)["budgets"][
-            0
-        ]["eadv"]
+        scored = evaluate_budgets(net, val_adv_loader, [budget], protocol, device=device)
+        val["val_eadv"] = scored["budgets"][0]["eadv"]
     return {
         "epoch": epoch,
         "eps": eps_at(step=0),
