@@ -111,15 +111,14 @@ def mirror_evaluations(runner, run: Run, before: set[int]) -> None:
     """The rows stored now (ids not in `before`) into the --track sinks, in the run's own sink runs."""
     if not runner.track:
         return
-    from rftbench.execution.tracking import Tracker, parse_track, run_tags
+    from rftbench.execution.tracking import run_tags
 
     fresh = [e for e in runner.store.evaluations(run.id) if e.id not in before]
-    if fresh:
-        tracker = Tracker(parse_track(runner.track), runner.runs_dir)
+    if fresh:  # the runner's one tracker: a sink that failed for one run sits out the others, as in training
         tags = run_tags(run, runner.store.grids_of(run.id))
-        tracker.start(run.id, json.loads(run.config), run.provenance or {}, tags, replay=False)
-        tracker.evaluations(fresh)
-        tracker.end(run.status)
+        runner.tracker.start(run.id, json.loads(run.config), run.provenance or {}, tags, replay=False)
+        runner.tracker.evaluations(fresh)
+        runner.tracker.end(run.status)
 
 
 def evaluate_run(
@@ -134,11 +133,8 @@ def evaluate_run(
 
     store = runner.store
     run = store.find_run(run_id)
-    stored = {
-        e.budget: e
-        for e in store.evaluations(run.id)
-        if e.eval_protocol() == protocol and e.weights == weights
-    }
+    rows = store.evaluations(run.id)
+    stored = {e.budget: e for e in rows if e.eval_protocol() == protocol and e.weights == weights}
     if run.status == "completed" and all(b in stored for b in budgets):
         return stored_evaluation([stored[b] for b in budgets], protocol) | {"weights": weights}, 0
     model, loader = final_model(runner, run, weights)
@@ -148,7 +144,7 @@ def evaluate_run(
     result = evaluate_budgets(
         model, loader, todo, protocol, device=runner.runtime.device, n_classes=n_classes, log=log
     )
-    result |= {"batches": log.key, "weights": weights} | kept_details(store.evaluations(run.id), weights)
+    result |= {"batches": log.key, "weights": weights} | kept_details(rows, weights)
     added = store.add_evaluation(run.id, result, kind="extra")
     fresh = {row["budget"]: row for row in result["budgets"]}
     result["budgets"] = [
