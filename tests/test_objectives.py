@@ -1,6 +1,7 @@
 """TRADES and MART: their losses against values computed by hand from the papers' formulas, the KL inner
-maximisation on a real pretrained model (and beside torchattacks' TPGD, TRADES' own attack), and the
-training step of each objective."""
+maximisation on a real pretrained model (and beside torchattacks' TPGD, TRADES' own attack), the training
+step of each objective, and a TRADES step against the Adversarial Robustness Toolbox's (MART has no
+reference implementation in the registry)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 import torch.nn.functional as F
 import torchattacks
 
-from rftbench.attacks.apgd import apgd_attack
+from rftbench.attacks.apgd import apgd, apgd_attack
 from rftbench.attacks.objectives import OBJECTIVES, kl_divergence, mart_loss, trades, trades_loss
 
 
@@ -161,3 +162,49 @@ def test_apgd_kl_is_at_least_as_strong_as_trades_own_attack(resnet20, batch):
         flips = [(resnet20(z).argmax(1) != p.argmax(1)).sum().item() for z in (x_tpgd, ours)]
     assert kl_ours >= kl_tpgd * 0.98, (kl_ours, kl_tpgd)
     assert flips[1] >= flips[0] - 1, flips
+
+
+def test_a_trades_step_equals_the_adversarial_robustness_toolbox_s(resnet20, batch, monkeypatch):
+    """One TRADES training step against the reference that installs from the registry: ART's
+    `AdversarialTrainerTRADESPyTorch` (its `_batch_process`: attack in eval mode, then clean and adversarial
+    forwards in train mode, CE + β · KLDivLoss(sum) / n). ART is handed the very points our APGD-KL found, so
+    the outer step is compared on equal inputs: from the same pretrained ResNet-20 in train mode, every
+    gradient and every BatchNorm statistic after the step agree."""
+    import copy
+
+    import numpy as np
+    from art.attacks.attack import EvasionAttack
+    from art.defences.trainer import AdversarialTrainerTRADESPyTorch
+    from art.estimators.classification import PyTorchClassifier
+
+    import rftbench.attacks.objectives as objectives
+
+    x, y = batch
+    x, y = x[:32], y[:32]
+    ours, theirs = copy.deepcopy(resnet20).train(), copy.deepcopy(resnet20).train()
+    found = []
+    monkeypatch.setattr(objectives, "apgd", lambda *a, **k: found.append(apgd(*a, **k)) or found[-1])
+    torch.manual_seed(0)
+    loss, _ = trades(ours, x, y, 8 / 255, 6.0, 5)
+    loss.backward()
+    assert (found[0] - x).abs().max() > 1 / 255  # the attack moved the points
+
+    class FoundPoints(EvasionAttack):  # ART's attack interface, answering with our points in its batch order
+        attack_params: list = []
+        _estimator_requirements = ()
+
+        def generate(self, x_batch, y=None, **kwargs):
+            rows = [int(np.flatnonzero((x.numpy() == row).all(axis=(1, 2, 3)))[0]) for row in x_batch]
+            return found[0][rows].numpy()
+
+    classifier = PyTorchClassifier(
+        theirs, torch.nn.CrossEntropyLoss(), input_shape=(3, 32, 32), nb_classes=10,
+        optimizer=torch.optim.SGD(theirs.parameters(), lr=1.0), clip_values=(0.0, 1.0), device_type="cpu",
+    )  # fmt: skip
+    AdversarialTrainerTRADESPyTorch(classifier, FoundPoints(estimator=classifier), beta=6.0).fit(
+        x.numpy(), y.numpy(), batch_size=len(x), nb_epochs=1
+    )
+    # ART zeroes gradients before its step, not after, so its are still there; a failure names the tensor
+    grads = [{name: p.grad for name, p in net.named_parameters()} for net in (theirs, ours)]
+    torch.testing.assert_close(*grads, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(dict(theirs.named_buffers()), dict(ours.named_buffers()))  # BatchNorm's, alike
