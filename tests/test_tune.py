@@ -313,6 +313,54 @@ def test_a_rerun_of_tune_adds_trials_and_keeps_finished_ones(experiments, tuned,
     assert digest(db) == before
 
 
+@pytest.mark.xdist_group("tuned")  # one worker tunes the module's study once
+def test_a_settings_entry_that_trains_differently_is_tuned_in_a_study_of_its_own(
+    experiments, tuned, tmp_path
+):
+    """A settings entry with its own objective trains something else, so it has its own study, whose trials
+    train that objective, and its fix and sched take that study's values; an entry that only keeps other
+    weights (ema) trains alike and shares the plain study. Before, every entry of a cell took the plain
+    (AT) study's values, silently."""
+    db = copy(tuned, tmp_path)
+    entries = (
+        '{ setting = "fix" }, { setting = "sched", t1 = 1, t2 = 2 }, '
+        '{ setting = "fix", objective = "trades" }, '
+        '{ setting = "sched", t1 = 1, t2 = 2, objective = "trades" }, '
+        '{ setting = "fix", weights_policy = "ema" }'
+    )
+    text = experiments.read_text()
+    block = text[text.index("[grids.tsmoke]") :].replace("[grids.tsmoke", "[grids.vsmoke")
+    block = block.replace(block[block.index("settings = ") : block.index("\n", block.index("settings = "))],
+                          f"settings = [{entries}]")  # fmt: skip
+    path = tmp_path / "variants.toml"
+    path.write_text(f"{text}\n{block}")
+    plain, trades = load_experiments(path).studies("vsmoke")
+    assert plain.key == load_experiments(experiments).studies("tsmoke")[0].key  # the stored study, kept
+    assert (plain.job.config.objective, trades.job.config.objective) == ("at", "trades")
+    assert trades.job.config.setting == "fix" and trades.key != plain.key
+
+    args = ["--experiments", str(path), "--db", str(db), "--runs-dir", str(tmp_path / "runs")]
+    done = rftbench("tune", "--grid", "vsmoke", "--trials", "3", "--device", "cpu", *args)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"fix+trades [{trades.key[:8]}]: 3 of 3 trial(s)" in done.stdout, done.stdout
+    store = Store.open(str(db), create=False)
+    summaries = Studies(store).summaries()
+    assert len(summaries[plain.key]) == 4 and len(summaries[trades.key]) == 3  # plain: no new trial
+    runs = {run.id: RunConfig.from_json(run.config) for run in store.runs()}
+    assert all(runs[t.run_id].objective == "trades" for t in summaries[trades.key])
+
+    from rftbench.execution.grid import tuned_values
+
+    spec = load_experiments(path)
+    spec.tuned = tuned_values(str(db))
+    best = {key: spec.tuned[key][0] for key in (plain.key, trades.key)}
+    assert best[plain.key] != best[trades.key]
+    for job in spec.jobs("vsmoke"):
+        c = job.config
+        key = trades.key if c.objective == "trades" else plain.key
+        assert (c.lr, c.weight_decay) == (best[key]["lr"], best[key]["weight_decay"]), c.label
+
+
 # ---- workers: two local processes on each backend, one of them killed; a SLURM array ------------------
 
 

@@ -53,9 +53,10 @@ ATTACK_MODES, AUGMENTATIONS = typing.get_args(AttackMode), typing.get_args(Augme
 SPLIT_SOURCES = typing.get_args(SplitSource)
 OBJECTIVES, FINETUNES = typing.get_args(RobustObjective), typing.get_args(Finetune)
 WEIGHTS_POLICIES, BEST_METRICS = typing.get_args(WeightsPolicy), typing.get_args(BestMetric)
-# The fields of a run's variant (`RunConfig.variant`): its objective, fine-tuning mode and weights policy
-VARIANT_FIELDS = ("objective", "beta", "finetune", "lp_ft_epochs", "lora_r", "lora_alpha", "weights_policy",
-                  "best_metric", "ema_decay")  # fmt: skip
+# The fields of a run's variant (`RunConfig.variant`): its objective and fine-tuning mode (what it trains),
+# and its weights policy (which copy of the weights it keeps: the training is the same)
+TRAINED_VARIANT_FIELDS = ("objective", "beta", "finetune", "lp_ft_epochs", "lora_r", "lora_alpha")
+VARIANT_FIELDS = (*TRAINED_VARIANT_FIELDS, "weights_policy", "best_metric", "ema_decay")
 TABLES = ("main", "averages", "ttest", "delay", "effect", "ablation", "baselines", "evaluations",
           "autoattack", "tuning")  # rftbench.reports.tables  # fmt: skip
 PLOTS = ("curves", "robustness", "sweep", "schedule", "tuning")  # rftbench.reports.plots

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import pydantic
 
-from rftbench.core.config import RunConfig, SlurmOptions, budget_value
+from rftbench.core.config import TRAINED_VARIANT_FIELDS, RunConfig, SlurmOptions, budget_value
 from rftbench.core.tuning import TUNED, Search, SearchError, study_key
 from rftbench.errors import RftbenchError
 from rftbench.experiments.schema import (
@@ -210,7 +210,7 @@ class Experiments:
         """One run's config; `resolve=False`: its "tuned" knobs at their defaults (to filter or check)."""
         values = self.values(grid, backbone, dataset)
         if TUNED in values.values():
-            values |= self.tuned_values(grid, backbone, dataset, eps, values, resolve)
+            values |= self.tuned_values(grid, backbone, dataset, setting, eps, values, resolve)
         standard = budget_value(eps) == 0 or setting["setting"] == "standard"
         if standard and "eval_budgets" not in values and grid.standard_eval_budgets:
             values["eval_budgets"] = grid.standard_eval_budgets
@@ -234,10 +234,11 @@ class Experiments:
         return config
 
     def study(
-        self, grid: Grid, backbone: str, dataset: str, eps: str, values: dict | None = None
+        self, grid: Grid, backbone: str, dataset: str, setting: dict, eps: str, values: dict | None = None
     ) -> StudyPlan:
-        """The study of one cell (backbone, dataset, ε_g) of a block: its trials train the search's setting
-        at ε_g with the block's values and the search's seed, the tuned knobs at their defaults."""
+        """The study of one cell (backbone, dataset, ε_g) and settings entry of a block: trials train the
+        search's setting at ε_g with the block's values, its seed, tuned knobs at their defaults, and the
+        entry's objective and mode (a probe wants its own lr; a weights policy trains alike)."""
         values = self.values(grid, backbone, dataset) if values is None else values
         search = grid.search
         untuned = [k for k, v in values.items() if v == TUNED and k not in search.knobs]
@@ -247,19 +248,19 @@ class Experiments:
                 f"space has only {', '.join(search.knobs)}; add [tune.space.{untuned[0]}] or give a value"
             )
         base = {k: v for k, v in values.items() if k not in search.knobs}
-        config = self.build(grid, backbone, dataset, {"setting": search.setting}, eps, search.seed, base)
+        trains = {"setting": search.setting} | {k: setting[k] for k in TRAINED_VARIANT_FIELDS if k in setting}
+        config = self.build(grid, backbone, dataset, trains, eps, search.seed, base)
         paths = {**self.paths.get(backbone, {}), **self.paths.get(dataset, {})}
         key = study_key(config, search)
         return StudyPlan(key, Job(config, grid.name.split("[")[0], 0, paths, **grid.evaluation), search)
 
     def tuned_values(
-        self, grid: Grid, backbone: str, dataset: str, eps: str, values: dict, resolve: bool = True
+        self, grid: Grid, backbone: str, dataset: str, setting: dict, eps: str, values: dict, resolve=True
     ) -> dict:
-        """The knobs a block sets to "tuned", as the best trial of their cell's study has them. Every knob
-        of the search must be "tuned": a value won beside a drawn weight decay is not that value beside
-        another one."""
+        """The knobs a block sets to "tuned", from the best trial of their cell's study. Every searched knob
+        must be "tuned": a value won beside a drawn weight decay is not that value beside another one."""
         wanted = [k for k, v in values.items() if v == TUNED]
-        plan = self.study(grid, backbone, dataset, eps, values)
+        plan = self.study(grid, backbone, dataset, setting, eps, values)
         fixed = [k for k in plan.search.knobs if k not in wanted]
         if fixed:
             raise GridError(
@@ -289,18 +290,19 @@ class Experiments:
         datasets: list[str] | None = None,
         eps: list[str] | None = None,
     ) -> list[StudyPlan]:
-        """The distinct studies of a grid's cells (backbone × dataset × ε_g), in its order, filtered."""
+        """The distinct studies of a grid's cells (backbone × dataset × ε_g × settings entry), filtered."""
         budgets = {budget_value(e) for e in eps} if eps else None
         plans: dict[str, StudyPlan] = {}
         for block in self.grid(grid_name):
-            for (backbone, dataset), budget in itertools.product(block.pairs, block.eps):
+            cells = itertools.product(block.pairs, block.eps, block.settings)
+            for (backbone, dataset), budget, setting in cells:
                 if (
                     (backbones and backbone not in backbones)
                     or (datasets and dataset not in datasets)
                     or (budgets is not None and budget_value(budget) not in budgets)
                 ):
                     continue
-                plan = self.study(block, backbone, dataset, budget)
+                plan = self.study(block, backbone, dataset, setting, budget)
                 plans.setdefault(plan.key, plan)
         return list(plans.values())
 
