@@ -32,8 +32,8 @@ def _timm_model(spec: BackboneSpec, num_classes: int, pretrained: bool, file: Pa
     import timm
 
     overlay = {"file": str(file)} if file is not None else None
-    if spec.model.startswith("vit") and size != spec.size:
-        kw["img_size"] = size  # timm resamples the position embedding of pretrained weights
+    if spec.model.startswith(("vit", "swin")) and size != spec.size:
+        kw["img_size"] = size  # timm resamples ViT's position embedding, Swin's windows and bias tables
     try:
         return timm.create_model(f"{spec.model}.{spec.tag}", pretrained=pretrained, num_classes=num_classes,
                                  pretrained_cfg_overlay=overlay, **kw)  # fmt: skip
