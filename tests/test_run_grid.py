@@ -167,6 +167,8 @@ def test_kill_mid_epoch_then_resume_equals_the_uninterrupted_run(reference, tmp_
     states = {r.setting: r for r in killed.runs()}
     assert states["standard"].status == "completed" and states["sched"].status == "pending"
     assert states["fix"].status == "running" and len(killed.epochs(states["fix"].id)) == 1  # epoch 0 only
+    count = {r.id: r.provenance.get("trainable_params") for r in Store.open(str(reference)).runs()}
+    assert states["fix"].provenance["trainable_params"] == count[states["fix"].id] > 0  # stored at its start
     first_run = snapshot(db)[states["standard"].id]
     recorded = [e.recorded_at for e in killed.epochs(states["standard"].id)]
 

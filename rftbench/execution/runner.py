@@ -257,6 +257,7 @@ class Runner:
             val_set, test_set = (build_data(config, paths, s, None) for s in ("val", "test"))
             model = build_model(config, paths, len(train_set.classes))
             info["trainable_params"] = trainable_count(model, config)
+            self.store.set_provenance(run.id, info)  # a running or failed run's count shows too
             train_loader, val_loader, test_loader = (
                 self.loader(data, config, shuffle=data is train_set)
                 for data in (train_set, val_set, test_set)
