@@ -1,6 +1,8 @@
-"""Fine-tuning modes (full, linear, lp_ft, bitfit, lora): each trains exactly the parameters it names, a
-LoRA run killed mid-epoch resumes to the uninterrupted result, the registry knows which backbones take LoRA,
-and bad input is one line and exit 2 with the database untouched."""
+"""Fine-tuning modes (full, linear, lp_ft, bitfit, lora): each trains exactly the parameters it names (LoRA
+on convolutions, on timm's Linear projections and through open_clip), LP-FT's backbone has no gradient until
+epoch k, LoRA and LP-FT runs killed mid-epoch resume to the uninterrupted result, every mode chains through
+run, evaluate, report and resume, the registry knows which backbones take LoRA, and bad input is one line
+and exit 2 with the database untouched."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from rftbench.data.loading import ImageTensorDataset, decode_image_folder, eval_
 from rftbench.engine.checkpoint import load_checkpoint
 from rftbench.execution.runner import build_model
 from rftbench.models.build import build_backbone
-from rftbench.models.finetune import add_lora, trainable_count, trained
+from rftbench.models.finetune import add_lora, head_prefix, trainable_count, trained
 from rftbench.models.registry import BACKBONES, LORA_TARGETS
 from rftbench.results.store import Store
 
@@ -32,6 +34,9 @@ MODES = {
     "lp_ft": dataclasses.replace(BASE, finetune="lp_ft", lp_ft_epochs=1, epochs=2),
     "lora": dataclasses.replace(BASE, backbone="mobilenetv2_100", finetune="lora", lora_r=2, lora_alpha=4),
 }
+# LoRA on Linear projections (timm's ViT attention and MLP) and through open_clip (ClipCNX's timm trunk):
+# the mobilenet's targets are 1×1 convolutions
+MODES |= {f"lora:{name}": dataclasses.replace(MODES["lora"], backbone=name) for name in ("ViT", "ClipCNX")}
 
 
 @pytest.fixture(scope="module")
@@ -58,18 +63,15 @@ def fit(config, model, loaders, run_dir=None, callback=None, train_loader=None):
     return train(config, model, train_loader, eval_loader, eval_loader, callback=callback, run_dir=run_dir)
 
 
-@pytest.mark.parametrize("mode", ["full", "linear", "bitfit", "lora"])
+@pytest.mark.parametrize("mode", ["full", "linear", "bitfit", "lora", "lora:ViT", "lora:ClipCNX"])
 def test_each_mode_trains_exactly_the_parameters_it_names(mode, loaders):
     config = MODES[mode]
     model = model_of(config)
     before = snapshot(model)
     names = set(trained(model, config))
     fit(config, model, loaders)
-    head = {
-        n
-        for n, _ in model.named_parameters()
-        if n.startswith("1.linear." if mode != "lora" else "1.classifier.")
-    }
+    head = {n for n, _ in model.named_parameters() if n.startswith(head_prefix(config))}
+    mode = mode.split(":")[0]
     expected = {
         "full": {n for n, _ in model.named_parameters()},
         "linear": head,
@@ -121,16 +123,18 @@ def test_full_leaves_what_a_library_caller_froze_frozen(loaders):
 def test_lp_ft_trains_the_head_alone_then_everything(loaders):
     config = MODES["lp_ft"]
     model = model_of(config)
-    before, after_probe = snapshot(model), {}
-    fit(
-        config,
-        model,
-        loaders,
-        callback=lambda m: after_probe.update(snapshot(model)) if m["epoch"] == 0 else None,
-    )
+    before, after_probe, graded = snapshot(model), {}, {}
+
+    def probe_ended(metrics):  # after epoch 0: the weights, and which parameters have had a gradient
+        if metrics["epoch"] == 0:
+            after_probe.update(snapshot(model))
+            graded.update({n: p.grad is not None for n, p in model.named_parameters()})
+
+    fit(config, model, loaders, callback=probe_ended)
     head = {n for n, _ in model.named_parameters() if n.startswith("1.linear.")}
     probed = {n for n, p in model.named_parameters() if not torch.equal(before[n], after_probe[n])}
-    assert probed == head
+    assert probed == head and {n for n, g in graded.items() if g} == head  # the backbone's never computed
+    assert all(p.grad is not None for p in model.parameters())  # from epoch k on, every gradient
     assert all(torch.equal(before[n], after_probe[n]) for n in before if "running" in n)  # eval-mode backbone
     assert changed(after_probe, model) == {n for n, _ in model.named_parameters()}
     assert set(trained(model, config, epoch=0)) == head and trainable_count(model, config) == sum(
@@ -153,8 +157,11 @@ def test_lora_starts_at_the_pretrained_function_and_counts_its_adapters():
     assert trainable_count(adapted, config) == head + sum(p.numel() for _, p in adapters)
 
 
-def test_a_lora_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(loaders, tmp_path):
-    config = dataclasses.replace(MODES["lora"], epochs=2, objective="trades")
+@pytest.mark.parametrize("mode", ["lora", "lp_ft"])
+def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(mode, loaders, tmp_path):
+    """LoRA (its adapters checkpointed) under TRADES, and LP-FT killed in epoch 1, its first with every
+    parameter trained (the backbone joins the optimiser's steps after the checkpoint of the probe)."""
+    config = dataclasses.replace(MODES[mode], epochs=2, objective="trades")
     history, killed = [], []
     model = model_of(config)
     result = fit(config, model, loaders, run_dir=tmp_path / "whole", callback=history.append)
@@ -162,7 +169,7 @@ def test_a_lora_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(loaders
         fit(config, model_of(config), loaders, run_dir=tmp_path / "killed", callback=killed.append,
             train_loader=DiesMidEpoch(loaders[0], epoch=1, after=1))  # fmt: skip
     state = load_checkpoint(tmp_path / "killed" / "last.pt")
-    assert state["epoch"] == 0 and any(".lora_B." in k for k in state["model"])  # the adapters are saved
+    assert state["epoch"] == 0 and any(".lora_B." in k for k in state["model"]) == (mode == "lora")
     resumed, again = [], model_of(config)
     result_again = fit(config, again, loaders, run_dir=tmp_path / "killed", callback=resumed.append)
     drop = ("epoch_seconds", "images_per_second", "seconds")
@@ -246,28 +253,40 @@ def test_bad_variants_are_one_line_and_exit_2(db, tmp_path):  # noqa: F811 (db: 
     check(cases, db, runs)
 
 
-def test_a_lora_trades_run_chains_through_run_evaluate_and_report(tmp_path):
-    """As users chain it: `run` with the variant flags, `evaluate` its final weights (the model rebuilt with
-    its adapters), `report` naming the variant and its trainable parameters, `resume` with nothing to do."""
+CHAINS = {  # backbone, flags: every mode and objective once
+    "trades+lora": ("mobilenetv2_100", ["--objective", "trades", "--finetune", "lora", "--lora-r", "2"]),
+    "mart+lp_ft": ("cifar_resnet20", ["--objective", "mart", "--finetune", "lp_ft", "--lp-ft-epochs", "1"]),
+    "linear": ("cifar_resnet20", ["--finetune", "linear"]),
+    "bitfit": ("cifar_resnet20", ["--finetune", "bitfit"]),
+}
+
+
+@pytest.mark.parametrize("variant", list(CHAINS))
+def test_a_variant_run_chains_through_run_evaluate_report_and_resume(variant, tmp_path):
+    """As users chain it: `run` with the variant flags, `evaluate` its final weights (the model rebuilt in
+    its mode: adapters, frozen parts), `report` naming the variant and its trainable parameters, `resume`
+    with nothing to do."""
     from typer.testing import CliRunner
 
     from rftbench.cli import app
 
+    backbone, extra = CHAINS[variant]
     where = ["--db", str(tmp_path / "r.db")]
     runs = ["--runs-dir", str(tmp_path / "runs")]
-    flags = ["--grid", "smoke", "--experiments", str(EXPERIMENTS), "--backbone", "mobilenetv2_100",
-             "--dataset", "synthetic", "--eps", "8/255", "--objective", "trades", "--finetune", "lora",
-             "--lora-r", "2"]  # fmt: skip
+    flags = ["--grid", "smoke", "--experiments", str(EXPERIMENTS), "--backbone", backbone,
+             "--dataset", "synthetic", "--eps", "8/255", *extra]  # fmt: skip
     cli = CliRunner()
     result = cli.invoke(app, ["run", *flags, *where, *runs])
     assert result.exit_code == 0, result.output
-    assert "fix+trades+lora(r=2,α=16)" in result.output
-    run_id = RunConfig.from_json(Store.open(str(tmp_path / "r.db")).runs()[0].config).run_id
-    evaluated = cli.invoke(app, ["evaluate", run_id, "--steps", "2", *where, *runs])
+    (run,) = Store.open(str(tmp_path / "r.db")).runs()
+    config = RunConfig.from_json(run.config)
+    assert config.variant.startswith(variant) and f"fix+{config.variant}" in result.output
+    evaluated = cli.invoke(app, ["evaluate", run.id, "--steps", "2", *where, *runs])
     assert evaluated.exit_code == 0 and "stored 1 new evaluation row" in evaluated.output, evaluated.output
     report = cli.invoke(app, ["report", "--table", "main", "--format", "csv", *where])
-    assert report.exit_code == 0 and "fix+trades+lora(r=2,α=16)" in report.output, report.output
-    model = add_lora(build_backbone("mobilenetv2_100", 10, pretrained=False), MODES["lora"])
-    assert str(trainable_count(model, MODES["lora"])) in report.output  # the count the run stored
+    assert report.exit_code == 0 and f"fix+{config.variant}" in report.output, report.output
+    model = build_model(config, {"weights": None}, 10, pretrained=False)
+    count = trainable_count(model, config)
+    assert run.provenance["trainable_params"] == count and str(count) in report.output
     resumed = cli.invoke(app, ["resume", *where, *runs])
     assert resumed.exit_code == 0 and "0 run(s) to continue" in resumed.output, resumed.output
