@@ -10,7 +10,9 @@
 - `lp_ft`: `linear` for the first `lp_ft_epochs` epochs, then `full` (Kumar et al. 2022, "Fine-Tuning can
   Distort Pretrained Features and Underperform Out-of-Distribution", arXiv 2202.10054). One AdamW and one
   learning-rate schedule span both phases; the backbone's parameters join the optimiser's steps at epoch k.
-- `bitfit`: every bias and the head (Ben Zaken et al. 2022, arXiv 2106.10199); modules keep their modes.
+- `bitfit`: every bias and the head (Ben Zaken et al. 2022, arXiv 2106.10199); modules keep their modes. A
+  bias is a parameter whose name ends in "bias" (Swin's relative-position bias tables are not: they are
+  attention logits' tables, not a layer's offset).
 - `lora`: rank-`lora_r` adapters with scale lora_alpha / lora_r on the modules `LORA_TARGETS` matches
   (Hu et al. 2022, arXiv 2106.09685; peft's `inject_adapter_in_model`, so the model stays the same
   module tree and its state dict adds `lora_A` / `lora_B` beside `base_layer`), and the head in full.
@@ -18,7 +20,9 @@
   starts at the pretrained function.
 
 Frozen parameters keep `requires_grad = False`: their gradients are never computed (None), and AdamW, which
-skips parameters without a gradient, neither moves nor decays them.
+skips parameters without a gradient, neither moves nor decays them. Trained parameters are decayed as in
+full fine-tuning (`engine.trainer.param_groups`), LoRA's A and B matrices included: `decay_norm_and_bias
+= False` exempts one-dimensional parameters only.
 """
 
 from __future__ import annotations
@@ -68,7 +72,9 @@ def trained(model: nn.Module, config: RunConfig, epoch: int | None = None) -> li
     keep = {
         "lp_ft": lambda name: True,
         "linear": lambda name: False,
-        "bitfit": lambda name: name.endswith(".bias"),
+        "bitfit": lambda name: name.endswith(
+            "bias"
+        ),  # `.bias`, and q_bias / in_proj_bias where a model has them
         "lora": lambda name: ".lora_" in name,
     }[mode]
     return [name for name, _ in model.named_parameters() if name.startswith(head) or keep(name)]
