@@ -110,6 +110,7 @@ RELEASE_0_3 = {
 TUNED_STUDIES = {
     "smoke_tuned": ["18242ea452df7fe3"],
     "demo_tuned": ["7d7e5dfabf8722b4"],
+    "demo_modes_tuned": ["2e8712b3e197d8fa", "138bfcfbf8510962"],  # a study per fine-tuning mode (0.5)
 }
 # The ids of the grids release 0.4 redefined, pinned for the releases after it.
 RELEASE_0_4 = {
