@@ -57,7 +57,8 @@ def comparison(store: Store, untuned: Store, grid: str, untuned_grid: str) -> No
         for name, g, db in (("tuned", grid, store), ("untuned", untuned_grid, untuned))
     }
     values = pd.concat(frames.values())
-    values = values[values.setting.isin(set(frames["tuned"].setting))]  # the labels the tuned grid runs
+    values["setting"] = values.setting.str.cat(values.variant, sep="+").str.rstrip("+")  # fix, fix+linear
+    values = values[values.setting.isin(set(values[values.lr == "tuned"].setting))]  # what the tuned grid ran
     table = values.pivot_table(index=["setting", "metric", "seed"], columns="lr", values="value")
     header = "untuned (mean ± sd)   tuned (mean ± sd)   tuned − untuned (mean [95% CI], t, p)"
     print(f"\n{'setting':12s} metric  {header}")
