@@ -72,9 +72,7 @@ def trained(model: nn.Module, config: RunConfig, epoch: int | None = None) -> li
     keep = {
         "lp_ft": lambda name: True,
         "linear": lambda name: False,
-        "bitfit": lambda name: name.endswith(
-            "bias"
-        ),  # `.bias`, and q_bias / in_proj_bias where a model has them
+        "bitfit": lambda name: name.endswith("bias"),  # `.bias`, q_bias, in_proj_bias
         "lora": lambda name: ".lora_" in name,
     }[mode]
     return [name for name, _ in model.named_parameters() if name.startswith(head) or keep(name)]
