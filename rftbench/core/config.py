@@ -331,6 +331,15 @@ class RunConfig:
         return cls.from_dict(json.loads(text))
 
 
+def template_variant(template: str) -> str:
+    """The variant a stored run config trains (`RunConfig.variant`; a tuning study's template), "" where a
+    later release wrote what this one cannot read."""
+    try:
+        return RunConfig.from_json(template).variant
+    except (ValueError, TypeError):
+        return ""
+
+
 class RuntimeOptionsError(RftbenchError, ValueError):
     """A runtime option out of its range (a library caller's, or a flag the CLI did not check): one line."""
 

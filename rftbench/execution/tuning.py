@@ -21,7 +21,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rftbench.core.config import RunConfig
+from rftbench.core.config import template_variant
 from rftbench.core.tuning import Search, SearchError, best_trial
 from rftbench.execution.grid import Say, check_filters, read_experiments, recorded_splits
 from rftbench.execution.launch import execute, make_runner, preflight
@@ -121,16 +121,9 @@ def study_line(study: Study, trials: list[TrialSummary], budget: list | None = N
     )
     limit = "" if not budget or budget[0] is None else f" of {budget[0]}"
     states = ", ".join(f"{n} {state}" for state, n in count.items())
-    where = f"{study.backbone}/{study.dataset} {study.eps} {trained(study)} [{study.key[:8]}]"
+    trains = "+".join(part for part in (study.setting, template_variant(study.template)) if part)
+    where = f"{study.backbone}/{study.dataset} {study.eps} {trains} [{study.key[:8]}]"
     return f"{where}: {len(trials)}{limit} trial(s), {states}; {shown}"
-
-
-def trained(study: Study) -> str:
-    """What a study's trials train, as progress lines name a run: `fix`, `fix+trades`, `fix+linear`."""
-    try:
-        return RunConfig.from_json(study.template).label
-    except (ValueError, TypeError):  # a template a later release wrote
-        return study.setting
 
 
 def tune(

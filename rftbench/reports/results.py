@@ -26,7 +26,7 @@ from importlib.resources import files
 import numpy as np
 import pandas as pd
 
-from rftbench.core.config import PRECISIONS, PROTOCOLS, RunConfig
+from rftbench.core.config import PRECISIONS, PROTOCOLS, RunConfig, template_variant
 from rftbench.core.metrics import EvalProtocol
 from rftbench.core.tuning import best_trial
 from rftbench.errors import RftbenchError
@@ -343,14 +343,6 @@ def tuning_frame(store, grid: str | None = None) -> pd.DataFrame:
             )
     params = list(dict.fromkeys(c for row in rows for c in row if c.startswith("param_")))
     return pd.DataFrame(rows, columns=[*TRIAL_COLUMNS, *params])
-
-
-def template_variant(template: str) -> str:
-    """The variant a study's trials train (`RunConfig.variant` of its template); "" where unreadable."""
-    try:
-        return RunConfig.from_json(template).variant
-    except (ValueError, TypeError):
-        return ""
 
 
 def missing_note(without: dict[str, tuple[str, set]], unread: list[str], selection: Selection) -> str:
