@@ -164,30 +164,44 @@ def test_apgd_kl_is_at_least_as_strong_as_trades_own_attack(resnet20, batch):
     assert flips[1] >= flips[0] - 1, flips
 
 
+def one_step(objective: str, model, batch, monkeypatch) -> tuple:
+    """One training step of `objective` on a train-mode copy of `model` (32 images), its gradients left in
+    place; the points its APGD found (to hand a reference), and a second untouched copy for the reference."""
+    import copy
+
+    import rftbench.attacks.objectives as objectives
+
+    x, y = batch[0][:32], batch[1][:32]
+    ours, theirs = copy.deepcopy(model).train(), copy.deepcopy(model).train()
+    found = []
+    monkeypatch.setattr(objectives, "apgd", lambda *a, **k: found.append(apgd(*a, **k)) or found[-1])
+    torch.manual_seed(0)
+    loss, _ = OBJECTIVES[objective](ours, x, y, 8 / 255, 6.0, 5)
+    loss.backward()
+    assert len(found) == 1 and (found[0] - x).abs().max() > 1 / 255  # the attack moved the points
+    return x, y, found[0], loss.item(), ours, theirs
+
+
+def same_step(theirs, ours) -> None:
+    """Every gradient (the references zero them before a step, not after) and BatchNorm buffer agree; a
+    failure names the tensor."""
+    grads = [{name: p.grad for name, p in net.named_parameters()} for net in (theirs, ours)]
+    torch.testing.assert_close(*grads, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(dict(theirs.named_buffers()), dict(ours.named_buffers()))
+
+
 def test_a_trades_step_equals_the_adversarial_robustness_toolbox_s(resnet20, batch, monkeypatch):
     """One TRADES training step against the reference that installs from the registry: ART's
     `AdversarialTrainerTRADESPyTorch` (its `_batch_process`: attack in eval mode, then clean and adversarial
     forwards in train mode, CE + β · KLDivLoss(sum) / n). ART is handed the very points our APGD-KL found, so
     the outer step is compared on equal inputs: from the same pretrained ResNet-20 in train mode, every
     gradient and every BatchNorm statistic after the step agree."""
-    import copy
-
     import numpy as np
     from art.attacks.attack import EvasionAttack
     from art.defences.trainer import AdversarialTrainerTRADESPyTorch
     from art.estimators.classification import PyTorchClassifier
 
-    import rftbench.attacks.objectives as objectives
-
-    x, y = batch
-    x, y = x[:32], y[:32]
-    ours, theirs = copy.deepcopy(resnet20).train(), copy.deepcopy(resnet20).train()
-    found = []
-    monkeypatch.setattr(objectives, "apgd", lambda *a, **k: found.append(apgd(*a, **k)) or found[-1])
-    torch.manual_seed(0)
-    loss, _ = trades(ours, x, y, 8 / 255, 6.0, 5)
-    loss.backward()
-    assert (found[0] - x).abs().max() > 1 / 255  # the attack moved the points
+    x, y, found, _, ours, theirs = one_step("trades", resnet20, batch, monkeypatch)
 
     class FoundPoints(EvasionAttack):  # ART's attack interface, answering with our points in its batch order
         attack_params: list = []
@@ -195,7 +209,7 @@ def test_a_trades_step_equals_the_adversarial_robustness_toolbox_s(resnet20, bat
 
         def generate(self, x_batch, y=None, **kwargs):
             rows = [int(np.flatnonzero((x.numpy() == row).all(axis=(1, 2, 3)))[0]) for row in x_batch]
-            return found[0][rows].numpy()
+            return found[rows].numpy()
 
     classifier = PyTorchClassifier(
         theirs, torch.nn.CrossEntropyLoss(), input_shape=(3, 32, 32), nb_classes=10,
@@ -204,38 +218,21 @@ def test_a_trades_step_equals_the_adversarial_robustness_toolbox_s(resnet20, bat
     AdversarialTrainerTRADESPyTorch(classifier, FoundPoints(estimator=classifier), beta=6.0).fit(
         x.numpy(), y.numpy(), batch_size=len(x), nb_epochs=1
     )
-    # ART zeroes gradients before its step, not after, so its are still there; a failure names the tensor
-    grads = [{name: p.grad for name, p in net.named_parameters()} for net in (theirs, ours)]
-    torch.testing.assert_close(*grads, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(dict(theirs.named_buffers()), dict(ours.named_buffers()))  # BatchNorm's, alike
+    same_step(theirs, ours)
 
 
 def test_a_mart_step_equals_the_reference_code_s(resnet20, batch, monkeypatch):
     """One MART training step against the reference that installs from the registry: torchdefenses' `MART`
     (its `_do_iter` is MART's code: boosted CE of x', KL(p ‖ p') weighted by 1 − p_y, the 1.0001 / 1e-12 /
     1.0000001 constants), handed the very points our APGD-CE found. From the same pretrained ResNet-20 in
-    train mode, every gradient and BatchNorm statistic agree."""
-    import copy
-
+    train mode, the loss, every gradient and BatchNorm statistic agree."""
     from torchdefenses.trainer import MART
 
-    import rftbench.attacks.objectives as objectives
-
-    x, y = batch
-    x, y = x[:32], y[:32]
-    ours, theirs = copy.deepcopy(resnet20).train(), copy.deepcopy(resnet20).train()
-    found = []
-    monkeypatch.setattr(objectives, "apgd", lambda *a, **k: found.append(apgd(*a, **k)) or found[-1])
-    loss, _ = OBJECTIVES["mart"](ours, x, y, 8 / 255, 6.0, 5)
-    loss.backward()
-    assert (found[0] - x).abs().max() > 1 / 255  # the attack moved the points
-
+    x, y, found, loss, ours, theirs = one_step("mart", resnet20, batch, monkeypatch)
     reference = object.__new__(MART)  # its trainer wants its own model wrapper; the step needs only these
     reference.model, reference.device, reference.beta = theirs, torch.device("cpu"), 6.0
-    reference.atk = lambda images, labels: found[0]
+    reference.atk = lambda images, labels: found
     reference.optimizer = torch.optim.SGD(theirs.parameters(), lr=1.0)
     cost, _, _ = reference._do_iter((x, y))
-    assert cost == pytest.approx(loss.item(), rel=1e-5)
-    grads = [{name: p.grad for name, p in net.named_parameters()} for net in (theirs, ours)]
-    torch.testing.assert_close(*grads, rtol=1e-4, atol=1e-4)  # its step zeroes before, not after
-    torch.testing.assert_close(dict(theirs.named_buffers()), dict(ours.named_buffers()))
+    assert cost == pytest.approx(loss, rel=1e-5)
+    same_step(theirs, ours)
